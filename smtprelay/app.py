@@ -1,0 +1,200 @@
+"""Wiring of the running relay: start/stop order and signals.
+
+Start: config → store (migrations) → trusted accounts → credential table → TLS →
+listeners → HTTP. SIGHUP reloads relay.toml and applies what can change live
+([limits], [auth], [log]); it logs which changed sections need a restart. SIGTERM (or
+SIGINT) drains: stop accepting connections, let sessions finish for up to
+`server.shutdown_grace`, commit what is pending, exit.
+
+Owns: the process lifecycle. Must never: hold policy or SQL of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+from pathlib import Path
+
+from aiohttp import web
+
+from smtprelay import __version__, logs
+from smtprelay.accounts import AccountService, catalog_version, load_logins
+from smtprelay.clock import Clock, SystemClock
+from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
+from smtprelay.http.metrics import Metrics
+from smtprelay.http.server import build_app
+from smtprelay.queue import schema
+from smtprelay.queue.store import QueueStore
+from smtprelay.smtp.handler import FrontEnd
+from smtprelay.smtp.server import RelaySMTP
+from smtprelay.smtp.tls import certificate_paths, server_context
+
+log = logging.getLogger("smtprelay")
+
+CREDENTIAL_REFRESH_SECONDS = 1.0  # revocation reaches the running server within 2 s
+
+
+class Relay:
+    def __init__(self, config_path: Path, config: Config, clock: Clock | None = None):
+        self.config_path = config_path
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._reader: sqlite3.Connection | None = None
+        self._http: web.AppRunner | None = None
+
+    async def run(self) -> None:
+        config = self.config
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_store()
+        store = QueueStore(config.server.data_dir, config.server.store_busy_timeout, config.server.max_store_bytes,
+                           on_commit=lambda ok: self.metrics.store_commits.labels(
+                               result="success" if ok else "failure").inc())
+        await store.open()
+        self.store = store
+        self.frontend = FrontEnd(config, store, self.metrics, self.clock)
+        await self._refresh_credentials()
+        refresher = asyncio.create_task(self._refresh_loop(), name="credential-refresh")
+        try:
+            await self._start_listeners()
+            await self._start_http()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            log.info("smtprelay %s ready: %s; http on %s:%d", __version__,
+                     ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners),
+                     config.http.address, config.http.port)
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            refresher.cancel()
+            for server in self._servers:
+                server.close()
+            if self._http is not None:
+                await self._http.cleanup()
+            await store.close()
+            if self._reader is not None:
+                self._reader.close()
+            log.info("smtprelay stopped")
+
+    def _prepare_store(self) -> None:
+        conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
+        try:
+            service = AccountService(conn, self.clock.now())
+            for listener in self.config.listeners:
+                if listener.trusted_account:
+                    _, created = service.ensure_account(listener.trusted_account)
+                    if created:
+                        log.info("created account %s for the trusted networks of listener %s",
+                                 listener.trusted_account, listener.name)
+        finally:
+            conn.close()
+        self._reader = sqlite3.connect(schema.database_path(self.config.server.data_dir), isolation_level=None,
+                                       check_same_thread=False, timeout=self.config.server.store_busy_timeout)
+
+    async def _refresh_credentials(self) -> None:
+        table = self.frontend.credentials
+        reader = self._reader
+        assert reader is not None
+
+        def load_if_changed() -> None:
+            version = catalog_version(reader)
+            if version != table.version:
+                logins, accounts = load_logins(reader)
+                table.replace(logins, accounts, version)
+
+        await asyncio.to_thread(load_if_changed)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CREDENTIAL_REFRESH_SECONDS)
+            try:
+                await self._refresh_credentials()
+                self.frontend.lockout.prune()
+            except sqlite3.Error as exc:
+                log.error("could not refresh credentials from the store: %s", exc)
+
+    async def _start_listeners(self) -> None:
+        config = self.config
+        context = None
+        if any(l.tls is not TlsMode.NONE for l in config.listeners):
+            context = server_context(*certificate_paths(config))
+        loop = asyncio.get_running_loop()
+        for listener in config.listeners:
+            listener_context = context if listener.tls is not TlsMode.NONE else None
+
+            def factory(listener=listener, ctx=listener_context) -> RelaySMTP:
+                return RelaySMTP(self.frontend, listener, ctx)
+
+            server = await loop.create_server(
+                factory, host=listener.address, port=listener.port, reuse_address=True,
+                ssl=listener_context if listener.tls is TlsMode.IMPLICIT else None,
+                ssl_handshake_timeout=30 if listener.tls is TlsMode.IMPLICIT else None, backlog=1024)
+            self._servers.append(server)
+
+    async def _start_http(self) -> None:
+        app = build_app(self.metrics, self.health)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.config.http.address, self.config.http.port, reuse_address=True)
+        await site.start()
+
+    def health(self) -> dict[str, object]:
+        ok = self.store.healthy
+        return {"status": "ok" if ok else "degraded", "store": "ok" if ok else "failing",
+                "sessions": len(self.frontend.sessions), "version": __version__}
+
+    def reload(self) -> None:
+        try:
+            new = load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", "; ".join(exc.problems))
+            return
+        applied, restart = reload_report(self.config, new)
+        self.frontend.apply(new)
+        logs.set_level(new.log.level)
+        self.config = new
+        log.info("reload: applied %s%s", ", ".join(applied) or "no changes",
+                 f"; changed but needs a restart: {', '.join(restart)}" if restart else "")
+
+    async def _drain(self) -> None:
+        sessions = self.frontend.sessions
+        log.info("shutting down: no new connections; up to %ss for %d message(s) being received",
+                 int(self.config.server.shutdown_grace), sum(1 for s in sessions if s.in_data))
+        for server in self._servers:
+            server.close()
+        deadline = self.clock.monotonic() + self.config.server.shutdown_grace
+        while True:
+            # Idle sessions close at once; a session receiving DATA may finish it.
+            for session in [s for s in sessions if not s.in_data]:
+                session.refuse_and_close("421 4.3.2 Service shutting down")
+            if not sessions or self.clock.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(sessions):
+            session.refuse_and_close("421 4.3.2 Service shutting down")
+
+
+def serve(config_path: Path, log_format: str | None = None) -> int:
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=__import__("sys").stderr)
+        return 2
+    logs.setup(config.log.level, log_format or config.log.format)
+    try:
+        import uvloop  # optional: faster event loop when installed
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(Relay(config_path, config).run())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

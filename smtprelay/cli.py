@@ -1,0 +1,300 @@
+"""The `smtprelay` command (also `python -m smtprelay`).
+
+Owns: argument parsing and output (human tables, or exactly one JSON document with
+--json). Management commands act on the same store as the server through the service
+layer (smtprelay.accounts, smtprelay.queue.store); a running server sees changes within
+2 seconds. Exit status: 0 success, 1 refused operation, 2 bad usage or bad config.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from smtprelay import __version__
+from smtprelay.accounts import AccountService, RefusedError
+from smtprelay.config import Config, ConfigError, load
+from smtprelay.queue import schema
+from smtprelay.queue.store import list_queue, show_message
+
+
+class UsageError(Exception):
+    pass
+
+
+def _default_config() -> str:
+    return os.environ.get("SMTPRELAY_CONFIG", "./relay.toml")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        human()
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, sqlite3.Connection]:
+    config = load(Path(args.config))
+    return config, schema.connect(config.server.data_dir, config.server.store_busy_timeout)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got \"{text}\"") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got \"{text}\"")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got \"{text}\"") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got \"{text}\"")
+    return value
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from smtprelay.app import serve
+    return serve(Path(args.config), args.log_format)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load(Path(args.config))
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
+        else:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+        return 2
+    doc = {"ok": True, "listeners": [f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners],
+           "data_dir": str(config.server.data_dir)}
+    _emit(args, doc, lambda: print(f"{args.config}: ok ({len(config.listeners)} listener(s), "
+                                   f"data_dir {config.server.data_dir})"))
+    return 0
+
+
+def _account_doc(account: Any, config: Config, credentials: int | None = None) -> dict[str, Any]:
+    doc = {"name": account.name,
+           "daily_quota": account.daily_quota or config.limits.account_daily_quota,
+           "rate_per_second": account.rate_per_second or config.limits.account_rate_per_second,
+           "quota_source": "account" if account.daily_quota else "default",
+           "created_at": _iso(account.created_at)}
+    if credentials is not None:
+        doc["credentials"] = credentials
+    return doc
+
+
+def cmd_account_add(args: argparse.Namespace) -> int:
+    config, conn = _open(args)
+    account = AccountService(conn, time.time()).add_account(args.name, args.daily_quota, args.rate)
+    doc = _account_doc(account, config)
+    _emit(args, doc, lambda: print(f"account {account.name} created (daily quota {doc['daily_quota']}, "
+                                   f"rate {doc['rate_per_second']}/s)"))
+    return 0
+
+
+def cmd_account_set(args: argparse.Namespace) -> int:
+    if args.daily_quota is None and args.rate is None:
+        raise UsageError("account set needs --daily-quota and/or --rate")
+    config, conn = _open(args)
+    account = AccountService(conn, time.time()).set_account(args.name, args.daily_quota, args.rate)
+    doc = _account_doc(account, config)
+    _emit(args, doc, lambda: print(f"account {account.name}: daily quota {doc['daily_quota']}, "
+                                   f"rate {doc['rate_per_second']}/s"))
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    config, conn = _open(args)
+    rows = AccountService(conn, time.time()).list_accounts()
+    docs = [_account_doc(a, config, n) for a, n in rows]
+    _emit(args, {"accounts": docs}, lambda: _print_table(
+        ["name", "daily_quota", "rate/s", "credentials", "created"],
+        [[d["name"], d["daily_quota"], d["rate_per_second"], d["credentials"], d["created_at"]] for d in docs]))
+    return 0
+
+
+def cmd_credential_add(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    cred = AccountService(conn, time.time()).add_credential(args.account)
+    doc = {"account": cred.account, "username": cred.username, "password": cred.password}
+
+    def human() -> None:
+        print(f"account:  {cred.account}")
+        print(f"username: {cred.username}")
+        print(f"password: {cred.password}")
+        print("The password is shown only this once; only its digest is stored.")
+    _emit(args, doc, human)
+    return 0
+
+
+def cmd_credential_list(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    creds = AccountService(conn, time.time()).list_credentials(args.account)
+    docs = [{"username": c.username, "account": c.account, "created_at": _iso(c.created_at),
+             "revoked_at": _iso(c.revoked_at), "active": c.revoked_at is None} for c in creds]
+    _emit(args, {"credentials": docs}, lambda: _print_table(
+        ["username", "created", "revoked"], [[d["username"], d["created_at"], d["revoked_at"]] for d in docs]))
+    return 0
+
+
+def cmd_credential_revoke(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    cred = AccountService(conn, time.time()).revoke_credential(args.username)
+    doc = {"username": cred.username, "account": cred.account, "revoked_at": _iso(cred.revoked_at)}
+    _emit(args, doc, lambda: print(f"credential {cred.username} revoked (a running server refuses it within 2 s)"))
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    entries = list_queue(conn, state=args.state, domain=args.domain, limit=args.limit)
+    now = time.time()
+    docs = [{"id": e.id, "age_seconds": round(now - e.created_at, 1), "created_at": _iso(e.created_at),
+             "size": e.size, "from": e.mail_from, "recipients": list(e.recipients), "state": e.state,
+             "last_reply": e.last_reply} for e in entries]
+
+    def human() -> None:
+        if not docs:
+            print("Mail queue is empty")
+            return
+        _print_table(["id", "age", "size", "sender", "state", "recipients"],
+                     [[d["id"], f"{int(d['age_seconds'])}s", d["size"], d["from"], d["state"],
+                       ", ".join(d["recipients"])] for d in docs])
+        print(f"-- {len(docs)} message(s)")
+    _emit(args, {"messages": docs}, human)
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    doc = show_message(conn, args.id)
+    if doc is None:
+        raise RefusedError(f"no queued message with id {args.id}")
+    doc["created_at"] = _iso(doc["created_at"])  # type: ignore[arg-type]
+
+    def human() -> None:
+        for key in ("id", "account", "username", "from", "size", "created_at", "client_address", "tls",
+                    "message_id"):
+            print(f"{key + ':':16}{doc[key] if doc[key] is not None else '-'}")
+        _print_table(["recipient", "state", "attempts", "last_reply"],
+                     [[r["address"], r["state"], r["attempts"], r["last_reply"]] for r in doc["recipients"]])  # type: ignore[attr-defined]
+    _emit(args, doc, human)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one clear sentence, exit 2
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="path to relay.toml (default ./relay.toml or $SMTPRELAY_CONFIG)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print exactly one JSON document")
+
+    parser = _Parser(prog="smtprelay", description="Self-hosted SMTP relay with policy enforcement.",
+                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"smtprelay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def group(name: str, help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        g = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+        g.required = True
+        return g
+
+    p = command(sub, "serve", cmd_serve, "run the relay")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="log line format (default: [log] format in relay.toml)")
+    command(sub, "check-config", cmd_check_config, "validate relay.toml and print each problem with its key path")
+
+    acc = group("account", "manage accounts (tenants)")
+    p = command(acc, "add", cmd_account_add, "create an account")
+    p.add_argument("name")
+    p.add_argument("--daily-quota", type=_positive_int, help="recipients per rolling 24 h (default from [limits])")
+    p.add_argument("--rate", type=_positive_float, help="recipients per second (default from [limits])")
+    p = command(acc, "set", cmd_account_set, "change an account's quota or rate")
+    p.add_argument("name")
+    p.add_argument("--daily-quota", type=_positive_int)
+    p.add_argument("--rate", type=_positive_float)
+    command(acc, "list", cmd_account_list, "list accounts")
+
+    cred = group("credential", "manage SMTP credentials")
+    p = command(cred, "add", cmd_credential_add, "create SMTP credentials; the password is printed once")
+    p.add_argument("account")
+    p = command(cred, "list", cmd_credential_list, "list an account's credentials")
+    p.add_argument("account")
+    p = command(cred, "revoke", cmd_credential_revoke, "revoke a credential (a running server refuses it within 2 s)")
+    p.add_argument("username")
+
+    q = group("queue", "inspect the queue")
+    p = command(q, "list", cmd_queue_list, "list queued messages (like mailq)")
+    p.add_argument("--state", help="only recipients in this state")
+    p.add_argument("--domain", help="only recipients at this domain")
+    p.add_argument("--limit", type=_positive_int, default=1000, help="at most this many messages (default 1000)")
+    p = command(q, "show", cmd_queue_show, "show one queued message and its recipients")
+    p.add_argument("id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None) or _default_config()
+    args.json = getattr(args, "json", False)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"smtprelay: {exc}", file=sys.stderr)
+        return 2
+    except RefusedError as exc:
+        print(f"smtprelay: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"smtprelay: the store could not be used: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,481 @@
+"""relay.toml → frozen dataclasses, validated with key-path errors.
+
+Owns: parsing and validating the configuration file. Every problem is collected (not
+just the first) and reported as ``key.path: reason, got <value>`` so that
+``smtprelay check-config`` can print them all at once. Unknown keys are errors too:
+a typo in a limit must never silently fall back to the default.
+
+Must never: open sockets, touch the store, or read anything but the file it is given.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(text: str) -> float:
+    """Parse "30s", "15m", "72h", "180d", "500ms" or combinations like "1h30m" into seconds."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("must be a duration string like \"30s\", \"15m\", \"72h\" or \"180d\"")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError("must be a duration string like \"30s\", \"15m\", \"72h\" or \"180d\"")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+class TlsMode(str, enum.Enum):
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    NONE = "none"
+
+
+class BareNewline(str, enum.Enum):
+    NORMALIZE = "normalize"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: Path = Path("./var")
+    shutdown_grace: float = 30.0
+    # Like Postfix's queue_minfree, inverted: a cap on the store so the disk never fills.
+    # 0 means no cap. Over it, new mail gets 452 4.3.1 and nothing accepted is touched.
+    max_store_bytes: int = 0
+    store_busy_timeout: float = 5.0
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "relay.db"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    address: str
+    port: int
+    tls: TlsMode
+    trusted_networks: tuple[Network, ...] = ()
+    trusted_account: str | None = None
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    require_tls: bool = True
+    max_failures: int = 5
+    failure_window: float = 900.0
+    lockout: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_message_bytes: int = 4 * MiB
+    max_recipients: int = 50
+    max_subject_chars: int = 998
+    recipient_hourly_cap: int = 10
+    account_daily_quota: int = 500
+    account_rate_per_second: float = 20.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 50
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    bare_newline: BareNewline = BareNewline.NORMALIZE
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    address: str = "127.0.0.1"
+    port: int = 8025
+    admin_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# Sections whose values a running server takes over on SIGHUP. Everything else is
+# bound to sockets, files or the store and needs a restart.
+RELOADABLE_SECTIONS = ("limits", "auth", "log")
+
+
+def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Which changed sections apply now, and which need a restart."""
+    applied, restart = [], []
+    for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log"):
+        if getattr(old, name) != getattr(new, name):
+            (applied if name in RELOADABLE_SECTIONS else restart).append(name)
+    return applied, restart
+
+
+class _Section:
+    """Reads one TOML table, recording problems under its key path."""
+
+    def __init__(self, data: Any, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        if not isinstance(data, dict):
+            problems.append(f"{path}: must be a table, got {_show(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, default: T, convert: Callable[[Any], T]) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        raw = self.data[name]
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            self.problems.append(f"{self.key(name)}: {exc}, got {_show(raw)}")
+            return default
+
+    def positive_int(self, name: str, default: int, allow_zero: bool = False) -> int:
+        def convert(raw: Any) -> int:
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0 or (raw == 0 and not allow_zero):
+                raise ValueError("must be a non-negative integer" if allow_zero else "must be a positive integer")
+            return raw
+        return self._get(name, default, convert)
+
+    def positive_number(self, name: str, default: float) -> float:
+        def convert(raw: Any) -> float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+                raise ValueError("must be a positive number")
+            return float(raw)
+        return self._get(name, default, convert)
+
+    def port(self, name: str, default: int) -> int:
+        def convert(raw: Any) -> int:
+            if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 65535:
+                raise ValueError("must be a port number between 0 and 65535")
+            return raw
+        return self._get(name, default, convert)
+
+    def duration(self, name: str, default: float) -> float:
+        def convert(raw: Any) -> float:
+            value = parse_duration(raw)
+            if value <= 0:
+                raise ValueError("must be a positive duration")
+            return value
+        return self._get(name, default, convert)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def convert(raw: Any) -> bool:
+            if not isinstance(raw, bool):
+                raise ValueError("must be true or false")
+            return raw
+        return self._get(name, default, convert)
+
+    def string(self, name: str, default: Any, pattern: re.Pattern[str] | None = None, what: str = "") -> Any:
+        def convert(raw: Any) -> str:
+            if not isinstance(raw, str) or not raw:
+                raise ValueError("must be a non-empty string")
+            if pattern is not None and not pattern.match(raw):
+                raise ValueError(f"must be {what}")
+            return raw
+        return self._get(name, default, convert)
+
+    def choice(self, name: str, default: Any, enum_type: type[enum.Enum]) -> Any:
+        allowed = [m.value for m in enum_type]
+
+        def convert(raw: Any) -> Any:
+            if raw not in allowed:
+                raise ValueError("must be one of " + ", ".join(f'"{a}"' for a in allowed))
+            return enum_type(raw)
+        return self._get(name, default, convert)
+
+    def path_value(self, name: str, default: Path | None) -> Path | None:
+        return self._get(name, default, lambda raw: Path(_nonempty_str(raw)))
+
+    def finish(self) -> None:
+        for name in sorted(set(self.data) - self.seen):
+            self.problems.append(f"{self.key(name)}: unknown key")
+
+
+def _nonempty_str(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("must be a non-empty string")
+    return raw
+
+
+def _show(raw: Any) -> str:
+    if isinstance(raw, str):
+        return f'"{raw}"'
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, dict):
+        return "a table"
+    return repr(raw)
+
+
+def _parse_networks(raw: Any) -> tuple[Network, ...]:
+    if not isinstance(raw, list):
+        raise ValueError("must be a list of CIDR strings like \"127.0.0.1/32\"")
+    nets = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise ValueError("must be a list of CIDR strings like \"127.0.0.1/32\"")
+        try:
+            nets.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise ValueError(f"\"{item}\" is not a CIDR network (host bits must be zero)") from None
+    return tuple(nets)
+
+
+def _parse_nameserver(raw: Any) -> tuple[str, int]:
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("must be a list of \"address\" or \"address:port\" strings")
+    host, port = raw, 53
+    if raw.startswith("["):  # [::1]:5353
+        host, _, rest = raw[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise ValueError(f"\"{raw}\" is not address:port")
+            port = int(rest[1:])
+    elif raw.count(":") == 1:
+        host, _, port_text = raw.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"\"{raw}\" is not address:port")
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"\"{raw}\": a nameserver must be an IP address, not a name") from None
+    if not 0 < port <= 65535:
+        raise ValueError(f"\"{raw}\": port out of range")
+    return host, port
+
+
+def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a decoded TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    base = base_dir or Path(".")
+    known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log"}
+    for name in sorted(set(data) - known):
+        problems.append(f"{name}: unknown section")
+
+    s = _Section(data.get("server", {}), "server", problems)
+    data_dir = s.path_value("data_dir", Path("./var")) or Path("./var")
+    server = ServerConfig(
+        hostname=s.string("hostname", "localhost", _HOSTNAME, "a host name like \"relay.example.com\""),
+        data_dir=data_dir if data_dir.is_absolute() else (base / data_dir),
+        shutdown_grace=s.duration("shutdown_grace", 30.0),
+        max_store_bytes=s.positive_int("max_store_bytes", 0, allow_zero=True),
+        store_busy_timeout=s.duration("store_busy_timeout", 5.0),
+    )
+    s.finish()
+
+    t = _Section(data.get("tls", {}), "tls", problems)
+    cert = t.path_value("cert_file", None)
+    key = t.path_value("key_file", None)
+    t.finish()
+    if (cert is None) != (key is None):
+        problems.append("tls: cert_file and key_file must be set together (or both left out for a self-signed certificate)")
+    for name, p in (("cert_file", cert), ("key_file", key)):
+        if p is not None and not (p if p.is_absolute() else base / p).is_file():
+            problems.append(f"tls.{name}: file not found, got \"{p}\"")
+    tls = TlsConfig(
+        cert_file=None if cert is None else (cert if cert.is_absolute() else base / cert),
+        key_file=None if key is None else (key if key.is_absolute() else base / key),
+    )
+
+    a = _Section(data.get("auth", {}), "auth", problems)
+    auth = AuthConfig(
+        require_tls=a.boolean("require_tls", True),
+        max_failures=a.positive_int("max_failures", 5),
+        failure_window=a.duration("failure_window", 900.0),
+        lockout=a.duration("lockout", 900.0),
+    )
+    a.finish()
+
+    lim = _Section(data.get("limits", {}), "limits", problems)
+    limits = LimitsConfig(
+        max_message_bytes=lim.positive_int("max_message_bytes", 4 * MiB),
+        max_recipients=lim.positive_int("max_recipients", 50),
+        max_subject_chars=lim.positive_int("max_subject_chars", 998),
+        recipient_hourly_cap=lim.positive_int("recipient_hourly_cap", 10),
+        account_daily_quota=lim.positive_int("account_daily_quota", 500),
+        account_rate_per_second=lim.positive_number("account_rate_per_second", 20.0),
+        max_connections=lim.positive_int("max_connections", 1000),
+        max_connections_per_client=lim.positive_int("max_connections_per_client", 50),
+        command_timeout=lim.duration("command_timeout", 300.0),
+        data_timeout=lim.duration("data_timeout", 600.0),
+        bare_newline=lim.choice("bare_newline", BareNewline.NORMALIZE, BareNewline),
+    )
+    lim.finish()
+    if limits.max_connections_per_client > limits.max_connections:
+        problems.append("limits.max_connections_per_client: must not exceed limits.max_connections, "
+                        f"got {limits.max_connections_per_client}")
+
+    h = _Section(data.get("http", {}), "http", problems)
+    http = HttpConfig(
+        address=h.string("address", "127.0.0.1"),
+        port=h.port("port", 8025),
+        admin_token=h.string("admin_token", None),
+    )
+    h.finish()
+
+    d = _Section(data.get("dns", {}), "dns", problems)
+    nameservers = d._get("nameservers", (), lambda raw: tuple(_parse_nameserver(x) for x in _list(raw)))
+    dns = DnsConfig(nameservers=nameservers, timeout=d.duration("timeout", 5.0))
+    d.finish()
+
+    lg = _Section(data.get("log", {}), "log", problems)
+    log = LogConfig(
+        level=lg._get("level", "info", lambda raw: _one_of(raw, ("debug", "info", "warning", "error"))),
+        format=lg._get("format", "text", lambda raw: _one_of(raw, ("text", "json"))),
+    )
+    lg.finish()
+
+    listeners = _parse_listeners(data.get("listeners", []), problems)
+    config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
+                    http=http, dns=dns, log=log)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list):
+        raise ValueError("must be a list")
+    return raw
+
+
+def _one_of(raw: Any, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ValueError("must be one of " + ", ".join(f'"{a}"' for a in allowed))
+    return str(raw)
+
+
+def _parse_listeners(raw: Any, problems: list[str]) -> tuple[ListenerConfig, ...]:
+    if not isinstance(raw, list):
+        problems.append(f"listeners: must be an array of tables ([[listeners]]), got {_show(raw)}")
+        return ()
+    if not raw:
+        problems.append("listeners: at least one [[listeners]] table is required")
+    result = []
+    names: set[str] = set()
+    endpoints: set[tuple[str, int]] = set()
+    for i, item in enumerate(raw):
+        sec = _Section(item, f"listeners[{i}]", problems)
+        name = sec.string("name", f"listener{i}", _NAME, "lower-case letters, digits, '.', '_' or '-'")
+        address = sec._get("address", "127.0.0.1", _ip_text)
+        port = sec.port("port", 0)
+        if "port" not in sec.data:
+            problems.append(f"listeners[{i}].port: is required")
+        tls = sec.choice("tls", TlsMode.STARTTLS, TlsMode)
+        nets = sec._get("trusted_networks", (), _parse_networks)
+        account = sec.string("trusted_account", None, _NAME, "an account name")
+        sec.finish()
+        if name in names:
+            problems.append(f"listeners[{i}].name: duplicate listener name, got \"{name}\"")
+        names.add(name)
+        if port and (address, port) in endpoints:
+            problems.append(f"listeners[{i}].port: {address}:{port} is used by another listener")
+        endpoints.add((address, port))
+        if nets and not account:
+            problems.append(f"listeners[{i}].trusted_account: is required when trusted_networks is set")
+        if account and not nets:
+            problems.append(f"listeners[{i}].trusted_networks: is required when trusted_account is set")
+        if tls is TlsMode.NONE and not nets:
+            problems.append(f"listeners[{i}].tls: \"none\" is only allowed with trusted_networks "
+                            "(plaintext AUTH would expose passwords)")
+        result.append(ListenerConfig(name=name, address=address, port=port, tls=tls,
+                                     trusted_networks=nets, trusted_account=account))
+    return tuple(result)
+
+
+def _ip_text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("must be an IP address string")
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError("must be an IP address such as \"127.0.0.1\" or \"::1\"") from None
+    return raw
+
+
+def load(path: Path) -> Config:
+    """Read and validate a relay.toml; raise ConfigError with every problem found."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse(data, base_dir=path.resolve().parent)

@@ -1,0 +1,2 @@
+"""The HTTP side: /metrics, /healthz (and later the admin API and tracking endpoints)."""
+from __future__ import annotations

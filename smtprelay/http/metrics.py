@@ -1,0 +1,39 @@
+"""Prometheus metrics (names from DESIGN §4, prefix `smtprelay_`).
+
+Owns: the registry and every metric object. Labels stay low-cardinality: never an
+address or a message id.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+
+from smtprelay import __version__
+
+
+# The *_created series double the output and no dashboard of ours uses them.
+disable_created_metrics()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.smtp_connections = Counter("smtprelay_smtp_connections_total",
+                                        "SMTP connections accepted by the listeners", ["listener"], registry=r)
+        self.smtp_connections_refused = Counter("smtprelay_smtp_connections_refused_total",
+                                                "SMTP connections refused by a connection cap", ["reason"],
+                                                registry=r)
+        self.smtp_sessions_active = Gauge("smtprelay_smtp_sessions_active", "Open SMTP sessions", registry=r)
+        self.auth_attempts = Counter("smtprelay_auth_attempts_total", "SMTP AUTH attempts", ["result"],
+                                     registry=r)
+        self.messages_accepted = Counter("smtprelay_messages_accepted_total",
+                                         "Messages accepted and committed to the queue", registry=r)
+        self.recipients_rejected = Counter("smtprelay_recipients_rejected_total",
+                                           "Recipients (or whole transactions) refused, by reason", ["reason"],
+                                           registry=r)
+        self.store_commits = Counter("smtprelay_store_commits_total",
+                                     "Queue store transactions (group commits)", ["result"], registry=r)
+        self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
+        self.build_info.info({"version": __version__})
+        for result in ("success", "failure", "locked_out"):
+            self.auth_attempts.labels(result=result)

@@ -1,0 +1,27 @@
+"""One aiohttp server: GET /metrics (Prometheus text format) and GET /healthz.
+
+Must never: block the loop; everything it serves is in memory.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from smtprelay.http.metrics import Metrics
+
+
+def build_app(metrics: Metrics, health: Callable[[], dict[str, object]]) -> web.Application:
+    async def get_metrics(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def get_health(request: web.Request) -> web.Response:
+        doc = health()
+        return web.json_response(doc, status=200 if doc.get("status") == "ok" else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", get_health)
+    return app

@@ -1,0 +1,86 @@
+"""Checks and repairs on the message content received after DATA.
+
+Owns: SMTP smuggling protection (bare CR, bare LF, NUL) and the Subject rules. Runs
+before anything is added to or signed over the message, because a body that still holds
+a bare LF would be rewritten by the sending client later and break the DKIM signature.
+
+Must never: do I/O.
+"""
+from __future__ import annotations
+
+import email.header
+import re
+
+from smtprelay.config import BareNewline
+from smtprelay.policy.verdict import Verdict, reject
+
+_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+BARE_NEWLINE = reject(550, "5.6.0", "Message contains bare CR, bare LF or NUL characters, which are "
+                      "refused to prevent SMTP smuggling", "bare_newline")
+
+
+def has_bare_newlines(content: bytes) -> bool:
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf or b"\x00" in content
+
+
+def normalize_newlines(content: bytes, mode: BareNewline) -> tuple[bytes, Verdict | None]:
+    """Return the content with every line ending CRLF and no NUL, or a rejection."""
+    if not has_bare_newlines(content):
+        return content, None
+    if mode is BareNewline.REJECT:
+        return content, BARE_NEWLINE
+    return _ANY_NEWLINE.sub(b"\r\n", content.replace(b"\x00", b"")), None
+
+
+def header_block(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def header_values(headers: bytes, name: bytes) -> list[bytes]:
+    """Raw (unfolded) values of every header called `name` (case-insensitive)."""
+    values: list[bytes] = []
+    current: bytearray | None = None
+    lower = name.lower() + b":"
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += line
+            continue
+        if current is not None:
+            values.append(bytes(current))
+            current = None
+        if line[: len(lower)].lower() == lower:
+            current = bytearray(line[len(lower):])
+    if current is not None:
+        values.append(bytes(current))
+    return [v.strip() for v in values]
+
+
+def decode_subject(raw: bytes) -> str:
+    """RFC 2047-decode a Subject value; raise ValueError if it is not valid text."""
+    text = raw.decode("utf-8")  # raw 8-bit headers must be UTF-8 (RFC 6532)
+    parts = []
+    for chunk, charset in email.header.decode_header(text):
+        if isinstance(chunk, str):
+            parts.append(chunk)
+        else:
+            try:
+                # Without a charset the chunk is plain text that decode_header re-encoded.
+                parts.append(chunk.decode(charset) if charset else chunk.decode("raw-unicode-escape"))
+            except LookupError:
+                raise ValueError(f"unknown charset {charset}") from None
+    return "".join(parts)
+
+
+def check_subject(headers: bytes, max_chars: int) -> Verdict | None:
+    for raw in header_values(headers, b"subject"):
+        try:
+            subject = decode_subject(raw)
+        except (UnicodeDecodeError, ValueError):
+            return reject(550, "5.6.0", "Subject is not valid UTF-8 (after RFC 2047 decoding)",
+                          "bad_subject")
+        if len(subject) > max_chars:
+            return reject(550, "5.6.0", f"Subject is longer than {max_chars} characters", "subject_too_long")
+    return None

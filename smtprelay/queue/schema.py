@@ -1,0 +1,137 @@
+"""Database file, connection settings and versioned schema migrations.
+
+Owns: the DDL and `PRAGMA user_version`. Every process that opens the store (the server,
+each CLI command) goes through `connect()` here, so all of them agree on WAL mode,
+synchronous=FULL and the schema version. Migrations are append-only: never edit a
+released step, add a new one.
+
+Must never: hold data logic; the queue store and the account service own their SQL.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: accounts, credentials, the queue.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('catalog_version', 0);
+
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        daily_quota INTEGER,            -- NULL: limits.account_daily_quota
+        rate_per_second REAL,           -- NULL: limits.account_rate_per_second
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE credentials (
+        username TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        digest TEXT NOT NULL,           -- sha256$<salt>$<hex>; the password is never stored
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    -- Any change to who may log in bumps catalog_version; the server polls that one
+    -- integer and reloads its in-memory credential table only when it moved.
+    CREATE TRIGGER accounts_ins AFTER INSERT ON accounts BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+    CREATE TRIGGER accounts_upd AFTER UPDATE ON accounts BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+    CREATE TRIGGER accounts_del AFTER DELETE ON accounts BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+    CREATE TRIGGER credentials_ins AFTER INSERT ON credentials BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+    CREATE TRIGGER credentials_upd AFTER UPDATE ON credentials BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+    CREATE TRIGGER credentials_del AFTER DELETE ON credentials BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
+
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,            -- the queue id shown in "queued as <ID>"
+        account_id INTEGER REFERENCES accounts(id),
+        username TEXT,                  -- SASL username, NULL for trusted networks
+        mail_from TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        client_address TEXT NOT NULL,
+        tls TEXT,                       -- TLS version of the submission, NULL if none
+        header_message_id TEXT,
+        body BLOB NOT NULL              -- last: listing never reads the overflow pages
+    );
+    CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        state TEXT NOT NULL,            -- queued, ...
+        next_attempt_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_reply TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX recipients_ready ON recipients (state, next_attempt_at);
+    CREATE INDEX recipients_domain ON recipients (domain, state);
+    CREATE INDEX recipients_message ON recipients (message_id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def database_path(data_dir: Path) -> Path:
+    return data_dir / "relay.db"
+
+
+def configure(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Connection settings every opener must use."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"could not switch the store to WAL mode (got {mode})")
+    # FULL: a commit is on disk when it returns; the 250 after DATA depends on it.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version now in force."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"the store has schema version {version}, newer than this smtprelay "
+                           f"({SCHEMA_VERSION}); upgrade smtprelay")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
+
+
+def connect(data_dir: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """Open the store synchronously (CLI, readers), creating and migrating it if needed."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(database_path(data_dir), isolation_level=None, timeout=busy_timeout)
+    conn.row_factory = sqlite3.Row
+    configure(conn, busy_timeout)
+    migrate(conn)
+    return conn

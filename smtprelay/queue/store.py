@@ -1,0 +1,229 @@
+"""The queue store: all queue SQL, and group commit for durable acceptance.
+
+Owns: the `messages` and `recipients` tables. `enqueue()` returns only after the message
+and all its recipients are committed and synced (WAL, synchronous=FULL); the front end
+sends 250 after that and never before. Concurrent sessions share one transaction: a
+single committer task takes everything that arrived while the previous commit was
+syncing and writes it in one transaction, so N sessions pay one fsync instead of N.
+
+Must never: decide policy, or run SQL on the event loop (aiosqlite runs it in its
+thread). A failed commit fails every message of that batch with StoreUnavailable and
+leaves everything committed before untouched.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import aiosqlite
+
+from smtprelay.queue import schema
+
+log = logging.getLogger("smtprelay.queue")
+
+# Batches are bounded so one commit cannot hold hundreds of MB in flight.
+MAX_BATCH_MESSAGES = 256
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+
+class StoreUnavailable(Exception):
+    """The store could not commit (disk full, locked, read-only, I/O error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: str
+    account_id: int | None
+    username: str | None
+    mail_from: str
+    recipients: tuple[str, ...]
+    body: bytes
+    created_at: float
+    client_address: str
+    tls: str | None
+    header_message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One message as `queue list` shows it."""
+    id: str
+    created_at: float
+    size: int
+    mail_from: str
+    recipients: tuple[str, ...]
+    state: str
+    last_reply: str | None
+
+
+def recipient_domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class QueueStore:
+    def __init__(self, data_dir: Path, busy_timeout: float = 5.0, max_store_bytes: int = 0,
+                 on_commit: Callable[[bool], None] | None = None):
+        self._path = schema.database_path(data_dir)
+        self._data_dir = data_dir
+        self._busy_timeout = busy_timeout
+        self._max_store_bytes = max_store_bytes
+        self._on_commit = on_commit
+        self._db: aiosqlite.Connection | None = None
+        self._pending: list[tuple[QueuedMessage, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0          # transactions committed (for tests and metrics)
+        self.healthy = True
+
+    async def open(self) -> None:
+        # Migrations run synchronously once, before any session exists.
+        schema.connect(self._data_dir, self._busy_timeout).close()
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        await self._db.execute("PRAGMA journal_mode = WAL")
+        await self._db.execute("PRAGMA synchronous = FULL")
+        await self._db.execute("PRAGMA foreign_keys = ON")
+        if self._max_store_bytes:
+            page_size = (await (await self._db.execute("PRAGMA page_size")).fetchone())[0]
+            pages = max(1, self._max_store_bytes // page_size)
+            await self._db.execute(f"PRAGMA max_page_count = {pages}")
+        self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
+
+    async def close(self) -> None:
+        """Commit what is pending, then close."""
+        self._closing = True
+        self._wake.set()
+        if self._committer is not None:
+            await self._committer
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def enqueue(self, message: QueuedMessage) -> None:
+        """Return once the message is durably committed; raise StoreUnavailable otherwise."""
+        if self._closing or self._db is None:
+            raise StoreUnavailable("the store is closing")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, future))
+        self._wake.set()
+        await future
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._take_batch()
+                await self._commit(batch)
+            if self._closing and not self._pending:
+                return
+
+    def _take_batch(self) -> list[tuple[QueuedMessage, asyncio.Future[None]]]:
+        size = 0
+        count = 0
+        for message, _ in self._pending:
+            if count and (count >= MAX_BATCH_MESSAGES or size + len(message.body) > MAX_BATCH_BYTES):
+                break
+            size += len(message.body)
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    async def _commit(self, batch: list[tuple[QueuedMessage, asyncio.Future[None]]]) -> None:
+        assert self._db is not None
+        db = self._db
+        messages = [(m.id, m.account_id, m.username, m.mail_from, len(m.body), m.created_at,
+                     m.client_address, m.tls, m.header_message_id, m.body) for m, _ in batch]
+        recipients = [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at)
+                      for m, _ in batch for rcpt in m.recipients]
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(
+                    "INSERT INTO messages (id, account_id, username, mail_from, size, created_at,"
+                    " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    messages)
+                await db.executemany(
+                    "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at,"
+                    " updated_at) VALUES (?,?,?,?,?,?)", recipients)
+                await db.execute("COMMIT")
+            except BaseException:
+                await _rollback(db)
+                raise
+        except Exception as exc:  # any failure must reach every waiting session as 452
+            if self.healthy:
+                log.error("store: commit of %d message(s) failed: %s", len(batch), exc)
+            self.healthy = False
+            if self._on_commit is not None:
+                self._on_commit(False)
+            error = StoreUnavailable(str(exc))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        if not self.healthy:
+            log.warning("store: commits succeed again")
+        self.healthy = True
+        self.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(True)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction open (BEGIN itself failed): nothing to undo
+
+
+def list_queue(conn: sqlite3.Connection, state: str | None = None, domain: str | None = None,
+               limit: int = 1000) -> list[QueueEntry]:
+    """Messages with their recipients, oldest first (for `queue list`)."""
+    where, args = [], []
+    if state:
+        where.append("r.state = ?")
+        args.append(state)
+    if domain:
+        where.append("r.domain = ?")
+        args.append(domain.lower())
+    sql = ("SELECT m.id, m.created_at, m.size, m.mail_from, group_concat(r.address, char(10)),"
+           " group_concat(DISTINCT r.state), max(r.last_reply)"
+           " FROM messages m JOIN recipients r ON r.message_id = m.id"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " GROUP BY m.id ORDER BY m.id LIMIT ?")
+    rows = conn.execute(sql, (*args, limit)).fetchall()
+    return [QueueEntry(id=r[0], created_at=r[1], size=r[2], mail_from=r[3],
+                       recipients=tuple(r[4].split("\n")), state=r[5], last_reply=r[6])
+            for r in rows]
+
+
+def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] | None:
+    row = conn.execute("SELECT id, account_id, username, mail_from, size, created_at, client_address,"
+                       " tls, header_message_id FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    if row is None:
+        return None
+    rcpts = conn.execute("SELECT address, state, attempts, next_attempt_at, last_reply FROM recipients"
+                         " WHERE message_id = ? ORDER BY id", (queue_id,)).fetchall()
+    account = None
+    if row[1] is not None:
+        found = conn.execute("SELECT name FROM accounts WHERE id = ?", (row[1],)).fetchone()
+        account = found[0] if found else None
+    return {
+        "id": row[0], "account": account, "username": row[2], "from": row[3], "size": row[4],
+        "created_at": row[5], "client_address": row[6], "tls": row[7], "message_id": row[8],
+        "recipients": [{"address": r[0], "state": r[1], "attempts": r[2], "next_attempt_at": r[3],
+                        "last_reply": r[4]} for r in rcpts],
+    }
+
+
+def read_body(conn: sqlite3.Connection, queue_id: str) -> bytes | None:
+    row = conn.execute("SELECT body FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    return None if row is None else bytes(row[0])

@@ -1,0 +1,194 @@
+"""The aiosmtpd handler: SMTP commands in, the pipeline's verdicts out as SMTP replies.
+
+Owns: the FrontEnd (shared state of all listeners: current config, credential table,
+connection caps, lockout, metrics) and the per-session state. After DATA it runs the
+content checks, stamps the trace headers, hands the message to the queue store and
+replies 250 only once the store says the commit is synced.
+
+Must never: make a policy decision itself (rules live in smtprelay.policy), block the
+event loop, or reply 250 before the commit.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+
+from smtprelay.accounts import Login, check_password
+from smtprelay.clock import Clock
+from smtprelay.config import Config
+from smtprelay.http.metrics import Metrics
+from smtprelay.policy import verdict as V
+from smtprelay.policy.content import check_subject, header_block, normalize_newlines
+from smtprelay.queue.ids import new_queue_id
+from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
+from smtprelay.smtp.server import RelaySMTP, authenticate
+from smtprelay.smtp.stamp import Trace, stamp
+
+log = logging.getLogger("smtprelay.smtp")
+
+
+class CredentialTable:
+    """Who may log in, in memory; refreshed from the store by the app (never I/O here)."""
+
+    def __init__(self) -> None:
+        self.logins: dict[str, Login] = {}
+        self.accounts: dict[str, int] = {}
+        self.version = -1
+
+    def replace(self, logins: dict[str, Login], accounts: dict[str, int], version: int) -> None:
+        self.logins, self.accounts, self.version = logins, accounts, version
+
+    def verify(self, username: str, password: str) -> Login | None:
+        login = self.logins.get(username)
+        if login is None or not check_password(password, login.digest):
+            return None
+        return login
+
+
+@dataclass(slots=True)
+class SessionState:
+    client_ip: str
+    listener: str
+    trusted: bool
+    helo: str = ""
+    account: str | None = None
+    account_id: int | None = None
+    username: str | None = None
+    rejected: list[str] = field(default_factory=list)
+
+
+class FrontEnd:
+    def __init__(self, config: Config, store: QueueStore, metrics: Metrics, clock: Clock):
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.credentials = CredentialTable()
+        self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
+        self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+        self.handler = RelayHandler(self)
+        self.sessions: set[RelaySMTP] = set()
+
+    def apply(self, config: Config) -> None:
+        """Take over the reloadable parts of a new configuration (SIGHUP)."""
+        self.config = config
+        self.limiter.max_total = config.limits.max_connections
+        self.limiter.max_per_client = config.limits.max_connections_per_client
+        self.lockout.configure(config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+
+    def authenticate(self, server: Any, session: Session, envelope: Envelope, mechanism: str,
+                     auth_data: Any) -> AuthResult:
+        return authenticate(self, server, mechanism, auth_data)
+
+    def new_session_state(self, server: RelaySMTP) -> SessionState:
+        return SessionState(client_ip=server.client_ip, listener=server.listener.name, trusted=server.trusted)
+
+    def connection_opened(self, server: RelaySMTP, refused: str | None) -> None:
+        if refused is not None:
+            self.metrics.smtp_connections_refused.labels(reason=refused).inc()
+            log.warning("warning: [%s]: connection refused: too many connections (%s cap)",
+                        server.client_ip, refused.replace("_", "-"))
+            return
+        self.sessions.add(server)
+        self.metrics.smtp_connections.labels(listener=server.listener.name).inc()
+        self.metrics.smtp_sessions_active.inc()
+        log.info("connect from [%s] on %s%s", server.client_ip, server.listener.name,
+                 " (trusted network)" if server.trusted else "")
+
+    def connection_closed(self, server: RelaySMTP) -> None:
+        self.sessions.discard(server)
+        self.metrics.smtp_sessions_active.dec()
+        log.info("disconnect from [%s]", server.client_ip)
+
+    def reject(self, state: SessionState, stage: str, verdict: V.Verdict, envelope: Envelope, rcpt: str = "") -> str:
+        self.metrics.recipients_rejected.labels(reason=verdict.reason).inc()
+        to = f" to=<{rcpt}>" if rcpt else ""
+        log.info("NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, state.client_ip, verdict.reply,
+                 envelope.mail_from or "", to)
+        return verdict.reply
+
+
+def _state(session: Session) -> SessionState:
+    return session.relay  # type: ignore[attr-defined, no-any-return]
+
+
+class RelayHandler:
+    def __init__(self, frontend: FrontEnd):
+        self.fe = frontend
+
+    async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        _state(session).helo = hostname
+        return responses
+
+    async def handle_HELO(self, server: RelaySMTP, session: Session, envelope: Envelope, hostname: str) -> str:
+        session.host_name = hostname
+        _state(session).helo = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        state = _state(session)
+        if session.authenticated:
+            login: Login = session.auth_data
+            state.account, state.account_id, state.username = login.account, login.account_id, login.username
+        elif server.trusted:
+            name = server.listener.trusted_account
+            account_id = self.fe.credentials.accounts.get(name or "")
+            if account_id is None:
+                verdict = V.temporary(451, "4.3.5", f"Relay misconfigured: trusted account {name} does not exist",
+                                      "trusted_account_missing")
+                return self.fe.reject(state, "MAIL", verdict, envelope)
+            state.account, state.account_id, state.username = name, account_id, None
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return V.MAIL_OK.reply
+
+    async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        state = _state(session)
+        if address in envelope.rcpt_tos:
+            return V.RCPT_OK.reply  # duplicate: one delivery, like Postfix
+        if len(envelope.rcpt_tos) >= self.fe.config.limits.max_recipients:
+            return self.fe.reject(state, "RCPT", V.TOO_MANY_RECIPIENTS, envelope, address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return V.RCPT_OK.reply
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        state = _state(session)
+        limits = self.fe.config.limits
+        raw = envelope.original_content or b""
+        content, verdict = normalize_newlines(raw, limits.bare_newline)
+        if verdict is None:
+            verdict = check_subject(header_block(content), limits.max_subject_chars)
+        if verdict is not None:
+            return self.fe.reject(state, "END-OF-MESSAGE", verdict, envelope)
+        now = self.fe.clock.now()
+        queue_id = new_queue_id(now)
+        recipients = tuple(envelope.rcpt_tos)
+        tls = server.tls_version
+        body, message_id = stamp(content, Trace(
+            queue_id=queue_id, hostname=server.hostname, helo=state.helo, client_ip=state.client_ip, tls=tls,
+            account=state.account, username=state.username, recipients=recipients, now=now))
+        message = QueuedMessage(
+            id=queue_id, account_id=state.account_id, username=state.username, mail_from=envelope.mail_from or "",
+            recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
+            header_message_id=message_id)
+        try:
+            await self.fe.store.enqueue(message)
+        except StoreUnavailable:
+            return self.fe.reject(state, "END-OF-MESSAGE", V.STORE_UNAVAILABLE, envelope)
+        self.fe.metrics.messages_accepted.inc()
+        log.info("%s: client=[%s], %s, tls=%s, message-id=%s, from=<%s>, size=%d, nrcpt=%d (queue active)",
+                 queue_id, state.client_ip,
+                 f"sasl_username={state.username}" if state.username else f"trusted_account={state.account}",
+                 tls or "none", message_id, envelope.mail_from, len(body), len(recipients),
+                 extra={"fields": {"queue_id": queue_id, "account": state.account, "size": len(body),
+                                   "nrcpt": len(recipients)}})
+        return f"250 2.0.0 Ok: queued as {queue_id}"

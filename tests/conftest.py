@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Relay
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+    """Build relays (not started); every relay started here is stopped by PID afterwards."""
+    made: list[Relay] = []
+
+    def make(overrides: dict[str, dict[str, Any]] | None = None, name: str = "r", **kw: Any) -> Relay:
+        d = tmp_path / f"{name}{len(made)}"
+        d.mkdir()
+        relay = Relay(d, overrides, **kw)
+        made.append(relay)
+        return relay
+
+    yield make
+    for relay in made:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(make_relay: Callable[..., Relay]) -> Relay:
+    """A running relay with account `acme` and one credential in `relay.user` / `relay.password`."""
+    r = make_relay()
+    r.user, r.password = r.add_account_with_credential("acme")  # type: ignore[attr-defined]
+    return r.start()

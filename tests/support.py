@@ -1,0 +1,186 @@
+"""Test support: a real relay process on 127.0.0.1 with its own config, store and ports."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def client_tls() -> ssl.SSLContext:
+    """The relay's test certificate is self-signed: clients skip verification."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    out = []
+    for section, body in doc.items():
+        if isinstance(body, list):
+            for table in body:
+                out.append(f"[[{section}]]")
+                out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        else:
+            out.append(f"[{section}]")
+            out += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+    return "\n".join(out) + "\n"
+
+
+class Relay:
+    """One relay: `start()` runs `smtprelay serve` as a child process; `stop()` ends it by PID."""
+
+    def __init__(self, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None,
+                 trusted_networks: tuple[str, ...] = ("127.0.0.1/32",)):
+        self.dir = tmp
+        self.data_dir = tmp / "var"
+        self.config_path = tmp / "relay.toml"
+        self.log_path = tmp / "relay.log"
+        self.starttls_port = free_port()
+        self.implicit_port = free_port()
+        self.trusted_port = free_port()
+        self.http_port = free_port()
+        self.doc: dict[str, Any] = {
+            "server": {"hostname": "relay.test", "data_dir": str(self.data_dir), "shutdown_grace": "5s",
+                       "store_busy_timeout": "500ms"},
+            "listeners": [
+                {"name": "submission", "address": "127.0.0.1", "port": self.starttls_port, "tls": "starttls"},
+                {"name": "submissions", "address": "127.0.0.1", "port": self.implicit_port, "tls": "implicit"},
+                {"name": "local", "address": "127.0.0.1", "port": self.trusted_port, "tls": "none",
+                 "trusted_networks": list(trusted_networks), "trusted_account": "apps"},
+            ],
+            "http": {"address": "127.0.0.1", "port": self.http_port},
+            "log": {"level": "info"},
+        }
+        for section, values in (overrides or {}).items():
+            self.doc.setdefault(section, {}).update(values)
+        self.write_config()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    def write_config(self) -> None:
+        self.config_path.write_text(to_toml(self.doc))
+
+    # -- CLI -----------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "smtprelay", *args, "--config", str(self.config_path)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"smtprelay {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def add_account_with_credential(self, name: str = "acme") -> tuple[str, str]:
+        self.cli("account", "add", name)
+        cred = self.cli_json("credential", "add", name)
+        return cred["username"], cred["password"]
+
+    # -- process -------------------------------------------------------------------------
+    def start(self, *extra: str) -> "Relay":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "smtprelay", "serve", "--config",
+                                      str(self.config_path), *extra], stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)  # polling for the child to come up; not a stand-in for an injected clock
+        raise AssertionError(f"relay did not become ready:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        code = self.proc.returncode
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def http_get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        _, text = self.http_get("/metrics")
+        key = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(key + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    # -- store ---------------------------------------------------------------------------
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.data_dir / "relay.db")
+
+    def queued_ids(self) -> set[str]:
+        with self.db() as conn:
+            return {r[0] for r in conn.execute("SELECT id FROM messages")}
+
+    def body(self, queue_id: str) -> bytes:
+        with self.db() as conn:
+            return bytes(conn.execute("SELECT body FROM messages WHERE id = ?", (queue_id,)).fetchone()[0])
+
+    def recipients(self, queue_id: str) -> list[str]:
+        with self.db() as conn:
+            return [r[0] for r in conn.execute("SELECT address FROM recipients WHERE message_id = ? ORDER BY id",
+                                               (queue_id,))]
+
+
+def queued_id(reply: bytes | str) -> str:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    assert "queued as " in text, text
+    return text.rsplit("queued as ", 1)[1].strip()
