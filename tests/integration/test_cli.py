@@ -1,0 +1,121 @@
+"""The management commands against the same store as a running relay."""
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+from tests.support import Relay, client_tls
+
+
+def login(relay: Relay, user: str, password: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+        s.starttls(context=client_tls())
+        try:
+            return s.login(user, password)
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code, exc.smtp_error
+
+
+def test_accounts_add_set_list(make_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = make_relay()
+    relay.cli("account", "add", "acme", "--daily-quota", "1000", "--rate", "5")
+    relay.cli("account", "add", "beta")
+    relay.cli("account", "set", "beta", "--daily-quota", "42")
+    accounts = {a["name"]: a for a in relay.cli_json("account", "list")["accounts"]}
+    assert accounts["acme"]["daily_quota"] == 1000 and accounts["acme"]["rate_per_second"] == 5
+    assert accounts["beta"]["daily_quota"] == 42 and accounts["beta"]["rate_per_second"] == 20  # default
+    human = relay.cli("account", "list").stdout
+    assert human.splitlines()[0].split()[:2] == ["NAME", "DAILY_QUOTA"] and "acme" in human
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["account", "add", "acme"], 1, 'account "acme" already exists'),
+    (["account", "add", "Bad Name"], 1, "is not valid"),
+    (["account", "add", "x", "--daily-quota", "-3"], 2, "--daily-quota: must be a positive integer"),
+    (["account", "set", "nobody", "--rate", "3"], 1, 'no account named "nobody"'),
+    (["account", "set", "acme"], 2, "needs --daily-quota and/or --rate"),
+    (["credential", "add", "nobody"], 1, 'no account named "nobody"'),
+    (["credential", "revoke", "nobody-1234"], 1, 'no credential with username "nobody-1234"'),
+    (["queue", "show", "NOSUCHID"], 1, "no queued message with id NOSUCHID"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_refusals_are_one_clear_sentence(make_relay, args: list[str], code: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    relay = make_relay()
+    relay.cli("account", "add", "acme")
+    proc = relay.cli(*args, check=False)
+    assert proc.returncode == code
+    assert message in proc.stderr and proc.stdout == ""
+
+
+def test_credentials_shown_once_stored_as_digest_and_revoked_live(make_relay) -> None:  # type: ignore[no-untyped-def]
+    # Polling for the change makes failed logins; keep them under the lockout threshold.
+    relay = make_relay({"auth": {"max_failures": 1000}})
+    relay.user, relay.password = relay.add_account_with_credential("acme")
+    relay.start()
+    cred = relay.cli_json("credential", "add", "acme")
+    assert len(cred["password"]) >= 32  # 192 bits, URL-safe base64
+    with relay.db() as conn:
+        stored = [r[0] for r in conn.execute("SELECT digest FROM credentials")]
+    assert all(d.startswith("sha256$") and cred["password"] not in d for d in stored)
+    listed = relay.cli_json("credential", "list", "acme")["credentials"]
+    assert {c["username"] for c in listed} == {relay.user, cred["username"]}  # type: ignore[attr-defined]
+    assert "password" not in str(listed)
+    # A credential added while the server runs works within 2 s ...
+    deadline = time.monotonic() + 2.5
+    while login(relay, cred["username"], cred["password"])[0] != 235:
+        assert time.monotonic() < deadline, "new credential not usable within 2 s"
+    # ... and a revoked one is refused within 2 s.
+    relay.cli("credential", "revoke", cred["username"])
+    deadline = time.monotonic() + 2.5
+    while login(relay, cred["username"], cred["password"])[0] != 535:
+        assert time.monotonic() < deadline, "revoked credential still accepted after 2 s"
+    assert login(relay, relay.user, relay.password)[0] == 235  # type: ignore[attr-defined]
+    again = relay.cli("credential", "revoke", cred["username"], check=False)
+    assert again.returncode == 1 and "already revoked" in again.stderr
+
+
+def test_queue_list_and_show(relay: Relay) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+        s.sendmail("app@example.com", ["x@one.example", "y@two.example"], b"Subject: q\r\n\r\nhi\r\n")
+        s.sendmail("app@example.com", ["z@two.example"], b"Subject: q2\r\n\r\nhi\r\n")
+    messages = relay.cli_json("queue", "list")["messages"]
+    assert [sorted(m["recipients"]) for m in messages] == [["x@one.example", "y@two.example"], ["z@two.example"]]
+    assert all(m["state"] == "queued" and m["from"] == "app@example.com" for m in messages)
+    only_one = relay.cli_json("queue", "list", "--domain", "one.example")["messages"]
+    assert [m["id"] for m in only_one] == [messages[0]["id"]]
+    shown = relay.cli_json("queue", "show", messages[1]["id"])
+    assert shown["account"] == "apps" and shown["client_address"] == "127.0.0.1"
+    assert [r["address"] for r in shown["recipients"]] == ["z@two.example"]
+    assert "-- 2 message(s)" in relay.cli("queue", "list").stdout
+
+
+def test_check_config_reports_every_problem_with_key_path(make_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = make_relay()
+    relay.doc["limits"] = {"max_message_bytes": "4MB", "command_timeout": "soon", "bare_newline": "fix"}
+    relay.doc["auth"] = {"max_failures": 0, "lockuot": "1h"}
+    relay.doc["listeners"].append({"name": "open", "address": "127.0.0.1", "port": 2599, "tls": "none"})
+    relay.write_config()
+    proc = relay.cli("check-config", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert 'limits.max_message_bytes: must be a positive integer, got "4MB"' in lines
+    assert any(line.startswith('limits.command_timeout: must be a duration string') for line in lines)
+    assert 'limits.bare_newline: must be one of "normalize", "reject", got "fix"' in lines
+    assert "auth.max_failures: must be a positive integer, got 0" in lines
+    assert "auth.lockuot: unknown key" in lines
+    assert any(line.startswith('listeners[3].tls: "none" is only allowed with trusted_networks') for line in lines)
+    # serve refuses to start on the same file, with the same messages.
+    serve = relay.cli("serve", check=False)
+    assert serve.returncode == 2 and "auth.lockuot: unknown key" in serve.stderr
+
+
+def test_check_config_accepts_the_shipped_relay_toml() -> None:
+    import subprocess
+    import sys
+    from tests.support import ROOT
+    proc = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "--config", str(ROOT / "relay.toml"),
+                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert '"ok": true' in proc.stdout

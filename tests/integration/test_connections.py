@@ -1,0 +1,59 @@
+"""Connection caps and timeouts: one noisy address cannot lock others out."""
+from __future__ import annotations
+
+import smtplib
+import socket
+
+from tests.support import Relay, client_tls
+
+
+def test_1000_idle_connections_do_not_stop_another_client(relay: Relay) -> None:
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", relay.starttls_port), timeout=10))
+        greetings = [s.recv(200) for s in idle]
+        held = [g for g in greetings if g.startswith(b"220 ")]
+        refused = [g for g in greetings if g.startswith(b"421 4.7.0")]
+        assert len(held) == 50 and len(refused) == 950  # max_connections_per_client default
+        assert b"Too many connections from your address" in refused[0]
+        # A real client at another address still gets in and submits.
+        with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="real.test", timeout=10,
+                          source_address=("127.0.0.2", 0)) as s:
+            s.starttls(context=client_tls())
+            s.login(relay.user, relay.password)  # type: ignore[attr-defined]
+            assert s.sendmail("a@example.com", ["b@example.org"], b"Subject: hi\r\n\r\nhi\r\n") == {}
+        assert relay.metric("smtprelay_smtp_connections_refused_total", 'reason="per_client"') == 950
+        assert relay.metric("smtprelay_smtp_sessions_active") == 50
+    finally:
+        for s in idle:
+            s.close()
+    assert len(relay.queued_ids()) == 1
+
+
+def test_total_connection_cap(make_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = make_relay({"limits": {"max_connections": 4, "max_connections_per_client": 3}}).start()
+    socks = []
+    try:
+        for source in ("127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            socks.append(socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=10,
+                                                  source_address=(source, 0)))
+        greetings = [s.recv(200) for s in socks]
+        assert [g[:3] for g in greetings] == [b"220", b"220", b"220", b"220", b"421"]
+        assert b"Too many connections from all clients" in greetings[4]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_idle_client_is_disconnected_after_command_timeout(make_relay) -> None:  # type: ignore[no-untyped-def]
+    # aiosmtpd arms its timer on the event loop's clock, which a test cannot move: a 1 s timeout
+    # keeps the wait short, and the read below returns as soon as the relay closes.
+    relay = make_relay({"limits": {"command_timeout": "1s"}}).start()
+    with socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=15) as s:
+        assert s.recv(200).startswith(b"220")
+        rest = b""
+        while chunk := s.recv(200):
+            rest += chunk
+    assert rest == b"" or rest.startswith(b"421")
+    assert "disconnect from [127.0.0.1]" in relay.log()

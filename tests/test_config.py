@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtprelay.config import ConfigError, TlsMode, format_duration, parse, parse_duration, reload_report
+
+LISTENER = {"name": "s", "address": "127.0.0.1", "port": 2587, "tls": "starttls"}
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("15m", 900), ("72h", 259200), ("180d", 15552000),
+                                          ("500ms", 0.5), ("1h30m", 5400), ("1.5s", 1.5)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30", "s", "30x", "-5s", "1h 30m", "30S", "ms"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["s", "m", "h", "d"]))
+def test_duration_round_trip(n: int, unit: str) -> None:
+    seconds = parse_duration(f"{n}{unit}")
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.text(max_size=12))
+def test_parse_duration_never_crashes(text: str) -> None:
+    try:
+        assert parse_duration(text) >= 0
+    except ValueError:
+        pass
+
+
+def test_defaults() -> None:
+    config = parse({"listeners": [LISTENER]})
+    assert config.limits.max_message_bytes == 4 * 1024 * 1024
+    assert config.limits.max_subject_chars == 998
+    assert config.limits.recipient_hourly_cap == 10
+    assert config.limits.account_daily_quota == 500
+    assert config.limits.account_rate_per_second == 20
+    assert config.listeners[0].tls is TlsMode.STARTTLS
+
+
+def test_problems_carry_key_paths() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse({"listeners": [LISTENER, {**LISTENER, "port": 70000, "trusted_networks": ["10.0.0.1/8"]}],
+               "limits": {"max_message_bytes": "4MB"}, "dns": {"nameservers": ["dns.example:53"]},
+               "nonsense": {}})
+    problems = err.value.problems
+    assert 'limits.max_message_bytes: must be a positive integer, got "4MB"' in problems
+    assert "listeners[1].port: must be a port number between 0 and 65535, got 70000" in problems
+    assert any(p.startswith('listeners[1].trusted_networks: "10.0.0.1/8" is not a CIDR') for p in problems)
+    assert any(p.startswith("dns.nameservers:") and "not a name" in p for p in problems)
+    assert "nonsense: unknown section" in problems
+    assert 'listeners[1].name: duplicate listener name, got "s"' in problems
+
+
+def test_trusted_networks_need_an_account() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse({"listeners": [{**LISTENER, "trusted_networks": ["10.0.0.0/8"]}]})
+    assert err.value.problems == ["listeners[0].trusted_account: is required when trusted_networks is set"]
+
+
+def test_nameserver_forms() -> None:
+    config = parse({"listeners": [LISTENER], "dns": {"nameservers": ["127.0.0.1:5353", "::1", "[::1]:5300"]}})
+    assert config.dns.nameservers == (("127.0.0.1", 5353), ("::1", 53), ("::1", 5300))
+
+
+def test_relative_data_dir_is_relative_to_the_config_file() -> None:
+    config = parse({"listeners": [LISTENER], "server": {"data_dir": "./var"}}, base_dir=Path("/etc/smtprelay"))
+    assert config.server.data_dir == Path("/etc/smtprelay/var")
+
+
+def test_reload_report() -> None:
+    old = parse({"listeners": [LISTENER]})
+    new = parse({"listeners": [{**LISTENER, "port": 2588}], "limits": {"max_recipients": 5}})
+    assert reload_report(old, new) == (["limits"], ["listeners"])

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtprelay.config import BareNewline
+from smtprelay.policy.content import check_subject, has_bare_newlines, header_values, normalize_newlines
+from smtprelay.smtp.stamp import Trace, stamp
+
+
+def test_clean_content_is_returned_unchanged() -> None:
+    content = b"Subject: a\r\n\r\nbody\r\n"
+    out, verdict = normalize_newlines(content, BareNewline.NORMALIZE)
+    assert out is content and verdict is None
+
+
+def test_normalize_and_reject() -> None:
+    content = b"Subject: a\r\n\r\nx\n.\ny\r.\rz\x00\r\n"
+    out, verdict = normalize_newlines(content, BareNewline.NORMALIZE)
+    assert verdict is None and out == b"Subject: a\r\n\r\nx\r\n.\r\ny\r\n.\r\nz\r\n"
+    _, verdict = normalize_newlines(content, BareNewline.REJECT)
+    assert verdict is not None and verdict.reply.startswith("550 5.6.0")
+
+
+@given(st.binary(max_size=200))
+def test_normalized_content_has_only_crlf(data: bytes) -> None:
+    out, _ = normalize_newlines(data, BareNewline.NORMALIZE)
+    assert not has_bare_newlines(out)
+
+
+def test_header_values_unfold_and_ignore_body() -> None:
+    headers = b"Subject: one\r\n two\r\nX: y\r\nsubject: again\r\n"
+    assert header_values(headers, b"Subject") == [b"one two", b"again"]
+
+
+def test_subject_limits() -> None:
+    assert check_subject(b"Subject: " + b"a" * 998 + b"\r\n", 998) is None
+    assert check_subject(b"Subject: " + b"a" * 999 + b"\r\n", 998) is not None
+    assert check_subject(b"Subject: =?unknown-charset?q?x?=\r\n", 998) is not None
+    assert check_subject(b"From: a@b.example\r\n", 998) is None  # no Subject is fine
+
+
+def test_stamp_adds_received_message_id_and_date() -> None:
+    trace = Trace(queue_id="Q1", hostname="relay.test", helo="evil\r\nInjected: x", client_ip="127.0.0.1",
+                  tls="TLSv1.3", account="acme", username="acme-1", recipients=("a@b.example",), now=0.0)
+    out, message_id = stamp(b"Subject: s\r\n\r\nbody\r\n", trace)
+    head = out.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("Received: from evil??Injected:?x ([127.0.0.1])")  # HELO cannot inject headers
+    assert "with ESMTPSA id Q1" in head and "for <a@b.example>; Thu, 01 Jan 1970 00:00:00 +0000" in head
+    assert message_id.startswith("<Q1.") and f"Message-ID: {message_id}" in head
+    assert "Date: Thu, 01 Jan 1970 00:00:00 +0000" in head

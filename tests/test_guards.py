@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from smtprelay.clock import FakeClock
+from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
+
+
+def test_lockout_window_and_expiry() -> None:
+    clock = FakeClock()
+    lockout = AuthLockout(clock, max_failures=3, window=60, lockout=900)
+    assert not lockout.failure("1.2.3.4")
+    clock.advance(61)  # the first failure leaves the window
+    assert not lockout.failure("1.2.3.4")
+    assert not lockout.failure("1.2.3.4")
+    assert lockout.failure("1.2.3.4")  # third within 60 s
+    assert lockout.locked("1.2.3.4") and not lockout.locked("5.6.7.8")
+    clock.advance(899)
+    assert lockout.locked("1.2.3.4")
+    clock.advance(1)
+    assert not lockout.locked("1.2.3.4")
+
+
+def test_success_clears_failures_and_prune_forgets() -> None:
+    clock = FakeClock()
+    lockout = AuthLockout(clock, max_failures=2, window=60, lockout=10)
+    lockout.failure("a")
+    lockout.success("a")
+    assert not lockout.failure("a")
+    lockout.failure("b")
+    lockout.failure("b")
+    clock.advance(100)
+    lockout.prune()
+    assert lockout._failures == {} and lockout._locked_until == {}
+
+
+def test_connection_limiter() -> None:
+    limiter = ConnectionLimiter(max_total=3, max_per_client=2)
+    assert limiter.acquire("a") is None and limiter.acquire("a") is None
+    assert limiter.acquire("a") == "per_client"
+    assert limiter.acquire("b") is None
+    assert limiter.acquire("c") == "total"
+    limiter.release("a")
+    assert limiter.acquire("c") is None
+    limiter.release("a")
+    limiter.release("b")
+    limiter.release("c")
+    assert limiter.total == 0 and dict(limiter.per_client) == {}
