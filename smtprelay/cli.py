@@ -180,7 +180,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     _, conn = _open(args)
     entries = list_queue(conn, state=args.state, domain=args.domain, limit=args.limit)
     now = time.time()
-    docs = [{"id": e.id, "age_seconds": round(now - e.created_at, 1), "created_at": _iso(e.created_at),
+    docs: list[dict[str, Any]] = [{"id": e.id, "age_seconds": round(now - e.created_at, 1), "created_at": _iso(e.created_at),
              "size": e.size, "from": e.mail_from, "recipients": list(e.recipients), "state": e.state,
              "last_reply": e.last_reply} for e in entries]
 

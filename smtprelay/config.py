@@ -171,7 +171,8 @@ RELOADABLE_SECTIONS = ("limits", "auth", "log")
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     """Which changed sections apply now, and which need a restart."""
-    applied, restart = [], []
+    applied: list[str] = []
+    restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
@@ -390,7 +391,8 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     h.finish()
 
     d = _Section(data.get("dns", {}), "dns", problems)
-    nameservers = d._get("nameservers", (), lambda raw: tuple(_parse_nameserver(x) for x in _list(raw)))
+    no_servers: tuple[tuple[str, int], ...] = ()
+    nameservers = d._get("nameservers", no_servers, lambda raw: tuple(_parse_nameserver(x) for x in _list(raw)))
     dns = DnsConfig(nameservers=nameservers, timeout=d.duration("timeout", 5.0))
     d.finish()
 
@@ -438,7 +440,8 @@ def _parse_listeners(raw: Any, problems: list[str]) -> tuple[ListenerConfig, ...
         if "port" not in sec.data:
             problems.append(f"listeners[{i}].port: is required")
         tls = sec.choice("tls", TlsMode.STARTTLS, TlsMode)
-        nets = sec._get("trusted_networks", (), _parse_networks)
+        no_nets: tuple[Network, ...] = ()
+        nets = sec._get("trusted_networks", no_nets, _parse_networks)
         account = sec.string("trusted_account", None, _NAME, "an account name")
         sec.finish()
         if name in names:

@@ -12,6 +12,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+def _bump_triggers(*tables: str) -> str:
+    return "\n".join(
+        f"    CREATE TRIGGER {t}_{op[:3].lower()} AFTER {op} ON {t} BEGIN\n"
+        "        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;"
+        for t in tables for op in ("INSERT", "UPDATE", "DELETE"))
+
+
 MIGRATIONS: list[str] = [
     # 1: accounts, credentials, the queue.
     """
@@ -32,21 +39,9 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         revoked_at REAL
     );
-    -- Any change to who may log in bumps catalog_version; the server polls that one
-    -- integer and reloads its in-memory credential table only when it moved.
-    CREATE TRIGGER accounts_ins AFTER INSERT ON accounts BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-    CREATE TRIGGER accounts_upd AFTER UPDATE ON accounts BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-    CREATE TRIGGER accounts_del AFTER DELETE ON accounts BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-    CREATE TRIGGER credentials_ins AFTER INSERT ON credentials BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-    CREATE TRIGGER credentials_upd AFTER UPDATE ON credentials BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-    CREATE TRIGGER credentials_del AFTER DELETE ON credentials BEGIN
-        UPDATE meta SET value = value + 1 WHERE key = 'catalog_version'; END;
-
+    -- Any change to who may log in bumps catalog_version (triggers below); the server
+    -- polls that one integer and reloads its credential table only when it moved.
+{catalog_triggers}
     CREATE TABLE messages (
         id TEXT PRIMARY KEY,            -- the queue id shown in "queued as <ID>"
         account_id INTEGER REFERENCES accounts(id),
@@ -73,7 +68,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recipients_ready ON recipients (state, next_attempt_at);
     CREATE INDEX recipients_domain ON recipients (domain, state);
     CREATE INDEX recipients_message ON recipients (message_id);
-    """,
+    """.replace("{catalog_triggers}", _bump_triggers("accounts", "credentials")),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -89,7 +89,8 @@ class QueueStore:
         await self._db.execute("PRAGMA synchronous = FULL")
         await self._db.execute("PRAGMA foreign_keys = ON")
         if self._max_store_bytes:
-            page_size = (await (await self._db.execute("PRAGMA page_size")).fetchone())[0]
+            row = await (await self._db.execute("PRAGMA page_size")).fetchone()
+            page_size = int(row[0]) if row else 4096
             pages = max(1, self._max_store_bytes // page_size)
             await self._db.execute(f"PRAGMA max_page_count = {pages}")
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")

@@ -135,7 +135,8 @@ class RelayHandler:
                           mail_options: list[str]) -> str:
         state = _state(session)
         if session.authenticated:
-            login: Login = session.auth_data
+            login = session.auth_data
+            assert isinstance(login, Login)
             state.account, state.account_id, state.username = login.account, login.account_id, login.username
         elif server.trusted:
             name = server.listener.trusted_account

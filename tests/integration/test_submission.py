@@ -61,6 +61,7 @@ def test_implicit_tls_submission(relay: Relay) -> None:
     assert b"with ESMTPSA" in relay.body(queued_id(reply))
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_older_than_1_2_is_refused(relay: Relay) -> None:
     ctx = client_tls()
     ctx.minimum_version = ssl.TLSVersion.TLSv1
