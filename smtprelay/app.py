@@ -22,6 +22,7 @@ from smtprelay import __version__, logs
 from smtprelay.accounts import AccountService, catalog_version, load_logins
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
+from smtprelay.domains.service import DomainService, load_senders
 from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import schema
@@ -32,7 +33,7 @@ from smtprelay.smtp.tls import certificate_paths, server_context
 
 log = logging.getLogger("smtprelay")
 
-CREDENTIAL_REFRESH_SECONDS = 1.0  # revocation reaches the running server within 2 s
+CATALOG_REFRESH_SECONDS = 1.0  # revocations and domain changes reach the server within 2 s
 
 
 class Relay:
@@ -56,8 +57,9 @@ class Relay:
         await store.open()
         self.store = store
         self.frontend = FrontEnd(config, store, self.metrics, self.clock)
-        await self._refresh_credentials()
-        refresher = asyncio.create_task(self._refresh_loop(), name="credential-refresh")
+        await self._refresh_catalog()
+        refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
+        rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
         try:
             await self._start_listeners()
             await self._start_http()
@@ -72,6 +74,8 @@ class Relay:
             await self._drain()
         finally:
             refresher.cancel()
+            rechecker.cancel()
+            self.frontend.sign_pool.shutdown(wait=True)
             for server in self._servers:
                 server.close()
             if self._http is not None:
@@ -96,27 +100,53 @@ class Relay:
         self._reader = sqlite3.connect(schema.database_path(self.config.server.data_dir), isolation_level=None,
                                        check_same_thread=False, timeout=self.config.server.store_busy_timeout)
 
-    async def _refresh_credentials(self) -> None:
+    async def _refresh_catalog(self) -> None:
+        """Reload credentials, sender domains, addresses and DKIM keys when the catalog changed."""
         table = self.frontend.credentials
+        senders = self.frontend.senders
         reader = self._reader
+        data_dir = self.config.server.data_dir
         assert reader is not None
 
         def load_if_changed() -> None:
             version = catalog_version(reader)
             if version != table.version:
                 logins, accounts = load_logins(reader)
+                domains, addresses = load_senders(reader, data_dir)
+                senders.replace(domains, addresses)  # builds the signers (parses keys) off the loop
                 table.replace(logins, accounts, version)
 
         await asyncio.to_thread(load_if_changed)
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(CREDENTIAL_REFRESH_SECONDS)
+            await asyncio.sleep(CATALOG_REFRESH_SECONDS)
             try:
-                await self._refresh_credentials()
+                await self._refresh_catalog()
                 self.frontend.lockout.prune()
             except sqlite3.Error as exc:
                 log.error("could not refresh credentials from the store: %s", exc)
+
+    async def _recheck_loop(self) -> None:
+        """Re-verify verified and failing domains every domains.recheck_interval."""
+        while True:
+            try:
+                changes = await asyncio.to_thread(self._recheck_due)
+            except Exception:  # a DNS or store failure must not end the loop
+                log.exception("domain re-verification failed")
+                changes = []
+            for status in changes:
+                self.metrics.domain_status_changes.labels(status=status).inc()
+            await asyncio.sleep(min(60.0, self.config.domains.recheck_interval))
+
+    def _recheck_due(self) -> list[str]:
+        conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
+        try:
+            service = DomainService(conn, self.config, self.clock.now())
+            results = [service.verify(name) for name in service.due_for_recheck()]
+        finally:
+            conn.close()
+        return [r.status for r in results if r.status != r.previous]
 
     async def _start_listeners(self) -> None:
         config = self.config

@@ -39,7 +39,7 @@ def _iso(ts: float | None) -> str | None:
         "+00:00", "Z")
 
 
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
@@ -138,7 +138,7 @@ def cmd_account_list(args: argparse.Namespace) -> int:
     config, conn = _open(args)
     rows = AccountService(conn, time.time()).list_accounts()
     docs = [_account_doc(a, config, n) for a, n in rows]
-    _emit(args, {"accounts": docs}, lambda: _print_table(
+    _emit(args, {"accounts": docs}, lambda: print_table(
         ["name", "daily_quota", "rate/s", "credentials", "created"],
         [[d["name"], d["daily_quota"], d["rate_per_second"], d["credentials"], d["created_at"]] for d in docs]))
     return 0
@@ -163,7 +163,7 @@ def cmd_credential_list(args: argparse.Namespace) -> int:
     creds = AccountService(conn, time.time()).list_credentials(args.account)
     docs = [{"username": c.username, "account": c.account, "created_at": _iso(c.created_at),
              "revoked_at": _iso(c.revoked_at), "active": c.revoked_at is None} for c in creds]
-    _emit(args, {"credentials": docs}, lambda: _print_table(
+    _emit(args, {"credentials": docs}, lambda: print_table(
         ["username", "created", "revoked"], [[d["username"], d["created_at"], d["revoked_at"]] for d in docs]))
     return 0
 
@@ -188,7 +188,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         if not docs:
             print("Mail queue is empty")
             return
-        _print_table(["id", "age", "size", "sender", "state", "recipients"],
+        print_table(["id", "age", "size", "sender", "state", "recipients"],
                      [[d["id"], f"{int(d['age_seconds'])}s", d["size"], d["from"], d["state"],
                        ", ".join(d["recipients"])] for d in docs])
         print(f"-- {len(docs)} message(s)")
@@ -207,7 +207,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         for key in ("id", "account", "username", "from", "size", "created_at", "client_address", "tls",
                     "message_id"):
             print(f"{key + ':':16}{doc[key] if doc[key] is not None else '-'}")
-        _print_table(["recipient", "state", "attempts", "last_reply"],
+        print_table(["recipient", "state", "attempts", "last_reply"],
                      [[r["address"], r["state"], r["attempts"], r["last_reply"]] for r in doc["recipients"]])  # type: ignore[attr-defined]
     _emit(args, doc, human)
     return 0
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=1000, help="at most this many messages (default 1000)")
     p = command(q, "show", cmd_queue_show, "show one queued message and its recipients")
     p.add_argument("id")
+
+    from smtprelay.domains import cli as domain_cli
+    domain_cli.register(sub, command, group, _emit, _open, _iso)
     return parser
 
 

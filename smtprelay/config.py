@@ -24,6 +24,7 @@ MiB = 1024 * 1024
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -78,6 +79,10 @@ class ServerConfig:
     # 0 means no cap. Over it, new mail gets 452 4.3.1 and nothing accepted is touched.
     max_store_bytes: int = 0
     store_busy_timeout: float = 5.0
+    # What sender domains publish in SPF: include:<spf_include>, or ip4:/ip6: of public_ips.
+    # SPF verification evaluates the published policy for every address in public_ips.
+    spf_include: str | None = None
+    public_ips: tuple[str, ...] = ()
 
     @property
     def database_path(self) -> Path:
@@ -134,6 +139,33 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainsConfig:
+    max_per_account: int = 10
+    max_addresses_per_domain: int = 10
+    recheck_interval: float = 6 * 3600.0
+    grace: float = 48 * 3600.0
+    return_path_host: str = "bounce"   # MX record at <return_path_host>.<domain> → server.hostname
+
+
+class DkimAlgorithm(str, enum.Enum):
+    RSA_SHA256 = "rsa-sha256"
+    ED25519_SHA256 = "ed25519-sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    algorithms: tuple[DkimAlgorithm, ...] = (DkimAlgorithm.RSA_SHA256,)
+    rsa_bits: int = 2048
+    rotation_overlap: float = 7 * 86400.0
+    signing_threads: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    require_registered_address: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     address: str = "127.0.0.1"
     port: int = 8025
@@ -162,18 +194,22 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
-RELOADABLE_SECTIONS = ("limits", "auth", "log")
+RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     """Which changed sections apply now, and which need a restart."""
     applied: list[str] = []
     restart: list[str] = []
-    for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log"):
+    for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
+                 "policy"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart
@@ -325,7 +361,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a decoded TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
     base = base_dir or Path(".")
-    known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log"}
+    known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -337,6 +373,8 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         shutdown_grace=s.duration("shutdown_grace", 30.0),
         max_store_bytes=s.positive_int("max_store_bytes", 0, allow_zero=True),
         store_busy_timeout=s.duration("store_busy_timeout", 5.0),
+        spf_include=s.string("spf_include", None, _HOSTNAME, "a host name like \"_spf.example.net\""),
+        public_ips=s._get("public_ips", (), lambda raw: tuple(_ip_text(x) for x in _list(raw))),
     )
     s.finish()
 
@@ -403,12 +441,48 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     )
     lg.finish()
 
+    dm = _Section(data.get("domains", {}), "domains", problems)
+    domains = DomainsConfig(
+        max_per_account=dm.positive_int("max_per_account", 10),
+        max_addresses_per_domain=dm.positive_int("max_addresses_per_domain", 10),
+        recheck_interval=dm.duration("recheck_interval", 6 * 3600.0),
+        grace=dm.duration("grace", 48 * 3600.0),
+        return_path_host=dm.string("return_path_host", "bounce", _LABEL, "one DNS label like \"bounce\""),
+    )
+    dm.finish()
+
+    dk = _Section(data.get("dkim", {}), "dkim", problems)
+    dkim = DkimConfig(
+        algorithms=dk._get("algorithms", (DkimAlgorithm.RSA_SHA256,), _parse_algorithms),
+        rsa_bits=dk._get("rsa_bits", 2048, lambda raw: _one_of_int(raw, (1024, 2048, 3072, 4096))),
+        rotation_overlap=dk.duration("rotation_overlap", 7 * 86400.0),
+        signing_threads=dk.positive_int("signing_threads", 2),
+    )
+    dk.finish()
+
+    po = _Section(data.get("policy", {}), "policy", problems)
+    policy = PolicyConfig(require_registered_address=po.boolean("require_registered_address", True))
+    po.finish()
+
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
-                    http=http, dns=dns, log=log)
+                    http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _parse_algorithms(raw: Any) -> tuple[DkimAlgorithm, ...]:
+    allowed = [a.value for a in DkimAlgorithm]
+    if not isinstance(raw, list) or not raw or any(x not in allowed for x in raw) or len(set(raw)) != len(raw):
+        raise ValueError("must be a non-empty list of distinct values from " + ", ".join(f'"{a}"' for a in allowed))
+    return tuple(DkimAlgorithm(x) for x in raw)
+
+
+def _one_of_int(raw: Any, allowed: tuple[int, ...]) -> int:
+    if isinstance(raw, bool) or raw not in allowed:
+        raise ValueError("must be one of " + ", ".join(str(a) for a in allowed))
+    return int(raw)
 
 
 def _list(raw: Any) -> list[Any]:

@@ -60,7 +60,7 @@ class Relay:
     """One relay: `start()` runs `smtprelay serve` as a child process; `stop()` ends it by PID."""
 
     def __init__(self, tmp: Path, overrides: dict[str, dict[str, Any]] | None = None,
-                 trusted_networks: tuple[str, ...] = ("127.0.0.1/32",)):
+                 trusted_networks: tuple[str, ...] = ("127.0.0.1/32",), seed: bool = True):
         self.dir = tmp
         self.data_dir = tmp / "var"
         self.config_path = tmp / "relay.toml"
@@ -79,6 +79,8 @@ class Relay:
                  "trusted_networks": list(trusted_networks), "trusted_account": "apps"},
             ],
             "http": {"address": "127.0.0.1", "port": self.http_port},
+            # Never the system resolver: a port where nothing answers, unless a test starts dnsmasq.
+            "dns": {"nameservers": [f"127.0.0.1:{free_port()}"], "timeout": "1s"},
             "log": {"level": "info"},
         }
         for section, values in (overrides or {}).items():
@@ -86,6 +88,29 @@ class Relay:
         self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
+        self._seed = seed
+
+    def seed_sender(self, account: str, domain: str, addresses: tuple[str, ...]) -> None:
+        """Register a sender domain and addresses and mark it verified, in-process.
+
+        A shortcut for tests that are not about DNS: the domain tests verify through a real
+        DNS server and the CLI instead."""
+        from smtprelay.accounts import AccountService
+        from smtprelay.config import load
+        from smtprelay.domains.service import DomainService
+        from smtprelay.queue import schema
+        config = load(self.config_path)
+        conn = schema.connect(config.server.data_dir)
+        try:
+            AccountService(conn, time.time()).ensure_account(account)
+            service = DomainService(conn, config, time.time())
+            service.add_domain(account, domain)
+            for address in addresses:
+                service.add_address(address)
+            conn.execute("UPDATE domains SET status = 'verified', verified_at = ?, last_checked_at = ?"
+                         " WHERE name = ?", (time.time(), time.time(), domain))
+        finally:
+            conn.close()
 
     def write_config(self) -> None:
         self.config_path.write_text(to_toml(self.doc))
@@ -108,6 +133,10 @@ class Relay:
 
     # -- process -------------------------------------------------------------------------
     def start(self, *extra: str) -> "Relay":
+        if self._seed:
+            self._seed = False
+            self.seed_sender("acme", "example.com", ("a@example.com",))
+            self.seed_sender("apps", "apps.example", ("app@apps.example",))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "smtprelay", "serve", "--config",
                                       str(self.config_path), *extra], stdout=self._log, stderr=subprocess.STDOUT,

@@ -69,6 +69,40 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recipients_domain ON recipients (domain, state);
     CREATE INDEX recipients_message ON recipients (message_id);
     """.replace("{catalog_triggers}", _bump_triggers("accounts", "credentials")),
+    # 2: sender domains, their DKIM keys, sender addresses.
+    """
+    CREATE TABLE domains (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        status TEXT NOT NULL,           -- pending, verified, failing
+        failing_since REAL,
+        failing_record TEXT,            -- which required record failed, and why
+        verified_at REAL,
+        last_checked_at REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dkim_keys (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,        -- rsa-sha256, ed25519-sha256
+        public_key TEXT NOT NULL,       -- the p= value; the private key is a 0600 file
+        state TEXT NOT NULL,            -- active, pending (rotation), retiring, retired
+        created_at REAL NOT NULL,
+        activated_at REAL,
+        retire_at REAL,
+        UNIQUE (domain_id, selector)
+    );
+    CREATE TABLE addresses (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        display_name TEXT,
+        created_at REAL NOT NULL
+    );
+    {catalog_triggers}
+    """.replace("{catalog_triggers}", _bump_triggers("domains", "dkim_keys", "addresses")),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -89,7 +89,10 @@ class QueueStore:
         await self._db.execute("PRAGMA synchronous = FULL")
         await self._db.execute("PRAGMA foreign_keys = ON")
         if self._max_store_bytes:
-            row = await (await self._db.execute("PRAGMA page_size")).fetchone()
+            # Close the cursor: an unfinished statement would keep a read snapshot open on the
+            # writer connection, and its next BEGIN IMMEDIATE would fail once anyone else wrote.
+            async with self._db.execute("PRAGMA page_size") as cursor:
+                row = await cursor.fetchone()
             page_size = int(row[0]) if row else 4096
             pages = max(1, self._max_store_bytes // page_size)
             await self._db.execute(f"PRAGMA max_page_count = {pages}")

@@ -10,8 +10,11 @@ event loop, or reply 250 before the commit.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass, field
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
@@ -19,9 +22,12 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session
 from smtprelay.accounts import Login, check_password
 from smtprelay.clock import Clock
 from smtprelay.config import Config
+from smtprelay.dkim.signer import Signer
+from smtprelay.domains.service import SenderDomain
 from smtprelay.http.metrics import Metrics
 from smtprelay.policy import verdict as V
 from smtprelay.policy.content import check_subject, header_block, normalize_newlines
+from smtprelay.policy.sender import check_from_header, check_sender
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
 from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
@@ -58,7 +64,27 @@ class SessionState:
     account: str | None = None
     account_id: int | None = None
     username: str | None = None
-    rejected: list[str] = field(default_factory=list)
+    sender_domain: str = ""
+
+
+class SenderTable:
+    """Sender domains, registered addresses and a ready signer per domain, in memory;
+    replaced as a whole by the app when the catalog changes."""
+
+    def __init__(self) -> None:
+        self.domains: dict[str, SenderDomain] = {}
+        self.addresses: set[str] = set()
+        self.signers: dict[str, Signer] = {}
+
+    def replace(self, domains: dict[str, SenderDomain], addresses: set[str]) -> None:
+        signers = {}
+        for name, domain in domains.items():
+            if domain.signing_keys:
+                try:
+                    signers[name] = Signer(list(domain.signing_keys))
+                except ValueError as exc:
+                    log.error("dkim: %s", exc)
+        self.domains, self.addresses, self.signers = domains, addresses, signers
 
 
 class FrontEnd:
@@ -68,6 +94,9 @@ class FrontEnd:
         self.metrics = metrics
         self.clock = clock
         self.credentials = CredentialTable()
+        self.senders = SenderTable()
+        # RSA is CPU work: it runs here, never on the event loop.
+        self.sign_pool = ThreadPoolExecutor(config.dkim.signing_threads, thread_name_prefix="dkim")
         self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
         self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
         self.handler = RelayHandler(self)
@@ -134,6 +163,7 @@ class RelayHandler:
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         state = _state(session)
+        verdict: V.Verdict | None
         if session.authenticated:
             login = session.auth_data
             assert isinstance(login, Login)
@@ -146,6 +176,17 @@ class RelayHandler:
                                       "trusted_account_missing")
                 return self.fe.reject(state, "MAIL", verdict, envelope)
             state.account, state.account_id, state.username = name, account_id, None
+        config = self.fe.config
+        senders = self.fe.senders
+        verdict = check_sender(state.account_id, address, senders.domains, senders.addresses, self.fe.clock.now(),
+                               config.domains.grace, config.policy.require_registered_address)
+        if verdict is not None:
+            return self.fe.reject(state, "MAIL", verdict, envelope)
+        state.sender_domain = address.rpartition("@")[2].lower()
+        if state.sender_domain not in senders.signers:
+            verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}; see the relay "
+                                                "log", "dkim_key_unavailable")
+            return self.fe.reject(state, "MAIL", verdict, envelope)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return V.MAIL_OK.reply
@@ -167,7 +208,13 @@ class RelayHandler:
         raw = envelope.original_content or b""
         content, verdict = normalize_newlines(raw, limits.bare_newline)
         if verdict is None:
-            verdict = check_subject(header_block(content), limits.max_subject_chars)
+            headers = header_block(content)
+            verdict = check_subject(headers, limits.max_subject_chars) or check_from_header(headers,
+                                                                                           state.sender_domain)
+        signer = self.fe.senders.signers.get(state.sender_domain)
+        if verdict is None and signer is None:  # the key went away since MAIL (domain deleted)
+            verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}",
+                                  "dkim_key_unavailable")
         if verdict is not None:
             return self.fe.reject(state, "END-OF-MESSAGE", verdict, envelope)
         now = self.fe.clock.now()
@@ -177,6 +224,10 @@ class RelayHandler:
         body, message_id = stamp(content, Trace(
             queue_id=queue_id, hostname=server.hostname, helo=state.helo, client_ip=state.client_ip, tls=tls,
             account=state.account, username=state.username, recipients=recipients, now=now))
+        assert signer is not None
+        started = time.perf_counter()
+        body = await asyncio.get_running_loop().run_in_executor(self.fe.sign_pool, signer.sign, body)
+        self.fe.metrics.dkim_sign_seconds.observe(time.perf_counter() - started)
         message = QueuedMessage(
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=envelope.mail_from or "",
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,

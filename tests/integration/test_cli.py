@@ -78,11 +78,11 @@ def test_credentials_shown_once_stored_as_digest_and_revoked_live(make_relay) ->
 
 def test_queue_list_and_show(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        s.sendmail("app@example.com", ["x@one.example", "y@two.example"], b"Subject: q\r\n\r\nhi\r\n")
-        s.sendmail("app@example.com", ["z@two.example"], b"Subject: q2\r\n\r\nhi\r\n")
+        s.sendmail("app@apps.example", ["x@one.example", "y@two.example"], b"From: app@apps.example\r\nSubject: q\r\n\r\nhi\r\n")
+        s.sendmail("app@apps.example", ["z@two.example"], b"From: app@apps.example\r\nSubject: q2\r\n\r\nhi\r\n")
     messages = relay.cli_json("queue", "list")["messages"]
     assert [sorted(m["recipients"]) for m in messages] == [["x@one.example", "y@two.example"], ["z@two.example"]]
-    assert all(m["state"] == "queued" and m["from"] == "app@example.com" for m in messages)
+    assert all(m["state"] == "queued" and m["from"] == "app@apps.example" for m in messages)
     only_one = relay.cli_json("queue", "list", "--domain", "one.example")["messages"]
     assert [m["id"] for m in only_one] == [messages[0]["id"]]
     shown = relay.cli_json("queue", "show", messages[1]["id"])

@@ -22,7 +22,7 @@ def test_1000_idle_connections_do_not_stop_another_client(relay: Relay) -> None:
                           source_address=("127.0.0.2", 0)) as s:
             s.starttls(context=client_tls())
             s.login(relay.user, relay.password)  # type: ignore[attr-defined]
-            assert s.sendmail("a@example.com", ["b@example.org"], b"Subject: hi\r\n\r\nhi\r\n") == {}
+            assert s.sendmail("a@example.com", ["b@example.org"], b"From: a@example.com\r\nSubject: hi\r\n\r\nhi\r\n") == {}
         assert relay.metric("smtprelay_smtp_connections_refused_total", 'reason="per_client"') == 950
         assert relay.metric("smtprelay_smtp_sessions_active") == 50
     finally:

@@ -7,7 +7,7 @@ import threading
 
 from tests.support import Relay, queued_id
 
-MSG = b"Subject: durable\r\n\r\n" + (b"x" * 76 + b"\r\n") * 52  # about 4 KB
+MSG = b"From: app@apps.example\r\nSubject: durable\r\n\r\n" + (b"x" * 76 + b"\r\n") * 52  # about 4 KB
 
 
 def burst(relay: Relay, sessions: int, per_session: int, acked: list[str], stop: threading.Event | None = None,
@@ -21,7 +21,7 @@ def burst(relay: Relay, sessions: int, per_session: int, acked: list[str], stop:
                 for i in range(per_session):
                     if stop is not None and stop.is_set():
                         return
-                    s.mail("app@example.com")
+                    s.mail("app@apps.example")
                     s.rcpt(f"r{n}-{i}@example.org")
                     s.rcpt(f"cc{n}-{i}@example.net")
                     code, reply = s.data(body)
@@ -68,17 +68,17 @@ def test_concurrent_sessions_share_commits(relay: Relay) -> None:
 def test_store_full_answers_452_and_keeps_what_was_acknowledged(make_relay) -> None:  # type: ignore[no-untyped-def]
     relay = make_relay({"server": {"max_store_bytes": 600_000}}).start()
     acked, refused = [], []
-    big = b"Subject: fill\r\n\r\n" + (b"z" * 998 + b"\r\n") * 20
+    big = b"From: app@apps.example\r\nSubject: fill\r\n\r\n" + (b"z" * 998 + b"\r\n") * 20
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=20) as s:
         s.ehlo()
         for i in range(200):
-            s.mail("app@example.com")
+            s.mail("app@apps.example")
             s.rcpt(f"r{i}@example.org")
             code, reply = s.data(big)
             (acked if code == 250 else refused).append((code, reply))
             if len(refused) >= 3:
                 break
-    assert acked and refused
+    assert acked and refused, (acked, refused)
     assert set(refused) == {(452, b"4.3.1 Insufficient system storage")}
     status, body = relay.http_get("/healthz")
     assert status == 503 and '"store": "failing"' in body
@@ -92,11 +92,11 @@ def test_locked_store_answers_452_then_recovers(relay: Relay) -> None:
     try:
         with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=20) as s:
             s.ehlo()
-            s.mail("app@example.com")
+            s.mail("app@apps.example")
             s.rcpt("b@example.org")
             assert s.data(MSG) == (452, b"4.3.1 Insufficient system storage")
             blocker.execute("ROLLBACK")
-            s.mail("app@example.com")
+            s.mail("app@apps.example")
             s.rcpt("b@example.org")
             code, reply = s.data(MSG)
     finally:

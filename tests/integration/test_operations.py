@@ -16,9 +16,9 @@ from tests.support import Relay, client_tls, queued_id
 
 def test_metrics_and_health(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        s.sendmail("app@example.com", ["b@example.org"], b"Subject: m\r\n\r\nhi\r\n")
+        s.sendmail("app@apps.example", ["b@example.org"], b"From: app@apps.example\r\nSubject: m\r\n\r\nhi\r\n")
         s.ehlo()
-        s.mail("app@example.com")
+        s.mail("app@apps.example")
         s.rcpt("nobody@[10.0.0.1]")
     status, body = relay.http_get("/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -38,7 +38,7 @@ def test_sighup_reloads_limits_and_names_what_needs_restart(relay: Relay) -> Non
     def recipients_allowed() -> int:
         with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
             s.ehlo()
-            s.mail("app@example.com")
+            s.mail("app@apps.example")
             return sum(1 for i in range(5) if s.rcpt(f"r{i}@example.org")[0] == 250)
 
     assert recipients_allowed() == 5
@@ -67,10 +67,10 @@ def test_sighup_reloads_limits_and_names_what_needs_restart(relay: Relay) -> Non
 def test_sigterm_lets_a_message_in_progress_finish(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        s.mail("app@example.com")
+        s.mail("app@apps.example")
         s.rcpt("b@example.org")
         assert s.docmd("DATA")[0] == 354
-        s.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        s.send(b"From: app@apps.example\r\nSubject: in flight\r\n\r\nfirst half\r\n")
         assert relay.proc is not None
         relay.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -93,7 +93,7 @@ def test_sigterm_lets_a_message_in_progress_finish(relay: Relay) -> None:
 def test_json_log_format(make_relay) -> None:  # type: ignore[no-untyped-def]
     relay = make_relay().start("--log-format", "json")
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        s.sendmail("app@example.com", ["b@example.org"], b"Subject: j\r\n\r\nhi\r\n")
+        s.sendmail("app@apps.example", ["b@example.org"], b"From: app@apps.example\r\nSubject: j\r\n\r\nhi\r\n")
     relay.stop()
     lines = [json.loads(line) for line in relay.log().splitlines() if line.strip()]
     queued = [doc for doc in lines if doc.get("queue_id")]
@@ -103,11 +103,11 @@ def test_json_log_format(make_relay) -> None:  # type: ignore[no-untyped-def]
 
 def test_text_log_lines_start_with_queue_id(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        _, reply = s.sendmail("app@example.com", ["b@example.org"], b"Subject: t\r\n\r\nhi\r\n"), s.noop()
+        _, reply = s.sendmail("app@apps.example", ["b@example.org"], b"From: app@apps.example\r\nSubject: t\r\n\r\nhi\r\n"), s.noop()
     qid = relay.queued_ids().pop()
     line = next(line for line in relay.log().splitlines() if qid in line)
     assert line.split(" INFO ", 1)[1].startswith(f"{qid}: client=[127.0.0.1], trusted_account=apps, tls=none")
-    assert "from=<app@example.com>" in line and "nrcpt=1 (queue active)" in line
+    assert "from=<app@apps.example>" in line and "nrcpt=1 (queue active)" in line
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is installed by `make test`")
@@ -122,4 +122,4 @@ def test_swaks(relay: Relay, tls_flag: str, port_attr: str) -> None:
     assert "<~  250 2.0.0 Ok: queued as " in proc.stdout
     qid = proc.stdout.split("queued as ", 1)[1].split()[0]
     assert relay.recipients(qid) == ["b@example.org"]
-    assert b"Subject: swaks test" in relay.body(qid)
+    assert b"From: a@example.com\r\nSubject: swaks test" in relay.body(qid)

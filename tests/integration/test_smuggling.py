@@ -28,10 +28,10 @@ def submit_raw(relay: Relay, payload: bytes) -> list[bytes]:
             replies.append(line)
             return line
         send(b"EHLO app.test\r\n")
-        send(b"MAIL FROM:<app@example.com>\r\n")
+        send(b"MAIL FROM:<app@apps.example>\r\n")
         send(b"RCPT TO:<friend@example.org>\r\n")
         assert send(b"DATA\r\n").startswith(b"354")
-        send(b"Subject: hello\r\n\r\nfirst part" + payload + SMUGGLED + b"\r\n.\r\n")
+        send(b"From: app@apps.example\r\nSubject: hello\r\n\r\nfirst part" + payload + SMUGGLED + b"\r\n.\r\n")
         # Anything the relay would have parsed as extra commands would show up as more replies.
         f.write(b"QUIT\r\n")
         f.flush()

@@ -11,6 +11,7 @@ import pytest
 from tests.support import Relay, client_tls, queued_id
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
+MSG_APP = b"From: app@apps.example\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
 
 
 def starttls_login(relay: Relay, source: str = "127.0.0.1") -> smtplib.SMTP:
@@ -31,8 +32,10 @@ def test_starttls_submission_is_queued_with_trace_headers(relay: Relay) -> None:
     assert relay.recipients(qid) == ["b@example.org"]
     body = relay.body(qid)
     head = body.split(b"\r\n\r\n", 1)[0].decode()
-    assert head.startswith("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (smtprelay) with ESMTPSA id "
-                           + qid)
+    assert head.startswith("DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;")
+    received = head[head.index("\r\nReceived: ") + 2:]
+    assert received.startswith("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (smtprelay) with ESMTPSA id "
+                               + qid)
     assert "(using TLSv1.3)" in head or "(using TLSv1.2)" in head
     assert f"(authenticated as account acme, user {relay.user})" in head  # type: ignore[attr-defined]
     assert "Message-ID: <" + qid in head and "\r\nDate: " in head
@@ -40,13 +43,13 @@ def test_starttls_submission_is_queued_with_trace_headers(relay: Relay) -> None:
 
 
 def test_existing_message_id_and_date_are_kept(relay: Relay) -> None:
-    msg = b"Message-ID: <mine@example.com>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: x\r\n\r\nhi\r\n"
+    msg = b"From: a@example.com\r\nMessage-ID: <mine@example.com>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: x\r\n\r\nhi\r\n"
     with starttls_login(relay) as s:
         _, reply = s.sendmail("a@example.com", ["b@example.org"], msg), s.noop()
     qid = relay.queued_ids().pop()
     body = relay.body(qid)
     assert body.count(b"Message-ID:") == 1 and body.count(b"Date:") == 1
-    assert b"Message-ID: <mine@example.com>" in body
+    assert b"From: a@example.com\r\nMessage-ID: <mine@example.com>" in body
 
 
 def test_implicit_tls_submission(relay: Relay) -> None:
@@ -151,9 +154,9 @@ def test_trusted_network_submits_without_auth_as_its_account(relay: Relay) -> No
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
         assert not s.has_extn("auth")  # plaintext listener: AUTH never offered
-        s.mail("app@example.com")
+        s.mail("app@apps.example")
         s.rcpt("b@example.org")
-        code, reply = s.data(MSG)
+        code, reply = s.data(MSG_APP)
     assert code == 250
     body = relay.body(queued_id(reply))
     assert b"with ESMTP id" in body and b"(authenticated as account apps, trusted network)" in body
@@ -162,7 +165,7 @@ def test_trusted_network_submits_without_auth_as_its_account(relay: Relay) -> No
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="x.test", timeout=10,
                       source_address=("127.0.0.2", 0)) as s:
         s.ehlo()
-        assert s.docmd("MAIL", "FROM:<a@example.com>") == (530, b"5.7.0 Authentication required")
+        assert s.docmd("MAIL", "FROM:<app@apps.example>") == (530, b"5.7.0 Authentication required")
 
 
 OPEN_RELAY_FORMS = [
@@ -201,12 +204,12 @@ def test_open_relay_forms_without_auth_get_530(relay: Relay) -> None:
 def test_open_relay_forms_are_refused_as_bad_syntax_even_when_trusted(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        assert s.docmd("MAIL", "FROM:<app@example.com>")[0] == 250
+        assert s.docmd("MAIL", "FROM:<app@apps.example>")[0] == 250
         for form in OPEN_RELAY_FORMS:
             code, reply = s.docmd("RCPT", f"TO:{form}")
             assert (code, reply) == (553, b"5.1.3 Bad address syntax"), form
         assert s.docmd("RCPT", "TO:<Someone@Example.ORG>")[0] == 250
-        code, reply = s.data(MSG)
+        code, reply = s.data(MSG_APP)
     # Domain lower-cased, local part exact: what policy saw is what delivery gets.
     assert relay.recipients(queued_id(reply)) == ["Someone@example.org"]
 
@@ -216,13 +219,13 @@ def test_size_param_over_limit_refused_at_mail(make_relay) -> None:  # type: ign
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
         assert "size" in s.esmtp_features and s.esmtp_features["size"] == "10000"
-        assert s.docmd("MAIL", "FROM:<a@example.com> SIZE=10001") == (552, b"5.3.4 Message size exceeds fixed limit")
-        assert s.docmd("MAIL", "FROM:<a@example.com> SIZE=9000")[0] == 250
+        assert s.docmd("MAIL", "FROM:<app@apps.example> SIZE=10001") == (552, b"5.3.4 Message size exceeds fixed limit")
+        assert s.docmd("MAIL", "FROM:<app@apps.example> SIZE=9000")[0] == 250
         s.rcpt("b@example.org")
-        code, reply = s.data(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 20)
+        code, reply = s.data(b"From: app@apps.example\r\nSubject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 20)
         assert (code, reply) == (552, b"5.3.4 Message size exceeds fixed limit")
         # The session goes on after the refusal, and a small message still works.
-        assert s.sendmail("a@example.com", ["b@example.org"], MSG) == {}
+        assert s.sendmail("app@apps.example", ["b@example.org"], MSG_APP) == {}
     assert len(relay.queued_ids()) == 1
 
 
@@ -230,11 +233,11 @@ def test_too_many_recipients_get_452(make_relay) -> None:  # type: ignore[no-unt
     relay = make_relay({"limits": {"max_recipients": 3}}).start()
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        s.mail("a@example.com")
+        s.mail("app@apps.example")
         codes = [s.rcpt(f"r{i}@example.org") for i in range(4)]
         assert [c[0] for c in codes] == [250, 250, 250, 452]
         assert codes[3][1] == b"4.5.3 Too many recipients"
-        code, reply = s.data(MSG)
+        code, reply = s.data(MSG_APP)
     assert code == 250 and len(relay.recipients(queued_id(reply))) == 3
     assert relay.metric("smtprelay_recipients_rejected_total", 'reason="max_recipients"') == 1
 
@@ -242,11 +245,11 @@ def test_too_many_recipients_get_452(make_relay) -> None:  # type: ignore[no-unt
 def test_overlong_line_refused(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        s.mail("a@example.com")
+        s.mail("app@apps.example")
         s.rcpt("b@example.org")
-        code, reply = s.data(b"Subject: long\r\n\r\n" + b"y" * 5000 + b"\r\n")
+        code, reply = s.data(b"From: app@apps.example\r\nSubject: long\r\n\r\n" + b"y" * 5000 + b"\r\n")
         assert code == 500 and reply.startswith(b"5.5.2 Line too long")
-        assert s.docmd("MAIL", "FROM:<a@example.com> " + "X" * 600)[0] == 500
+        assert s.docmd("MAIL", "FROM:<app@apps.example> " + "X" * 600)[0] == 500
     assert relay.queued_ids() == set()
 
 
@@ -279,9 +282,9 @@ def _encoded(n_chars: int) -> bytes:
 def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        s.mail("a@example.com")
+        s.mail("app@apps.example")
         s.rcpt("b@example.org")
-        code, reply = s.data(b"Subject: " + subject + b"\r\n\r\nbody\r\n")
+        code, reply = s.data(b"From: app@apps.example\r\nSubject: " + subject + b"\r\n\r\nbody\r\n")
     if ok:
         assert code == 250, reply
     else:
@@ -291,9 +294,9 @@ def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
 def test_subject_rejection_names_the_rule(relay: Relay) -> None:
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
-        s.mail("a@example.com")
+        s.mail("app@apps.example")
         s.rcpt("b@example.org")
-        code, reply = s.data(b"Subject: caf\xe9\r\n\r\nbody\r\n")
+        code, reply = s.data(b"From: app@apps.example\r\nSubject: caf\xe9\r\n\r\nbody\r\n")
     assert (code, reply) == (550, b"5.6.0 Subject is not valid UTF-8 (after RFC 2047 decoding)")
 
 
@@ -311,6 +314,6 @@ def test_unknown_command_and_sequence_errors_have_enhanced_codes(relay: Relay) -
             return out.strip()
         assert cmd(b"EHLO app.test").startswith(b"250 ")
         assert cmd(b"RCPT TO:<b@example.org>") == b"503 5.5.1 Error: need MAIL command"
-        assert cmd(b"MAIL FROM:<a@example.com>") == b"250 2.1.0 Sender ok"
+        assert cmd(b"MAIL FROM:<app@apps.example>") == b"250 2.1.0 Sender ok"
         assert cmd(b"DATA") == b"503 5.5.1 Error: need RCPT command"
         assert cmd(b"QUIT") == b"221 2.0.0 Bye"

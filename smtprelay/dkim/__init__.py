@@ -1,0 +1,2 @@
+"""DKIM: key generation, DNS record values, and the signer (bytes → bytes)."""
+from __future__ import annotations

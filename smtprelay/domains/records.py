@@ -1,0 +1,101 @@
+"""The DNS records a sender domain must publish, and their renderings (table, zone, JSON).
+
+Pure: takes the domain, its DKIM public keys and the relay's settings. Host names are
+given both fully qualified and relative to the registered domain, so the operator of
+`abc.example.com` (zone `example.com`) sees `_dmarc.abc` and `<selector>._domainkey.abc`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from smtprelay.config import Config
+
+# Public suffixes with two labels that are common enough to matter for the "host" column.
+# Anything else is treated as a one-label suffix (example.com, example.de, ...).
+_TWO_LABEL_SUFFIXES = {
+    "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "com.au", "net.au", "org.au", "edu.au", "co.nz", "org.nz",
+    "co.jp", "ne.jp", "or.jp", "ac.jp", "com.cn", "net.cn", "org.cn", "gov.cn", "edu.cn", "com.hk", "com.tw",
+    "com.sg", "com.my", "co.kr", "co.in", "co.za", "com.br", "com.mx", "com.ar", "com.tr", "com.ua", "co.il",
+    "com.ru",
+}
+
+
+def registered_domain(domain: str) -> str:
+    labels = domain.lower().rstrip(".").split(".")
+    if len(labels) >= 3 and ".".join(labels[-2:]) in _TWO_LABEL_SUFFIXES:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:])
+
+
+def relative_host(fqdn: str, zone: str) -> str:
+    if fqdn == zone:
+        return "@"
+    return fqdn[: -(len(zone) + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsRecord:
+    kind: str          # dkim, spf, dmarc, mx
+    type: str          # TXT, MX
+    fqdn: str
+    host: str          # relative to the registered domain ("@" for the apex)
+    value: str
+    required: bool
+    note: str = ""
+    selector: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    selector: str
+    algorithm: str
+    dns_value: str
+    state: str         # active, pending (rotation), retiring
+
+
+def expected_spf(config: Config) -> str:
+    if config.server.spf_include:
+        return f"v=spf1 include:{config.server.spf_include} ~all"
+    mechanisms = " ".join(("ip6:" if ":" in ip else "ip4:") + ip for ip in config.server.public_ips)
+    return f"v=spf1 {mechanisms} ~all" if mechanisms else f"v=spf1 a:{config.server.hostname} ~all"
+
+
+def expected_records(domain: str, keys: list[PublicKey], config: Config) -> list[DnsRecord]:
+    zone = registered_domain(domain)
+    records = []
+    for key in keys:
+        fqdn = f"{key.selector}._domainkey.{domain}"
+        note = {"pending": "new key from rotation: signing switches to it once this record verifies",
+                "retiring": "previous key: keep it published until the overlap ends"}.get(key.state, "")
+        records.append(DnsRecord("dkim", "TXT", fqdn, relative_host(fqdn, zone), key.dns_value,
+                                 required=key.state == "active", note=note, selector=key.selector))
+    records.append(DnsRecord("spf", "TXT", domain, relative_host(domain, zone), expected_spf(config), True,
+                             note="a domain must have exactly one SPF record: merge these mechanisms into an "
+                                  "existing v=spf1 record instead of adding a second one"))
+    dmarc = f"_dmarc.{domain}"
+    records.append(DnsRecord("dmarc", "TXT", dmarc, relative_host(dmarc, zone),
+                             f"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}", True,
+                             note="any valid DMARC record with v=DMARC1 and p= passes"))
+    bounce = f"{config.domains.return_path_host}.{domain}"
+    records.append(DnsRecord("mx", "MX", bounce, relative_host(bounce, zone), f"10 {config.server.hostname}.",
+                             False, note="recommended: lets bounces to the return-path host reach this relay"))
+    return records
+
+
+def txt_strings(value: str) -> list[str]:
+    """Split a TXT value into the ≤255-octet strings DNS needs (long DKIM keys)."""
+    return [value[i:i + 255] for i in range(0, len(value), 255)] or [""]
+
+
+def zone_lines(records: list[DnsRecord], ttl: int = 3600) -> list[str]:
+    lines = []
+    for r in records:
+        if r.type == "TXT":
+            data = " ".join('"' + s.replace('"', '\\"') + '"' for s in txt_strings(r.value))
+            lines.append(f"{r.fqdn}. {ttl} IN TXT ( {data} )")
+        else:
+            lines.append(f"{r.fqdn}. {ttl} IN {r.type} {r.value}")
+    return lines
