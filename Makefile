@@ -3,8 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian tools the integration tests drive: swaks (a real SMTP client) and its TLS module.
-DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl
+# Debian tools the integration tests drive: swaks (a real SMTP client) and its TLS module,
+# dnsmasq (a real DNS server the tests start on a high port), Node.js for the independent
+# DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base
+TOOLS := tests/tools/node_modules/.installed
 
 .PHONY: run test venv debs clean
 
@@ -27,7 +30,12 @@ debs:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-test: $(STAMP) debs
+$(TOOLS): tests/tools/package.json tests/tools/package-lock.json
+	command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	cd tests/tools && npm ci --silent --no-audit --no-fund
+	touch $(TOOLS)
+
+test: $(STAMP) debs $(TOOLS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -98,7 +98,7 @@ def check_spf(resolver: dns.resolver.Resolver, record: DnsRecord, config: Config
     spf.DNSLookup = _spf_lookup(resolver)  # pyspf's documented plug point for DNS
     try:
         for ip in config.server.public_ips:
-            result, _code, explanation = spf.check2(i=ip, s=f"postmaster@{record.fqdn}", h=config.server.hostname)
+            result, explanation = spf.check2(i=ip, s=f"postmaster@{record.fqdn}", h=config.server.hostname)
             if result != "pass":
                 failures.append(f"{ip}: {result} ({explanation})")
     finally:
