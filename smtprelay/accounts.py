@@ -31,6 +31,7 @@ class Account:
     daily_quota: int | None
     rate_per_second: float | None
     created_at: float
+    delivery_tls: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ def check_password(password: str, digest: str) -> bool:
 
 def _row_account(row: sqlite3.Row) -> Account:
     return Account(id=row["id"], name=row["name"], daily_quota=row["daily_quota"],
-                   rate_per_second=row["rate_per_second"], created_at=row["created_at"])
+                   rate_per_second=row["rate_per_second"], created_at=row["created_at"],
+                   delivery_tls=row["delivery_tls"] if "delivery_tls" in row.keys() else None)
 
 
 class AccountService:
@@ -95,8 +97,13 @@ class AccountService:
             return self.add_account(name), True
 
     def set_account(self, name: str, daily_quota: int | None = None,
-                    rate_per_second: float | None = None) -> Account:
+                    rate_per_second: float | None = None, delivery_tls: str | None = None) -> Account:
         account = self.get_account(name)
+        if delivery_tls is not None:
+            if delivery_tls not in ("opportunistic", "required", "default"):
+                raise RefusedError(f"--delivery-tls must be opportunistic, required or default, got {delivery_tls}")
+            self._conn.execute("UPDATE accounts SET delivery_tls = ? WHERE id = ?",
+                               (None if delivery_tls == "default" else delivery_tls, account.id))
         _check_limits(daily_quota, rate_per_second)
         if daily_quota is not None:
             self._conn.execute("UPDATE accounts SET daily_quota = ? WHERE id = ?", (daily_quota, account.id))

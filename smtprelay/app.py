@@ -26,6 +26,7 @@ from smtprelay.domains.service import DomainService, load_senders
 from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import schema
+from smtprelay.queue.scheduler import Scheduler
 from smtprelay.queue.store import QueueStore
 from smtprelay.smtp.handler import FrontEnd
 from smtprelay.smtp.server import RelaySMTP
@@ -57,6 +58,9 @@ class Relay:
         await store.open()
         self.store = store
         self.frontend = FrontEnd(config, store, self.metrics, self.clock)
+        self.scheduler = Scheduler(config, store, self.clock, self.metrics)
+        await self.scheduler.start()
+        store.on_enqueued = self.scheduler.wake
         await self._refresh_catalog()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
         rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
@@ -72,6 +76,7 @@ class Relay:
                      config.http.address, config.http.port)
             await self._stop.wait()
             await self._drain()
+            await self.scheduler.stop(self.config.server.shutdown_grace)
         finally:
             refresher.cancel()
             rechecker.cancel()
@@ -186,6 +191,7 @@ class Relay:
             return
         applied, restart = reload_report(self.config, new)
         self.frontend.apply(new)
+        self.scheduler.apply(new)
         logs.set_level(new.log.level)
         self.config = new
         log.info("reload: applied %s%s", ", ".join(applied) or "no changes",

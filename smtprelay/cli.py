@@ -21,7 +21,8 @@ from smtprelay import __version__
 from smtprelay.accounts import AccountService, RefusedError
 from smtprelay.config import Config, ConfigError, load
 from smtprelay.queue import schema
-from smtprelay.queue.store import list_queue, show_message
+from smtprelay.queue import admin as queue_admin
+from smtprelay.queue.store import STATES, list_queue, show_message
 
 
 class UsageError(Exception):
@@ -108,6 +109,7 @@ def _account_doc(account: Any, config: Config, credentials: int | None = None) -
            "daily_quota": account.daily_quota or config.limits.account_daily_quota,
            "rate_per_second": account.rate_per_second or config.limits.account_rate_per_second,
            "quota_source": "account" if account.daily_quota else "default",
+           "delivery_tls": account.delivery_tls or config.delivery.tls.value,
            "created_at": _iso(account.created_at)}
     if credentials is not None:
         doc["credentials"] = credentials
@@ -124,10 +126,11 @@ def cmd_account_add(args: argparse.Namespace) -> int:
 
 
 def cmd_account_set(args: argparse.Namespace) -> int:
-    if args.daily_quota is None and args.rate is None:
-        raise UsageError("account set needs --daily-quota and/or --rate")
+    if args.daily_quota is None and args.rate is None and args.delivery_tls is None:
+        raise UsageError("account set needs --daily-quota, --rate or --delivery-tls")
     config, conn = _open(args)
-    account = AccountService(conn, time.time()).set_account(args.name, args.daily_quota, args.rate)
+    account = AccountService(conn, time.time()).set_account(args.name, args.daily_quota, args.rate,
+                                                            args.delivery_tls)
     doc = _account_doc(account, config)
     _emit(args, doc, lambda: print(f"account {account.name}: daily quota {doc['daily_quota']}, "
                                    f"rate {doc['rate_per_second']}/s"))
@@ -178,7 +181,7 @@ def cmd_credential_revoke(args: argparse.Namespace) -> int:
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
     _, conn = _open(args)
-    entries = list_queue(conn, state=args.state, domain=args.domain, limit=args.limit)
+    entries = list_queue(conn, state=args.state, domain=args.domain, limit=args.limit, include_finished=args.all)
     now = time.time()
     docs: list[dict[str, Any]] = [{"id": e.id, "age_seconds": round(now - e.created_at, 1), "created_at": _iso(e.created_at),
              "size": e.size, "from": e.mail_from, "recipients": list(e.recipients), "state": e.state,
@@ -210,6 +213,36 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         print_table(["recipient", "state", "attempts", "last_reply"],
                      [[r["address"], r["state"], r["attempts"], r["last_reply"]] for r in doc["recipients"]])  # type: ignore[attr-defined]
     _emit(args, doc, human)
+    return 0
+
+
+def cmd_queue_flush(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    count = queue_admin.flush(conn, time.time(), args.domain)
+    _emit(args, {"due_now": count, "domain": args.domain},
+          lambda: print(f"{count} deferred recipient(s) will be retried now"))
+    return 0
+
+
+def cmd_queue_hold(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    count = queue_admin.hold(conn, args.id)
+    _emit(args, {"id": args.id, "held": count}, lambda: print(f"{args.id}: {count} recipient(s) on hold"))
+    return 0
+
+
+def cmd_queue_release(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    count = queue_admin.release(conn, args.id, time.time())
+    _emit(args, {"id": args.id, "released": count}, lambda: print(f"{args.id}: {count} recipient(s) released"))
+    return 0
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    _, conn = _open(args)
+    count = queue_admin.delete(conn, args.id)
+    _emit(args, {"id": args.id, "undelivered_recipients": count},
+          lambda: print(f"{args.id}: deleted ({count} undelivered recipient(s); no bounce sent)"))
     return 0
 
 
@@ -254,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--daily-quota", type=_positive_int, help="recipients per rolling 24 h (default from [limits])")
     p.add_argument("--rate", type=_positive_float, help="recipients per second (default from [limits])")
-    p = command(acc, "set", cmd_account_set, "change an account's quota or rate")
+    p = command(acc, "set", cmd_account_set, "change an account's quota, rate or delivery TLS policy")
     p.add_argument("name")
     p.add_argument("--daily-quota", type=_positive_int)
     p.add_argument("--rate", type=_positive_float)
+    p.add_argument("--delivery-tls", choices=["opportunistic", "required", "default"],
+                   help="TLS policy for this account's outgoing mail (default: delivery.tls)")
     command(acc, "list", cmd_account_list, "list accounts")
 
     cred = group("credential", "manage SMTP credentials")
@@ -270,11 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = group("queue", "inspect the queue")
     p = command(q, "list", cmd_queue_list, "list queued messages (like mailq)")
-    p.add_argument("--state", help="only recipients in this state")
+    p.add_argument("--state", choices=STATES, help="only recipients in this state")
+    p.add_argument("--all", action="store_true", help="include delivered, bounced and expired messages")
     p.add_argument("--domain", help="only recipients at this domain")
     p.add_argument("--limit", type=_positive_int, default=1000, help="at most this many messages (default 1000)")
     p = command(q, "show", cmd_queue_show, "show one queued message and its recipients")
     p.add_argument("id")
+    p = command(q, "flush", cmd_queue_flush, "retry deferred mail now (like postqueue -f)")
+    p.add_argument("domain", nargs="?", help="only recipients at this domain")
+    for name, func, text in (("hold", cmd_queue_hold, "put a message on hold (like postsuper -h)"),
+                             ("release", cmd_queue_release, "release a held message (like postsuper -H)"),
+                             ("delete", cmd_queue_delete, "delete a message, without a bounce (like postsuper -d)")):
+        p = command(q, name, func, text)
+        p.add_argument("id")
 
     from smtprelay.domains import cli as domain_cli
     domain_cli.register(sub, command, group, _emit, _open, _iso)

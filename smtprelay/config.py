@@ -160,6 +160,55 @@ class DkimConfig:
     signing_threads: int = 2
 
 
+class DeliveryTls(str, enum.Enum):
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A transport-map entry: deliver this recipient domain to host:port, skipping MX."""
+    host: str
+    port: int
+    tls: DeliveryTls | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLimits:
+    max_concurrency: int | None = None
+    max_messages_per_connection: int | None = None
+
+
+DEFAULT_RETRY = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    tls: DeliveryTls = DeliveryTls.OPPORTUNISTIC
+    tls_ca_file: Path | None = None          # extra CA bundle for tls = "required" (default: system CAs)
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY   # the last step repeats
+    retry_jitter: float = 0.1
+    max_lifetime: float = 72 * 3600.0
+    mx_port: int = 25                         # like Postfix's smtp_tcp_port
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    active_limit: int = 20000                 # recipients held in memory (qmgr_message_active_limit)
+    max_connections: int = 100                # concurrent deliveries in total
+    initial_concurrency: int = 2              # per destination, grows on success
+    max_concurrency: int = 20                 # per destination
+    dead_after_failures: int = 3              # consecutive connection failures → destination dead
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 50
+    scan_interval: float = 1.0
+    lease: float = 1800.0
+    routes: dict[str, Route] = field(default_factory=dict)
+    domains: dict[str, DestinationLimits] = field(default_factory=dict)
+
+    def route_for(self, domain: str) -> Route | None:
+        return self.routes.get(domain) or self.routes.get("*")
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     require_registered_address: bool = True
@@ -197,6 +246,7 @@ class Config:
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
@@ -209,7 +259,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy"):
+                 "policy", "delivery"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart
@@ -361,7 +411,8 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a decoded TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
     base = base_dir or Path(".")
-    known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy"}
+    known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
+             "delivery"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -464,12 +515,107 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     policy = PolicyConfig(require_registered_address=po.boolean("require_registered_address", True))
     po.finish()
 
+    delivery = _parse_delivery(data.get("delivery", {}), base, problems)
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
-                    http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy)
+                    http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _parse_delivery(raw: Any, base: Path, problems: list[str]) -> DeliveryConfig:
+    d = _Section(raw, "delivery", problems)
+
+    def schedule(value: Any) -> tuple[float, ...]:
+        steps = tuple(parse_duration(x) for x in _list(value))
+        if not steps or any(s <= 0 for s in steps):
+            raise ValueError("must be a non-empty list of positive durations like [\"1m\", \"5m\", \"4h\"]")
+        return steps
+
+    def jitter(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError("must be a number from 0 (no jitter) to below 1")
+        return float(value)
+
+    ca = d.path_value("tls_ca_file", None)
+    if ca is not None and not ca.is_absolute():
+        ca = base / ca
+    if ca is not None and not ca.is_file():
+        problems.append(f"delivery.tls_ca_file: file not found, got \"{ca}\"")
+    routes: dict[str, Route] = {}
+    for domain, value in _table(d, "routes").items():
+        key = f"delivery.routes.\"{domain}\""
+        if domain != "*" and not _HOSTNAME.match(domain):
+            problems.append(f"{key}: must be a recipient domain or \"*\"")
+            continue
+        target, tls_raw = (value, None) if isinstance(value, str) else (
+            (value.get("host"), value.get("tls")) if isinstance(value, dict) else (None, None))
+        try:
+            host, port = _host_port(target)
+            tls_mode = None if tls_raw is None else DeliveryTls(tls_raw)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}, got {_show(value)}")
+            continue
+        if isinstance(value, dict) and set(value) - {"host", "tls"}:
+            problems.append(f"{key}: unknown key " + ", ".join(sorted(set(value) - {"host", "tls"})))
+        routes[domain.lower()] = Route(host, port, tls_mode)
+    limits: dict[str, DestinationLimits] = {}
+    for domain, value in _table(d, "domains").items():
+        sec = _Section(value, f"delivery.domains.\"{domain}\"", problems)
+        limits[domain.lower()] = DestinationLimits(
+            max_concurrency=sec.positive_int("max_concurrency", None),  # type: ignore[arg-type]
+            max_messages_per_connection=sec.positive_int("max_messages_per_connection", None))  # type: ignore[arg-type]
+        sec.finish()
+    config = DeliveryConfig(
+        tls=d.choice("tls", DeliveryTls.OPPORTUNISTIC, DeliveryTls),
+        tls_ca_file=ca,
+        retry_schedule=d._get("retry_schedule", DEFAULT_RETRY, schedule),
+        retry_jitter=d._get("retry_jitter", 0.1, jitter),
+        max_lifetime=d.duration("max_lifetime", 72 * 3600.0),
+        mx_port=d.port("mx_port", 25),
+        connect_timeout=d.duration("connect_timeout", 30.0),
+        command_timeout=d.duration("command_timeout", 300.0),
+        data_timeout=d.duration("data_timeout", 600.0),
+        active_limit=d.positive_int("active_limit", 20000),
+        max_connections=d.positive_int("max_connections", 100),
+        initial_concurrency=d.positive_int("initial_concurrency", 2),
+        max_concurrency=d.positive_int("max_concurrency", 20),
+        dead_after_failures=d.positive_int("dead_after_failures", 3),
+        max_messages_per_connection=d.positive_int("max_messages_per_connection", 100),
+        max_recipients_per_transaction=d.positive_int("max_recipients_per_transaction", 50),
+        scan_interval=d.duration("scan_interval", 1.0),
+        lease=d.duration("lease", 1800.0),
+        routes=routes,
+        domains=limits,
+    )
+    d.finish()
+    if config.initial_concurrency > config.max_concurrency:
+        problems.append("delivery.initial_concurrency: must not exceed delivery.max_concurrency, "
+                        f"got {config.initial_concurrency}")
+    return config
+
+
+def _table(section: _Section, name: str) -> dict[str, Any]:
+    section.seen.add(name)
+    value = section.data.get(name, {})
+    if not isinstance(value, dict):
+        section.problems.append(f"{section.key(name)}: must be a table, got {_show(value)}")
+        return {}
+    return value
+
+
+def _host_port(raw: Any) -> tuple[str, int]:
+    if not isinstance(raw, str) or not raw:
+        raise ValueError("must be \"host:port\" (or a table with host and tls)")
+    if raw.startswith("["):
+        host, _, rest = raw[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = raw.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ValueError("must be \"host:port\" with a port from 1 to 65535")
+    return host, int(port_text)
 
 
 def _parse_algorithms(raw: Any) -> tuple[DkimAlgorithm, ...]:

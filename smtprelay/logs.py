@@ -41,6 +41,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     # aiosmtpd logs every command at INFO (including peer addresses); keep only its warnings.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)  # one line per SQL call at debug
 
 
 def set_level(level: str) -> None:

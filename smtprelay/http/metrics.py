@@ -39,6 +39,17 @@ class Metrics:
                                            registry=r)
         self.domain_status_changes = Counter("smtprelay_domain_status_changes_total",
                                              "Sender domain status changes, by new status", ["status"], registry=r)
+        self.deliveries = Counter("smtprelay_deliveries_total", "Delivery attempts per recipient, by result",
+                                  ["result"], registry=r)
+        for result in ("delivered", "deferred", "bounced", "expired"):
+            self.deliveries.labels(result=result)
+        self.delivery_duration_seconds = Histogram(
+            "smtprelay_delivery_duration_seconds", "Time of one SMTP transaction to a remote server",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
+        self.queue_messages = Gauge("smtprelay_queue_messages", "Recipients in the queue, by state", ["state"],
+                                    registry=r)
+        self.queue_oldest_age_seconds = Gauge("smtprelay_queue_oldest_age_seconds",
+                                              "Age of the oldest message not yet finished", registry=r)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):

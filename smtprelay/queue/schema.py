@@ -103,6 +103,28 @@ MIGRATIONS: list[str] = [
     );
     {catalog_triggers}
     """.replace("{catalog_triggers}", _bump_triggers("domains", "dkim_keys", "addresses")),
+    # 3: delivery: leases, attempts, bounce classes, per-account TLS, flush requests.
+    """
+    ALTER TABLE recipients ADD COLUMN lease_until REAL;
+    ALTER TABLE recipients ADD COLUMN bounce_class TEXT;
+    ALTER TABLE accounts ADD COLUMN delivery_tls TEXT;   -- NULL: delivery.tls
+    CREATE INDEX recipients_state_message ON recipients (state, message_id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL REFERENCES recipients(id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        result TEXT NOT NULL,           -- delivered, deferred, bounced, expired
+        relay TEXT,                     -- host[ip]:port
+        tls TEXT,
+        code INTEGER,
+        enhanced TEXT,
+        reply TEXT,
+        bounce_class TEXT,
+        duration REAL
+    );
+    CREATE INDEX attempts_recipient ON attempts (recipient_id);
+    INSERT INTO meta (key, value) VALUES ('flush_generation', 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

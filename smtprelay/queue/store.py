@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 import aiosqlite
 
@@ -64,6 +64,9 @@ def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
 class QueueStore:
     def __init__(self, data_dir: Path, busy_timeout: float = 5.0, max_store_bytes: int = 0,
                  on_commit: Callable[[bool], None] | None = None):
@@ -73,12 +76,13 @@ class QueueStore:
         self._max_store_bytes = max_store_bytes
         self._on_commit = on_commit
         self._db: aiosqlite.Connection | None = None
-        self._pending: list[tuple[QueuedMessage, asyncio.Future[None]]] = []
+        self._pending: list[tuple[QueuedMessage | Job, asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0          # transactions committed (for tests and metrics)
         self.healthy = True
+        self.on_enqueued: Callable[[], None] | None = None   # the scheduler's wake-up
 
     async def open(self) -> None:
         # Migrations run synchronously once, before any session exists.
@@ -110,12 +114,21 @@ class QueueStore:
 
     async def enqueue(self, message: QueuedMessage) -> None:
         """Return once the message is durably committed; raise StoreUnavailable otherwise."""
+        await self._submit(message)
+        if self.on_enqueued is not None:
+            self.on_enqueued()
+
+    async def run(self, job: Job) -> Any:
+        """Run a write job inside the next group commit; its result once committed."""
+        return await self._submit(job)
+
+    async def _submit(self, item: QueuedMessage | Job) -> Any:
         if self._closing or self._db is None:
             raise StoreUnavailable("the store is closing")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         self._wake.set()
-        await future
+        return await future
 
     async def _commit_loop(self) -> None:
         while True:
@@ -127,41 +140,37 @@ class QueueStore:
             if self._closing and not self._pending:
                 return
 
-    def _take_batch(self) -> list[tuple[QueuedMessage, asyncio.Future[None]]]:
+    def _take_batch(self) -> list[tuple[QueuedMessage | Job, asyncio.Future[Any]]]:
         size = 0
         count = 0
-        for message, _ in self._pending:
-            if count and (count >= MAX_BATCH_MESSAGES or size + len(message.body) > MAX_BATCH_BYTES):
+        for item, _ in self._pending:
+            length = len(item.body) if isinstance(item, QueuedMessage) else 0
+            if count and (count >= MAX_BATCH_MESSAGES or size + length > MAX_BATCH_BYTES):
                 break
-            size += len(message.body)
+            size += length
             count += 1
         batch, self._pending = self._pending[:count], self._pending[count:]
         return batch
 
-    async def _commit(self, batch: list[tuple[QueuedMessage, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[tuple[QueuedMessage | Job, asyncio.Future[Any]]]) -> None:
         assert self._db is not None
         db = self._db
-        messages = [(m.id, m.account_id, m.username, m.mail_from, len(m.body), m.created_at,
-                     m.client_address, m.tls, m.header_message_id, m.body) for m, _ in batch]
-        recipients = [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at)
-                      for m, _ in batch for rcpt in m.recipients]
+        messages = [m for m, _ in batch if isinstance(m, QueuedMessage)]
+        results: list[Any] = []
         try:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                await db.executemany(
-                    "INSERT INTO messages (id, account_id, username, mail_from, size, created_at,"
-                    " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    messages)
-                await db.executemany(
-                    "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at,"
-                    " updated_at) VALUES (?,?,?,?,?,?)", recipients)
+                if messages:
+                    await insert_messages(db, messages)
+                for item, _ in batch:
+                    results.append(None if isinstance(item, QueuedMessage) else await item(db))
                 await db.execute("COMMIT")
             except BaseException:
                 await _rollback(db)
                 raise
         except Exception as exc:  # any failure must reach every waiting session as 452
             if self.healthy:
-                log.error("store: commit of %d message(s) failed: %s", len(batch), exc)
+                log.error("store: commit of %d item(s) failed: %s", len(batch), exc)
             self.healthy = False
             if self._on_commit is not None:
                 self._on_commit(False)
@@ -176,9 +185,22 @@ class QueueStore:
         self.commits += 1
         if self._on_commit is not None:
             self._on_commit(True)
-        for _, future in batch:
+        for (_, future), result in zip(batch, results):
             if not future.done():
-                future.set_result(None)
+                future.set_result(result)
+
+
+async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage]) -> None:
+    await db.executemany(
+        "INSERT INTO messages (id, account_id, username, mail_from, size, created_at,"
+        " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [(m.id, m.account_id, m.username, m.mail_from, len(m.body), m.created_at, m.client_address, m.tls,
+          m.header_message_id, m.body) for m in messages])
+    await db.executemany(
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at)"
+        " VALUES (?,?,?,?,?,?)",
+        [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at)
+         for m in messages for rcpt in m.recipients])
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:
@@ -188,18 +210,25 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         pass  # no transaction open (BEGIN itself failed): nothing to undo
 
 
+DISPLAY_STATE = "CASE WHEN r.state = 'queued' AND r.attempts > 0 THEN 'deferred' ELSE r.state END"
+STATES = ("queued", "deferred", "active", "hold", "delivered", "bounced", "expired")
+
+
 def list_queue(conn: sqlite3.Connection, state: str | None = None, domain: str | None = None,
-               limit: int = 1000) -> list[QueueEntry]:
-    """Messages with their recipients, oldest first (for `queue list`)."""
+               limit: int = 1000, include_finished: bool = False) -> list[QueueEntry]:
+    """Messages with their recipients, oldest first (for `queue list`). Without a state,
+    only what is still in the queue (like mailq); `include_finished` adds the rest."""
     where, args = [], []
     if state:
-        where.append("r.state = ?")
+        where.append(f"{DISPLAY_STATE} = ?")
         args.append(state)
+    elif not include_finished:
+        where.append("r.state NOT IN ('delivered', 'bounced', 'expired')")
     if domain:
         where.append("r.domain = ?")
         args.append(domain.lower())
     sql = ("SELECT m.id, m.created_at, m.size, m.mail_from, group_concat(r.address, char(10)),"
-           " group_concat(DISTINCT r.state), max(r.last_reply)"
+           f" group_concat(DISTINCT {DISPLAY_STATE}), max(r.last_reply)"
            " FROM messages m JOIN recipients r ON r.message_id = m.id"
            + (" WHERE " + " AND ".join(where) if where else "")
            + " GROUP BY m.id ORDER BY m.id LIMIT ?")
@@ -214,17 +243,24 @@ def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] |
                        " tls, header_message_id FROM messages WHERE id = ?", (queue_id,)).fetchone()
     if row is None:
         return None
-    rcpts = conn.execute("SELECT address, state, attempts, next_attempt_at, last_reply FROM recipients"
-                         " WHERE message_id = ? ORDER BY id", (queue_id,)).fetchall()
+    rcpts = conn.execute(f"SELECT r.id, r.address, {DISPLAY_STATE}, r.attempts, r.next_attempt_at, r.last_reply,"
+                         " r.bounce_class FROM recipients r WHERE r.message_id = ? ORDER BY r.id",
+                         (queue_id,)).fetchall()
     account = None
     if row[1] is not None:
         found = conn.execute("SELECT name FROM accounts WHERE id = ?", (row[1],)).fetchone()
         account = found[0] if found else None
+    recipients = []
+    for r in rcpts:
+        attempts = [{"at": a[0], "result": a[1], "relay": a[2], "tls": a[3], "reply": a[4], "bounce_class": a[5]}
+                    for a in conn.execute("SELECT at, result, relay, tls, reply, bounce_class FROM attempts"
+                                          " WHERE recipient_id = ? ORDER BY id", (r[0],))]
+        recipients.append({"address": r[1], "state": r[2], "attempts": r[3], "next_attempt_at": r[4],
+                           "last_reply": r[5], "bounce_class": r[6], "history": attempts})
     return {
         "id": row[0], "account": account, "username": row[2], "from": row[3], "size": row[4],
         "created_at": row[5], "client_address": row[6], "tls": row[7], "message_id": row[8],
-        "recipients": [{"address": r[0], "state": r[1], "attempts": r[2], "next_attempt_at": r[3],
-                        "last_reply": r[4]} for r in rcpts],
+        "recipients": recipients,
     }
 
 

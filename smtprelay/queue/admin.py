@@ -1,0 +1,60 @@
+"""Operator actions on the queue (`queue flush/hold/release/delete`), like postqueue -f
+and postsuper -h/-H/-d. Synchronous: the CLI (and later the admin API) calls them; a
+running server sees the change at its next scan (every `delivery.scan_interval`).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from smtprelay.accounts import RefusedError
+
+log = logging.getLogger("smtprelay.queue")
+
+
+def _require(conn: sqlite3.Connection, queue_id: str) -> None:
+    if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
+        raise RefusedError(f"no queued message with id {queue_id}")
+
+
+def flush(conn: sqlite3.Connection, now: float, domain: str | None = None) -> int:
+    """Retry now: deferred recipients become due, and the server forgets dead destinations."""
+    sql = "UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
+    args: list[object] = [now, now]
+    if domain:
+        sql += " AND domain = ?"
+        args.append(domain.lower())
+    count = conn.execute(sql, args).rowcount
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'flush_generation'")
+    log.info("queue flush%s: %d recipient(s) due now", f" {domain}" if domain else "", count)
+    return count
+
+
+def hold(conn: sqlite3.Connection, queue_id: str) -> int:
+    _require(conn, queue_id)
+    count = conn.execute("UPDATE recipients SET state = 'hold' WHERE message_id = ? AND state IN ('queued', 'active')",
+                         (queue_id,)).rowcount
+    if count == 0:
+        raise RefusedError(f"message {queue_id} has no recipient waiting for delivery")
+    log.info("%s: held by operator (%d recipient(s))", queue_id, count)
+    return count
+
+
+def release(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
+    _require(conn, queue_id)
+    count = conn.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? WHERE message_id = ? AND"
+                         " state = 'hold'", (now, queue_id)).rowcount
+    if count == 0:
+        raise RefusedError(f"message {queue_id} is not on hold")
+    log.info("%s: released from hold by operator", queue_id)
+    return count
+
+
+def delete(conn: sqlite3.Connection, queue_id: str) -> int:
+    """Remove the message and its recipients; no bounce is sent (postsuper -d)."""
+    _require(conn, queue_id)
+    pending = conn.execute("SELECT count(*) FROM recipients WHERE message_id = ? AND state NOT IN"
+                           " ('delivered', 'bounced', 'expired')", (queue_id,)).fetchone()[0]
+    conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+    log.warning("%s: deleted by operator (%d undelivered recipient(s), no bounce)", queue_id, pending)
+    return int(pending)

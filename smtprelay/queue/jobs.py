@@ -1,0 +1,148 @@
+"""The queue SQL of the delivery side, as jobs run inside the store's group commit.
+
+Owns: claiming ready recipients under a lease, recording outcomes (state, attempt row,
+DSN messages) atomically, returning expired leases, and deferring a dead destination's
+waiting recipients in one statement. Picking work uses the (state, next_attempt_at)
+index with a LIMIT, so it costs the same at depth 0 and at depth 1 M.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from smtprelay.queue.store import Job, QueuedMessage, insert_messages
+
+FINAL_STATES = ("delivered", "bounced", "expired")
+
+
+@dataclass(slots=True)
+class Work:
+    """One claimed recipient, held in the scheduler's in-memory window."""
+    rcpt_id: int
+    message_id: str
+    address: str
+    domain: str
+    attempts: int
+    mail_from: str
+    account_id: int | None
+    created_at: float
+    account_tls: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    rcpt_id: int
+    message_id: str
+    result: str                     # delivered, deferred, bounced, expired
+    at: float
+    next_attempt_at: float | None   # for deferred
+    reply: str
+    code: int | None
+    enhanced: str | None
+    bounce_class: str | None
+    relay: str | None
+    tls: str | None
+    duration: float
+    attempted: bool                 # False when deferred without trying (destination suspended)
+
+
+def claim(now: float, limit: int, lease_until: float) -> Job:
+    async def job(db: aiosqlite.Connection) -> list[Work]:
+        async with db.execute(
+                "UPDATE recipients SET state = 'active', lease_until = ? WHERE id IN (SELECT id FROM recipients"
+                " WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+                " RETURNING id, message_id, address, domain, attempts", (lease_until, now, limit)) as cur:
+            rows = list(await cur.fetchall())
+        if not rows:
+            return []
+        ids = sorted({r[1] for r in rows})
+        marks = ",".join("?" * len(ids))
+        async with db.execute(
+                f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls FROM messages m"
+                f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids) as cur:
+            info = {r[0]: r for r in await cur.fetchall()}
+        return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4])
+                for r in rows if r[1] in info]
+    return job
+
+
+def record(outcomes: list[Outcome], dsns: list[QueuedMessage]) -> Job:
+    async def job(db: aiosqlite.Connection) -> None:
+        final = [o for o in outcomes if o.result != "deferred"]
+        deferred = [o for o in outcomes if o.result == "deferred"]
+        if final:
+            await db.executemany(
+                "UPDATE recipients SET state = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?,"
+                " updated_at = ?, lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
+                [(o.result, o.reply, o.bounce_class, int(o.attempted), o.at, o.rcpt_id) for o in final])
+        if deferred:
+            # A message put on hold while its attempt was in flight stays on hold.
+            await db.executemany(
+                "UPDATE recipients SET state = CASE WHEN state = 'hold' THEN 'hold' ELSE 'queued' END,"
+                " next_attempt_at = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?, updated_at = ?,"
+                " lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
+                [(o.next_attempt_at, o.reply, o.bounce_class, int(o.attempted), o.at, o.rcpt_id) for o in deferred])
+        attempted = [o for o in outcomes if o.attempted or o.result != "deferred"]
+        if attempted:
+            # The recipient may have been deleted by `queue delete` meanwhile: then nothing to record.
+            await db.executemany(
+                "INSERT INTO attempts (recipient_id, at, result, relay, tls, code, enhanced, reply, bounce_class,"
+                " duration) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
+                [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
+                  o.duration, o.rcpt_id) for o in attempted])
+        if dsns:
+            await insert_messages(db, dsns)
+        done = sorted({o.message_id for o in final})
+        if done:
+            # Finished messages keep their rows (status history) but not their bodies.
+            await db.executemany(
+                "UPDATE messages SET body = x'' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients r"
+                " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired'))",
+                [(m,) for m in done])
+    return job
+
+
+def reclaim(now: float, everything: bool) -> Job:
+    """Expired leases go back to queued (all of them at start: nothing can be in flight then)."""
+    async def job(db: aiosqlite.Connection) -> int:
+        cur = await db.execute("UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'active'"
+                               " AND (? OR lease_until <= ?)", (1 if everything else 0, now))
+        count = cur.rowcount
+        await cur.close()
+        return count
+    return job
+
+
+def defer_domains(domains: list[str], until: float, reply: str, now: float) -> Job:
+    """A dead destination: push its waiting recipients past `until` in one statement."""
+    async def job(db: aiosqlite.Connection) -> int:
+        marks = ",".join("?" * len(domains))
+        cur = await db.execute(f"UPDATE recipients SET next_attempt_at = ?, last_reply = ? WHERE state = 'queued'"
+                               f" AND domain IN ({marks}) AND next_attempt_at < ?", (until, reply, *domains, until))
+        count = cur.rowcount
+        await cur.close()
+        return count
+    return job
+
+
+async def counts(db: aiosqlite.Connection, now: float) -> tuple[dict[str, int], float]:
+    """Recipients per state, and the age of the oldest unfinished message."""
+    result: dict[str, int] = {}
+    async with db.execute("SELECT state, count(*) FROM recipients GROUP BY state") as cur:
+        for state, n in await cur.fetchall():
+            result[state] = n
+    oldest: Any = None
+    for state in ("queued", "active", "hold"):
+        async with db.execute("SELECT min(message_id) FROM recipients WHERE state = ?", (state,)) as cur:
+            row = await cur.fetchone()
+        if row and row[0] and (oldest is None or row[0] < oldest):
+            oldest = row[0]
+    age = 0.0
+    if oldest is not None:
+        async with db.execute("SELECT created_at FROM messages WHERE id = ?", (oldest,)) as cur:
+            row = await cur.fetchone()
+        if row:
+            age = max(0.0, now - row[0])
+    return result, age

@@ -1,0 +1,442 @@
+"""The scheduler: picks ready recipients, groups them per destination, and runs
+deliveries with per-destination concurrency feedback (Postfix's qmgr is the model).
+
+Owns: all per-destination state (concurrency window, consecutive failures, dead-until)
+and the bounded in-memory window of claimed recipients (`delivery.active_limit`, like
+qmgr_message_active_limit): a million queued recipients stay in SQLite, never in memory.
+Wakes on enqueue (coalesced) and every `delivery.scan_interval`, so a missed wake-up only
+delays mail. Delivery tasks do I/O through the transport and hand back replies; every
+state change happens here and is written through the store's group commit.
+
+Seam for warm-up (issue 6): `admit()` is asked before each transaction; today it always
+says yes.
+
+Must never: hold SQL (queue.jobs has it) or block the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiosqlite
+
+from smtprelay.clock import Clock
+from smtprelay.config import Config, DeliveryTls
+from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport, TransactionResult
+from smtprelay.delivery.dsn import FailedRecipient, build_dsn
+from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
+from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
+from smtprelay.http.metrics import Metrics
+from smtprelay.queue import backoff, jobs, schema
+from smtprelay.queue.ids import new_queue_id
+from smtprelay.queue.jobs import Outcome, Work
+from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+
+log = logging.getLogger("smtprelay.delivery")
+
+CLAIM_BATCH = 500
+CONNECTION_CACHE_SECONDS = 2.0  # like Postfix's smtp_connection_cache_time_limit
+RECLAIM_EVERY = 60.0
+GAUGES_EVERY = 10.0
+
+
+@dataclass(slots=True)
+class Destination:
+    key: str
+    hop: NextHop
+    policy: DeliveryTls
+    domains: set[str]
+    max_concurrency: int
+    max_per_connection: int
+    window: int
+    active: int = 0
+    failures: int = 0
+    dead_until: float = 0.0
+    dead_reason: str = ""
+    pending: "OrderedDict[str, list[Work]]" = field(default_factory=OrderedDict)
+    idle: list[tuple[Connection, float]] = field(default_factory=list)   # cached connections, expiry
+
+    def has_work(self) -> bool:
+        return bool(self.pending)
+
+    def pop_batch(self, limit: int) -> list[Work]:
+        """Recipients of one message (the oldest waiting), up to `limit`, for one transaction."""
+        if not self.pending:
+            return []
+        message_id, works = next(iter(self.pending.items()))
+        batch, rest = works[:limit], works[limit:]
+        if rest:
+            self.pending[message_id] = rest
+        else:
+            del self.pending[message_id]
+        return batch
+
+    def take_all(self) -> list[Work]:
+        works = [w for ws in self.pending.values() for w in ws]
+        self.pending.clear()
+        return works
+
+
+class Scheduler:
+    def __init__(self, config: Config, store: QueueStore, clock: Clock, metrics: Metrics,
+                 resolver: MxResolver | None = None, transport: SmtpTransport | None = None,
+                 admit: Callable[[Destination, list[Work]], bool] | None = None):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.resolver = resolver or MxResolver(config)
+        self.transport = transport or SmtpTransport(config.delivery, config.server.hostname)
+        self.admit = admit or (lambda destination, works: True)
+        self.destinations: dict[str, Destination] = {}
+        self.in_window = 0
+        self.active = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._flush_generation = -1
+        self._last_reclaim = 0.0
+        self._last_gauges = -GAUGES_EVERY
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._reader = await aiosqlite.connect(schema.database_path(self.config.server.data_dir))
+        returned = await self.store.run(jobs.reclaim(self.clock.now(), everything=True))
+        if returned:
+            log.warning("recovered %d recipient(s) whose delivery was interrupted; they are queued again", returned)
+        self._last_reclaim = self.clock.monotonic()
+        self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def apply(self, config: Config) -> None:
+        self.config = config
+        self.resolver.config = config
+        self.transport.reconfigure(config.delivery)
+
+    async def stop(self, grace: float) -> None:
+        """Stop starting deliveries; let running ones finish for `grace` seconds."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        self._close_idle(everything=True)
+        if self._tasks:
+            log.info("waiting up to %ss for %d delivery task(s)", int(grace), len(self._tasks))
+            done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()  # their recipients stay leased and are retried after restart
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._reader is not None:
+            await self._reader.close()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.delivery.scan_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self.scan()
+            except StoreUnavailable as exc:
+                log.error("scheduler: the store is unavailable (%s); retrying at the next scan", exc)
+            except Exception:
+                log.exception("scheduler: scan failed; retrying at the next scan")
+
+    # -- picking work ----------------------------------------------------------------------
+    async def scan(self) -> None:
+        cfg = self.config.delivery
+        now = self.clock.now()
+        await self._check_flush()
+        if self.clock.monotonic() - self._last_reclaim >= RECLAIM_EVERY:
+            self._last_reclaim = self.clock.monotonic()
+            await self.store.run(jobs.reclaim(now, everything=False))
+        room = cfg.active_limit - self.in_window
+        while room > 0 and not self._stopping:
+            works = await self.store.run(jobs.claim(now, min(room, CLAIM_BATCH), now + cfg.lease))
+            if not works:
+                break
+            room -= len(works)
+            self.in_window += len(works)
+            await self._route(works, now)
+            if len(works) < CLAIM_BATCH:
+                break
+        self._close_idle()
+        self._dispatch()
+        if self.clock.monotonic() - self._last_gauges >= GAUGES_EVERY:
+            self._last_gauges = self.clock.monotonic()
+            await self._update_gauges(now)
+
+    async def _check_flush(self) -> None:
+        assert self._reader is not None
+        async with self._reader.execute("SELECT value FROM meta WHERE key = 'flush_generation'") as cur:
+            row = await cur.fetchone()
+        generation = int(row[0]) if row else 0
+        if generation != self._flush_generation:
+            if self._flush_generation != -1:
+                for dest in self.destinations.values():
+                    dest.dead_until, dest.failures = 0.0, 0
+                log.info("queue flush: dead destinations are tried again")
+            self._flush_generation = generation
+
+    async def _route(self, works: list[Work], now: float) -> None:
+        by_domain: dict[str, list[Work]] = {}
+        for work in works:
+            by_domain.setdefault(work.domain, []).append(work)
+        hops = await asyncio.gather(*(self.resolver.next_hop(d) for d in by_domain))
+        for (domain, group), hop in zip(by_domain.items(), hops):
+            if isinstance(hop, Unroutable):
+                await self._unroutable(group, hop, now)
+                continue
+            for work in group:
+                dest = self._destination(hop, self._policy(work, hop), domain)
+                if dest.dead_until > now:
+                    await self._suspend([work], dest, now)
+                    continue
+                dest.pending.setdefault(work.message_id, []).append(work)
+
+    def _policy(self, work: Work, hop: NextHop) -> DeliveryTls:
+        if work.account_tls:
+            return DeliveryTls(work.account_tls)
+        return hop.tls or self.config.delivery.tls
+
+    def _destination(self, hop: NextHop, policy: DeliveryTls, domain: str) -> Destination:
+        key = f"{hop.key}|{policy.value}"
+        dest = self.destinations.get(key)
+        if dest is None:
+            cfg = self.config.delivery
+            limits = cfg.domains.get(domain)
+            max_conc = (limits.max_concurrency if limits and limits.max_concurrency else cfg.max_concurrency)
+            per_conn = (limits.max_messages_per_connection if limits and limits.max_messages_per_connection
+                        else cfg.max_messages_per_connection)
+            dest = Destination(key, hop, policy, {domain}, max_conc, per_conn, min(cfg.initial_concurrency, max_conc))
+            self.destinations[key] = dest
+        else:
+            dest.hop = hop  # fresher DNS answer
+            dest.domains.add(domain)
+        return dest
+
+    def _dispatch(self) -> None:
+        if self._stopping:
+            return
+        now = self.clock.now()
+        for dest in list(self.destinations.values()):
+            while (dest.has_work() and dest.active < dest.window and dest.dead_until <= now
+                   and self.active < self.config.delivery.max_connections):
+                dest.active += 1
+                self.active += 1
+                task = asyncio.create_task(self._deliver(dest), name=f"deliver {dest.key}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if not dest.has_work() and dest.active == 0 and dest.dead_until <= now and not dest.idle:
+                del self.destinations[dest.key]  # idle destinations cost nothing
+
+    # -- delivering ------------------------------------------------------------------------
+    def _cached_connection(self, dest: Destination) -> Connection | None:
+        while dest.idle:
+            conn, expires = dest.idle.pop()
+            if expires > time.monotonic():
+                return conn
+            asyncio.ensure_future(conn.close())
+        return None
+
+    def _close_idle(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        for dest in self.destinations.values():
+            keep = []
+            for conn, expires in dest.idle:
+                if everything or expires <= now:
+                    asyncio.ensure_future(conn.close())
+                else:
+                    keep.append((conn, expires))
+            dest.idle = keep
+
+    async def _deliver(self, dest: Destination) -> None:
+        cfg = self.config.delivery
+        conn: Connection | None = self._cached_connection(dest)
+        reused = conn is not None
+        try:
+            while not self._stopping:
+                batch = dest.pop_batch(cfg.max_recipients_per_transaction)
+                if not batch:
+                    break
+                if not self.admit(dest, batch):
+                    await self._not_admitted(batch)
+                    continue
+                if conn is None:
+                    result = await self.transport.connect(dest.hop.hosts, dest.policy)
+                    if isinstance(result, ConnectFailure):
+                        await self._connect_failed(dest, batch, result)
+                        break
+                    conn = result
+                body = await self._body(batch[0].message_id)
+                if body is None:  # deleted by an operator meanwhile
+                    self.in_window -= len(batch)
+                    continue
+                started = time.monotonic()
+                outcome = await conn.send(batch[0].mail_from, [w.address for w in batch], body)
+                if outcome.session_failure and not outcome.recipients and reused:
+                    # A cached connection the server had already dropped: not a delivery failure.
+                    await conn.close()
+                    result = await self.transport.connect(dest.hop.hosts, dest.policy)
+                    if isinstance(result, ConnectFailure):
+                        conn = None
+                        await self._connect_failed(dest, batch, result)
+                        break
+                    conn = result
+                    outcome = await conn.send(batch[0].mail_from, [w.address for w in batch], body)
+                reused = False
+                await self._transaction_done(dest, conn, batch, outcome, time.monotonic() - started, body)
+                if not outcome.usable or conn.transactions >= dest.max_per_connection:
+                    await conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                if self._stopping:
+                    await conn.close()
+                else:  # keep it a moment: the next message for this destination may come soon
+                    dest.idle.append((conn, time.monotonic() + CONNECTION_CACHE_SECONDS))
+            dest.active -= 1
+            self.active -= 1
+            self._dispatch()
+
+    async def _body(self, message_id: str) -> bytes | None:
+        assert self._reader is not None
+        async with self._reader.execute("SELECT body FROM messages WHERE id = ?", (message_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def _connect_failed(self, dest: Destination, batch: list[Work], failure: ConnectFailure) -> None:
+        now = self.clock.now()
+        if failure.reply is not None and failure.reply.code >= 500:
+            reply = failure.reply
+            await self._finish(batch, [(w, Result.BOUNCED, reply, classify(reply)[1]) for w in batch], None, None,
+                               0.0, now, body=None)
+            return
+        dest.failures += 1
+        dest.window = max(1, dest.window - 1)
+        reply = failure.reply or Reply(451, f"4.4.1 {failure.reason}")
+        await self._finish(batch, [(w, Result.DEFERRED, reply, BounceClass.OTHER) for w in batch], None, None, 0.0,
+                           now, body=None, text=failure.reason)
+        if dest.failures >= self.config.delivery.dead_after_failures and dest.dead_until <= now:
+            dest.dead_until = now + self.config.delivery.retry_schedule[0]
+            dest.dead_reason = failure.reason
+            log.warning("destination %s marked dead until %s after %d failure(s): %s", dest.key,
+                        time.strftime("%H:%M:%S", time.gmtime(dest.dead_until)), dest.failures, failure.reason)
+            await self._suspend(dest.take_all(), dest, now)
+            await self.store.run(jobs.defer_domains(sorted(dest.domains), dest.dead_until,
+                                                    f"delivery temporarily suspended: {failure.reason}", now))
+
+    async def _suspend(self, works: list[Work], dest: Destination, now: float) -> None:
+        """Defer without trying: the destination is dead. No attempt is counted."""
+        if not works:
+            return
+        reason = f"delivery temporarily suspended: {dest.dead_reason}"
+        outcomes = [Outcome(w.rcpt_id, w.message_id, "deferred", now, max(dest.dead_until, now), reason, None,
+                            None, None, None, None, 0.0, attempted=False) for w in works]
+        await self.store.run(jobs.record(outcomes, []))
+        self.in_window -= len(works)
+
+    async def _not_admitted(self, works: list[Work]) -> None:
+        """The budget seam said no: wait without counting an attempt; looked at again later."""
+        now = self.clock.now()
+        outcomes = [Outcome(w.rcpt_id, w.message_id, "deferred", now, now + 60.0, "waiting for sending budget",
+                            None, None, None, None, None, 0.0, attempted=False) for w in works]
+        await self.store.run(jobs.record(outcomes, []))
+        self.in_window -= len(works)
+
+    async def _transaction_done(self, dest: Destination, conn: Connection, batch: list[Work],
+                                result: TransactionResult, duration: float, body: bytes) -> None:
+        now = self.clock.now()
+        decided = []
+        for work in batch:
+            reply = result.recipients.get(work.address)
+            if reply is None:  # the session broke before this recipient had an answer
+                reply = Reply(451, f"4.4.2 {result.session_failure or 'lost connection'}")
+            outcome, klass = classify(reply)
+            decided.append((work, outcome, reply, klass))
+        if result.session_failure is not None:
+            dest.window = max(1, dest.window - 1)
+        elif any(o is Result.DELIVERED for _, o, _, _ in decided):
+            dest.failures = 0
+            dest.window = min(dest.max_concurrency, dest.window + 1)
+        self.metrics.delivery_duration_seconds.observe(duration)
+        await self._finish(batch, decided, conn.relay, conn.tls_version, duration, now, body)
+
+    async def _unroutable(self, works: list[Work], hop: Unroutable, now: float) -> None:
+        reply = Reply(550 if hop.permanent else 451, f"{hop.status} {hop.reason}")
+        result = Result.BOUNCED if hop.permanent else Result.DEFERRED
+        klass = BounceClass.INVALID_ADDRESS if hop.permanent else BounceClass.OTHER
+        for message_id in sorted({w.message_id for w in works}):
+            group = [w for w in works if w.message_id == message_id]
+            body = await self._body(message_id)
+            await self._finish(group, [(w, result, reply, klass) for w in group], None, None, 0.0, now, body)
+
+    async def _finish(self, batch: list[Work], decided: list[tuple[Work, Result, Reply, BounceClass | None]],
+                      relay: str | None, tls: str | None, duration: float, now: float, body: bytes | None,
+                      text: str | None = None) -> None:
+        cfg = self.config.delivery
+        outcomes, failed = [], []
+        for work, result, reply, klass in decided:
+            next_at = None
+            if result is Result.DEFERRED:
+                next_at = backoff.next_attempt(work.created_at, now, work.attempts + 1, cfg.retry_schedule,
+                                               cfg.retry_jitter, cfg.max_lifetime)
+                if next_at is None:
+                    result = Result.EXPIRED
+                else:
+                    next_at = min(next_at, work.created_at + cfg.max_lifetime)  # the last try is at expiry
+            shown = text or str(reply)
+            outcomes.append(Outcome(work.rcpt_id, work.message_id, result.value, now, next_at, str(reply), reply.code,
+                                    reply.enhanced, klass.value if klass and result is not Result.DELIVERED else None,
+                                    relay, tls, duration, attempted=True))
+            if result in (Result.BOUNCED, Result.EXPIRED):
+                failed.append(FailedRecipient(work.address, reply.enhanced or ("4.4.7" if result is Result.EXPIRED
+                                                                              else "5.0.0"),
+                                              shown, relay.split("[")[0] if relay else None, result is Result.EXPIRED))
+            status = {"delivered": "sent"}.get(result.value, result.value)
+            log.info("%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)", work.message_id, work.address,
+                     relay or "none", now - work.created_at, tls or "none", status, shown,
+                     extra={"fields": {"queue_id": work.message_id, "result": result.value,
+                                       "bounce_class": klass.value if klass else None}})
+            self.metrics.deliveries.labels(result=result.value).inc()
+        dsns = self._dsns(batch[0], failed, body, now) if failed else []
+        try:
+            await self.store.run(jobs.record(outcomes, dsns))
+        except StoreUnavailable as exc:
+            # The recipients stay leased and go back to the queue when the lease expires.
+            log.error("could not record delivery outcomes (%s); they will be retried", exc)
+        self.in_window -= len(batch)
+        if dsns:
+            self.wake()
+
+    def _dsns(self, work: Work, failed: list[FailedRecipient], body: bytes | None, now: float) -> list[QueuedMessage]:
+        sender = work.mail_from
+        if not sender or sender.lower().startswith("mailer-daemon@"):
+            return []  # never a bounce for a bounce
+        hostname = self.config.server.hostname
+        queue_id = new_queue_id(now)
+        dsn, message_id = build_dsn(hostname=hostname, queue_id=work.message_id, original_from=sender,
+                                    original=body or b"", failed=failed, arrival=work.created_at, now=now)
+        log.info("%s: sender non-delivery notification: %s", work.message_id, queue_id)
+        return [QueuedMessage(id=queue_id, account_id=work.account_id, username=None, mail_from="",
+                              recipients=(sender,), body=dsn, created_at=now, client_address="127.0.0.1", tls=None,
+                              header_message_id=message_id)]
+
+    async def _update_gauges(self, now: float) -> None:
+        assert self._reader is not None
+        counts, oldest = await jobs.counts(self._reader, now)
+        for state in ("queued", "active", "hold", "delivered", "bounced", "expired"):
+            self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
+        self.metrics.queue_oldest_age_seconds.set(oldest)
