@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian tools the integration tests drive: swaks (a real SMTP client) and its TLS module,
+# Postfix's smtp-sink (below),
 # dnsmasq (a real DNS server the tests start on a high port), Node.js for the independent
 # DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
 DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base
@@ -28,6 +29,12 @@ debs:
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@# Postfix only for smtp-sink (a receiving server with fault injection): "No configuration"
+	@# means no Postfix daemon is set up or started.
+	@if ! dpkg -s postfix >/dev/null 2>&1; then \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix; \
 	fi
 
 $(TOOLS): tests/tools/package.json tests/tools/package-lock.json

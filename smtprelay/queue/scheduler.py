@@ -105,13 +105,22 @@ class Scheduler:
         self._last_gauges = -GAUGES_EVERY
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Recover interrupted work; after this, `scan()` may be called (tests drive it directly)."""
         self._reader = await aiosqlite.connect(schema.database_path(self.config.server.data_dir))
         returned = await self.store.run(jobs.reclaim(self.clock.now(), everything=True))
         if returned:
             log.warning("recovered %d recipient(s) whose delivery was interrupted; they are queued again", returned)
         self._last_reclaim = self.clock.monotonic()
+
+    async def start(self) -> None:
+        await self.open()
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def idle(self) -> None:
+        """Wait until no delivery task is running (for tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     def wake(self) -> None:
         self._wake.set()

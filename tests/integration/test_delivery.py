@@ -155,15 +155,11 @@ def test_mx_resolution_from_real_dns(make_relay, servers, tmp_path: Path) -> Non
     port = port_free_on(("127.0.0.2", "127.0.0.3"))
     rx = Receiver(tmp_path, "127.0.0.3", port).start()
     servers.append(rx)
-    dns = DnsServer(tmp_path, ("mx.test", "nomx.test", "nullmx.test", "gone.test", "fail.test"))
+    dns = DnsServer(tmp_path, ("mx.test", "nomx.test", "nullmx.test", "gone.test"))
     servers.append(dns)
     dns.publish([("MX", "mx.test", "10 mx1.mx.test"), ("MX", "mx.test", "20 mx2.mx.test"),
                  ("A", "mx1.mx.test", "127.0.0.2"), ("A", "mx2.mx.test", "127.0.0.3"),
                  ("A", "nomx.test", "127.0.0.3"), ("MX", "nullmx.test", "0 .")])
-    # fail.test is forwarded to a server that does not answer: SERVFAIL/timeout.
-    conf = dns.dir / f"dnsmasq-{dns.port}.conf"
-    conf.write_text(conf.read_text().replace("local=/fail.test/", f"server=/fail.test/127.0.0.1#{free_port()}"))
-    dns.publish(dns.records) if False else None
     relay = make_relay({"dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
                         "delivery": {"mx_port": port}}).start()
     send(relay, ["a@mx.test"])          # mx1 refuses connections, mx2 (preference 20) takes it
@@ -179,7 +175,6 @@ def test_mx_resolution_from_real_dns(make_relay, servers, tmp_path: Path) -> Non
     assert f"to=<a@mx.test>, relay=mx2.mx.test[127.0.0.3]:{port}" in relay.log()
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is installed by `make test`")
 def test_dns_failure_defers(make_relay, servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     relay = make_relay({"dns": {"nameservers": [f"127.0.0.1:{free_port()}"], "timeout": "1s"}}).start()
     send(relay, ["x@nowhere-reachable.example"])
@@ -193,7 +188,6 @@ def test_tls_policies(make_relay, servers, tmp_path: Path) -> None:  # type: ign
     plain = Receiver(tmp_path, "127.0.0.2").start()
     broken = Receiver(tmp_path, "127.0.0.3", None, "--broken-tls").start()
     servers += [good, plain, broken]
-    other_ca, other_cert, other_key = make_ca(tmp_path / "..", ("127.0.0.1",)) if False else (None, None, None)
     relay = make_relay({"delivery": {
         "tls_ca_file": str(ca),
         "routes": {"good.example": f"127.0.0.1:{good.port}", "plain.example": f"127.0.0.2:{plain.port}",
@@ -207,7 +201,7 @@ def test_tls_policies(make_relay, servers, tmp_path: Path) -> None:  # type: ign
              and states(relay).get("x@broken.example") == "delivered"
              and states(relay).get("x@good.example") == "delivered"
              and states(relay).get("x@plain.example") == "delivered")
-    assert [t["tls"] for t in good.transactions()] in (["TLSv1.3", "TLSv1.3"],)  # opportunistic and verified
+    assert [t["tls"] for t in good.transactions()] == ["TLSv1.3", "TLSv1.3"]  # opportunistic and verified
     assert [t["tls"] for t in plain.transactions()] == [None]
     assert [t["tls"] for t in broken.transactions()] == [None]  # handshake failed: plaintext retry
     strictplain = next(r for r in rows(relay) if r["address"] == "x@strictplain.example")
@@ -287,7 +281,6 @@ def test_queue_tools_act_on_the_running_server(make_relay, servers, tmp_path: Pa
     wait_for(lambda: states(relay).get("held@later.example") == "delivered", seconds=10)
     assert sorted(r for t in rx.transactions() for r in t["rcpts"]) == ["held@later.example", "keep@later.example"]
     assert home.transactions() == []  # delete sends no bounce
-    assert f"{dropped}: deleted by operator" in relay.log() or True  # the CLI logs to its own stderr
     again = relay.cli("queue", "release", held, check=False)
     assert again.returncode == 1 and "not on hold" in again.stderr
 
@@ -319,4 +312,7 @@ def test_dead_destination_with_a_big_queue_does_not_block_others(make_relay, ser
         active = conn.execute("SELECT count(*) FROM recipients WHERE state = 'active'").fetchone()[0]
     assert active <= 5000  # the in-memory window stays bounded
     assert "destination route:127.0.0.1:%d|opportunistic marked dead" % dead_port in relay.log()
+    wait_for(lambda: relay.metric("smtprelay_queue_messages", 'state="queued"') >= 190_000, seconds=15)
+    assert relay.metric("smtprelay_queue_oldest_age_seconds") > 0
+    assert relay.cli_json("queue", "list", "--domain", "live.example", "--all")["messages"][0]["state"] == "delivered"
     print(f"live mail delivered {took:.1f}s after submission, beside 200k dead recipients ({qid})")
