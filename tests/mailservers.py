@@ -53,7 +53,17 @@ def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], what: st
             time.sleep(0.05)
 
 
-class Receiver:
+class _Process:
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class Receiver(_Process):
     def __init__(self, tmp: Path, host: str = "127.0.0.1", port: int | None = None, *args: str):
         self.host = host
         self.port = port or port_free_on((host,))
@@ -68,12 +78,6 @@ class Receiver:
         wait_listening(self.host, self.port, self.proc, "receiver")
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
     def transactions(self) -> list[dict[str, Any]]:
         if not self.log.exists():
             return []
@@ -85,7 +89,7 @@ class Receiver:
         return out
 
 
-class SmtpSink:
+class SmtpSink(_Process):
     """Postfix's smtp-sink with fault injection flags (see smtp-sink(1))."""
 
     def __init__(self, tmp: Path, *flags: str, host: str = "127.0.0.1"):
@@ -101,12 +105,6 @@ class SmtpSink:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.host, self.port, self.proc, "smtp-sink")
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from smtprelay.config import Config, DeliveryTls, DnsConfig, Route
+from smtprelay.config import Config, DeliveryTls, Route
+from smtprelay.resolver import make_resolver
 
 NEGATIVE_TTL = 300.0
 MAX_TTL = 3600.0
@@ -46,21 +46,10 @@ class Unroutable:
     reason: str
 
 
-def make_async_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
-    if not config.nameservers:
-        resolver = dns.asyncresolver.Resolver()
-    else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in config.nameservers]
-    resolver.lifetime = config.timeout
-    resolver.timeout = min(config.timeout, 2.0)
-    return resolver
-
-
 class MxResolver:
     def __init__(self, config: Config, resolver: dns.asyncresolver.Resolver | None = None):
         self.config = config
-        self.resolver = resolver or make_async_resolver(config.dns)
+        self.resolver = resolver or make_resolver(config.dns, dns.asyncresolver.Resolver)
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
 
     async def next_hop(self, domain: str) -> NextHop | Unroutable:

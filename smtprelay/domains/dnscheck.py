@@ -10,14 +10,14 @@ Must never: run on the event loop (it blocks on DNS); the server calls it in a t
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import dns.exception
-import dns.nameserver
 import dns.resolver
 import spf
 
-from smtprelay.config import Config, DnsConfig
+from smtprelay.config import Config
+from smtprelay.resolver import make_resolver
 from smtprelay.domains.records import DnsRecord
 
 
@@ -36,17 +36,6 @@ class RecordCheck:
         doc = self.record.as_dict()
         doc.update(expected=self.record.value, current=self.current, status=self.status, reason=self.reason)
         return doc
-
-
-def make_resolver(config: DnsConfig) -> dns.resolver.Resolver:
-    if not config.nameservers:
-        resolver = dns.resolver.Resolver()
-    else:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in config.nameservers]
-    resolver.lifetime = config.timeout
-    resolver.timeout = min(config.timeout, 2.0)
-    return resolver
 
 
 class TempDnsError(Exception):
@@ -173,4 +162,3 @@ def check_all(records: list[DnsRecord], config: Config) -> list[RecordCheck]:
     return results
 
 
-__all__ = ["RecordCheck", "check_all", "make_resolver", "asdict"]
