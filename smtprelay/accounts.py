@@ -16,6 +16,11 @@ import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smtprelay.config import Config
+    from smtprelay.policy.reputation import AccountRow
 
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -32,6 +37,7 @@ class Account:
     rate_per_second: float | None
     created_at: float
     delivery_tls: str | None = None
+    level: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,8 @@ def check_password(password: str, digest: str) -> bool:
 def _row_account(row: sqlite3.Row) -> Account:
     return Account(id=row["id"], name=row["name"], daily_quota=row["daily_quota"],
                    rate_per_second=row["rate_per_second"], created_at=row["created_at"],
-                   delivery_tls=row["delivery_tls"] if "delivery_tls" in row.keys() else None)
+                   delivery_tls=row["delivery_tls"] if "delivery_tls" in row.keys() else None,
+                   level=row["level"] if "level" in row.keys() else 0)
 
 
 class AccountService:
@@ -167,6 +174,52 @@ class Login:
     digest: str
     account_id: int
     account: str
+
+
+def load_account_rows(conn: sqlite3.Connection) -> dict[int, "AccountRow"]:
+    from smtprelay.policy.reputation import AccountRow
+    return {r[0]: AccountRow(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
+        "SELECT id, name, daily_quota, rate_per_second, level FROM accounts")}
+
+
+def evaluate_levels(conn: sqlite3.Connection, config: "Config", now: float) -> list[tuple[str, int, int, str]]:
+    """Judge every finished UTC day not judged yet (only when levels are configured).
+    Returns (account, old level, new level, why) for each change."""
+    import datetime
+    from smtprelay.policy.reputation import DayStats, effective_limits, judge_day
+    if not config.reputation.levels:
+        return []
+    today = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+    changes = []
+    for row in load_account_rows(conn).values():
+        last = conn.execute("SELECT level_evaluated_day, created_at FROM accounts WHERE id = ?", (row.id,)).fetchone()
+        start = (datetime.date.fromisoformat(last[0]) + datetime.timedelta(days=1) if last[0] else
+                 datetime.datetime.fromtimestamp(last[1], datetime.timezone.utc).date())
+        level = row.level
+        day = start
+        while day < today:
+            t0 = datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc).timestamp()
+            t1 = t0 + 86400
+            used = conn.execute("SELECT count(*) FROM sends WHERE account_id = ? AND at >= ? AND at < ?",
+                                (row.id, t0, t1)).fetchone()[0]
+            delivered, bounced = conn.execute(
+                "SELECT coalesce(sum(a.result = 'delivered'), 0), coalesce(sum(a.result = 'bounced'), 0)"
+                " FROM attempts a JOIN recipients r ON r.id = a.recipient_id JOIN messages m ON m.id = r.message_id"
+                " WHERE m.account_id = ? AND m.mail_from != '' AND a.at >= ? AND a.at < ?",
+                (row.id, t0, t1)).fetchone()
+            complaints = conn.execute("SELECT count(*) FROM feedback WHERE account_id = ? AND kind = 'complaint'"
+                                      " AND at >= ? AND at < ?", (row.id, t0, t1)).fetchone()[0]
+            quota = effective_limits(AccountRow(row.id, row.name, row.daily_quota, row.rate_per_second, level),
+                                     config).daily_quota
+            new, why = judge_day(level, quota, DayStats(used, delivered, bounced, complaints), config)
+            if new != level:
+                changes.append((row.name, level, new, f"{day.isoformat()}: {why}"))
+                level = new
+            day += datetime.timedelta(days=1)
+        if day != start or level != row.level:
+            conn.execute("UPDATE accounts SET level = ?, level_evaluated_day = ? WHERE id = ?",
+                         (level, (today - datetime.timedelta(days=1)).isoformat(), row.id))
+    return changes
 
 
 def catalog_version(conn: sqlite3.Connection) -> int:

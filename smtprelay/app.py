@@ -19,7 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from smtprelay import __version__, logs
-from smtprelay.accounts import AccountService, catalog_version, load_logins
+from smtprelay.accounts import AccountService, catalog_version, evaluate_levels, load_account_rows, load_logins
+from smtprelay.blocklist.service import BlocklistService, blocklist_version, load_view
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
 from smtprelay.domains.service import DomainService, load_senders
@@ -47,6 +48,7 @@ class Relay:
         self._servers: list[asyncio.AbstractServer] = []
         self._reader: sqlite3.Connection | None = None
         self._http: web.AppRunner | None = None
+        self._blocklist_version = -1
 
     async def run(self) -> None:
         config = self.config
@@ -62,7 +64,9 @@ class Relay:
         await self.scheduler.start()
         store.on_enqueued = self.scheduler.wake
         await self._refresh_catalog()
+        await self._load_sends()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
+        maintenance = asyncio.create_task(self._maintenance_loop(), name="maintenance")
         rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
         try:
             await self._start_listeners()
@@ -80,6 +84,7 @@ class Relay:
         finally:
             refresher.cancel()
             rechecker.cancel()
+            maintenance.cancel()
             self.frontend.sign_pool.shutdown(wait=True)
             for server in self._servers:
                 server.close()
@@ -113,13 +118,21 @@ class Relay:
         data_dir = self.config.server.data_dir
         assert reader is not None
 
+        frontend = self.frontend
+        now = self.clock.now()
+
         def load_if_changed() -> None:
             version = catalog_version(reader)
             if version != table.version:
                 logins, accounts = load_logins(reader)
                 domains, addresses = load_senders(reader, data_dir)
                 senders.replace(domains, addresses)  # builds the signers (parses keys) off the loop
+                frontend.account_rows = load_account_rows(reader)
                 table.replace(logins, accounts, version)
+            version = blocklist_version(reader)
+            if version != self._blocklist_version:
+                frontend.blocklist = load_view(reader, now)
+                self._blocklist_version = version
 
         await asyncio.to_thread(load_if_changed)
 
@@ -131,6 +144,39 @@ class Relay:
                 self.frontend.lockout.prune()
             except sqlite3.Error as exc:
                 log.error("could not refresh credentials from the store: %s", exc)
+
+    async def _load_sends(self) -> None:
+        """The last 24 h of accepted recipients, so caps and quotas survive a restart."""
+        reader = self._reader
+        assert reader is not None
+        since = self.clock.now() - 86400
+        rows = await asyncio.to_thread(lambda: reader.execute(
+            "SELECT account_id, address, at FROM sends WHERE at > ? ORDER BY at", (since,)).fetchall())
+        self.frontend.send_limits.load(rows)
+
+    async def _maintenance_loop(self) -> None:
+        """Every minute: judge finished days for reputation levels, forget old sends, drop
+        expired blocklist entries, trim in-memory windows."""
+        while True:
+            try:
+                changes = await asyncio.to_thread(self._maintain)
+                for account, old, new, why in changes:
+                    log.warning("account %s: reputation level %d → %d (%s)", account, old, new, why)
+                self.frontend.send_limits.prune()
+            except Exception:
+                log.exception("maintenance failed; trying again in a minute")
+            await asyncio.sleep(60)
+
+    def _maintain(self) -> list[tuple[str, int, int, str]]:
+        conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
+        try:
+            now = self.clock.now()
+            changes = evaluate_levels(conn, self.config, now)
+            conn.execute("DELETE FROM sends WHERE at < ?", (now - 2 * 86400,))
+            BlocklistService(conn, now).purge_expired()
+            return changes
+        finally:
+            conn.close()
 
     async def _recheck_loop(self) -> None:
         """Re-verify verified and failing domains every domains.recheck_interval."""

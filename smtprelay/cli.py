@@ -105,11 +105,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _account_doc(account: Any, config: Config, credentials: int | None = None) -> dict[str, Any]:
+    from smtprelay.policy.reputation import AccountRow, effective_limits
+    limits = effective_limits(AccountRow(account.id, account.name, account.daily_quota, account.rate_per_second,
+                                         account.level), config)
     doc = {"name": account.name,
-           "daily_quota": account.daily_quota or config.limits.account_daily_quota,
-           "rate_per_second": account.rate_per_second or config.limits.account_rate_per_second,
-           "quota_source": "account" if account.daily_quota else "default",
+           "daily_quota": limits.daily_quota,
+           "rate_per_second": limits.rate_per_second,
+           "quota_source": "account" if account.daily_quota else ("reputation level" if config.reputation.levels
+                                                                  else "default"),
            "delivery_tls": account.delivery_tls or config.delivery.tls.value,
+           "level": account.level,
            "created_at": _iso(account.created_at)}
     if credentials is not None:
         doc["credentials"] = credentials
@@ -142,8 +147,9 @@ def cmd_account_list(args: argparse.Namespace) -> int:
     rows = AccountService(conn, time.time()).list_accounts()
     docs = [_account_doc(a, config, n) for a, n in rows]
     _emit(args, {"accounts": docs}, lambda: print_table(
-        ["name", "daily_quota", "rate/s", "credentials", "created"],
-        [[d["name"], d["daily_quota"], d["rate_per_second"], d["credentials"], d["created_at"]] for d in docs]))
+        ["name", "daily_quota", "rate/s", "level", "credentials", "created"],
+        [[d["name"], d["daily_quota"], d["rate_per_second"], d["level"], d["credentials"], d["created_at"]]
+         for d in docs]))
     return 0
 
 
@@ -246,6 +252,22 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from smtprelay.explain import explain
+    config, conn = _open(args)
+    doc = explain(conn, config, args.account, args.mail_from, args.rcpt, time.time(), _iso)
+
+    def human() -> None:
+        for p in doc["policies"]:
+            name = p.pop("policy")
+            print(f"{name}:")
+            for key, value in p.items():
+                print(f"  {key}: {value}")
+        print(f"verdict: {doc['verdict']}")
+    _emit(args, doc, human)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -321,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from smtprelay.domains import cli as domain_cli
     domain_cli.register(sub, command, group, _emit, _open, _iso)
+    from smtprelay.blocklist import cli as blocklist_cli
+    blocklist_cli.register(sub, command, group, _emit, _open, _iso, print_table)
+    p = command(sub, "explain", cmd_explain, "every policy that applies now to a sender and recipient, and the "
+                                             "verdict the relay would give (sends nothing)")
+    p.add_argument("--account", required=True)
+    p.add_argument("--from", dest="mail_from", required=True)
+    p.add_argument("--to", dest="rcpt", required=True)
     return parser
 
 

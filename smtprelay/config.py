@@ -210,6 +210,25 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReputationConfig:
+    # Daily quota per reputation level; an account starts at level 0. Empty: no levels,
+    # limits.account_daily_quota (or the account's own quota) applies.
+    levels: tuple[int, ...] = ()
+    promote_usage: float = 0.8
+    max_bounce_rate: float = 0.05
+    max_complaint_rate: float = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistConfig:
+    invalid_address_days: int = 180
+    auto_block_full_inbox: bool = False
+    full_inbox_failures: int = 3
+    full_inbox_window: float = 72 * 3600.0
+    full_inbox_days: int = 7
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     require_registered_address: bool = True
 
@@ -247,11 +266,13 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    reputation: ReputationConfig = field(default_factory=ReputationConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
-RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy")
+RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -259,7 +280,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery"):
+                 "policy", "delivery", "reputation", "blocklist"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart
@@ -412,7 +433,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery"}
+             "delivery", "reputation", "blocklist"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -516,9 +537,41 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     po.finish()
 
     delivery = _parse_delivery(data.get("delivery", {}), base, problems)
+
+    rp = _Section(data.get("reputation", {}), "reputation", problems)
+
+    def levels(raw: Any) -> tuple[int, ...]:
+        values = _list(raw)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values) or \
+                any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError("must be a list of increasing positive daily quotas like [500, 1000, 5000]")
+        return tuple(values)
+
+    def fraction(raw: Any) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw <= 1:
+            raise ValueError("must be a fraction above 0 and at most 1, like 0.05 for 5 %")
+        return float(raw)
+    reputation = ReputationConfig(
+        levels=rp._get("levels", (), levels),
+        promote_usage=rp._get("promote_usage", 0.8, fraction),
+        max_bounce_rate=rp._get("max_bounce_rate", 0.05, fraction),
+        max_complaint_rate=rp._get("max_complaint_rate", 0.001, fraction),
+    )
+    rp.finish()
+
+    bl = _Section(data.get("blocklist", {}), "blocklist", problems)
+    blocklist = BlocklistConfig(
+        invalid_address_days=bl.positive_int("invalid_address_days", 180),
+        auto_block_full_inbox=bl.boolean("auto_block_full_inbox", False),
+        full_inbox_failures=bl.positive_int("full_inbox_failures", 3),
+        full_inbox_window=bl.duration("full_inbox_window", 72 * 3600.0),
+        full_inbox_days=bl.positive_int("full_inbox_days", 7),
+    )
+    bl.finish()
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
-                    http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery)
+                    http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
+                    reputation=reputation, blocklist=blocklist)
     if problems:
         raise ConfigError(problems)
     return config

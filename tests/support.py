@@ -84,6 +84,10 @@ class Relay:
             # Never the system resolver: a port where nothing answers, unless a test starts dnsmasq.
             "dns": {"nameservers": [f"127.0.0.1:{free_port()}"], "timeout": "1s"},
             "log": {"level": "info"},
+            # Generous sending limits so bursts in tests that are not about limits are not
+            # throttled; the limit tests set their own.
+            "limits": {"account_daily_quota": 10_000_000, "account_rate_per_second": 1_000_000.0,
+                       "recipient_hourly_cap": 1000},
         }
         for section, values in (overrides or {}).items():
             self.doc.setdefault(section, {}).update(values)

@@ -68,7 +68,17 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
     return job
 
 
-def record(outcomes: list[Outcome], dsns: list[QueuedMessage]) -> Job:
+@dataclass(frozen=True, slots=True)
+class AutoBlock:
+    """What delivery failures add to the blocklist ([blocklist] in relay.toml)."""
+    invalid_days: int = 180
+    full_inbox: bool = False
+    full_inbox_failures: int = 3
+    full_inbox_window: float = 72 * 3600.0
+    full_inbox_days: int = 7
+
+
+def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None) -> Job:
     async def job(db: aiosqlite.Connection) -> None:
         final = [o for o in outcomes if o.result != "deferred"]
         deferred = [o for o in outcomes if o.result == "deferred"]
@@ -92,6 +102,8 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage]) -> Job:
                 " duration) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
                 [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
                   o.duration, o.rcpt_id) for o in attempted])
+        if auto is not None:
+            await _auto_block(db, outcomes, auto)
         if dsns:
             await insert_messages(db, dsns)
         done = sorted({o.message_id for o in final})
@@ -102,6 +114,33 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage]) -> Job:
                 " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired'))",
                 [(m,) for m in done])
     return job
+
+
+async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
+    """Recipient faults only: a hard `invalid_address` bounce blocks the address globally; with
+    auto_block_full_inbox, N `mailbox_full` failures within the window block it for a while.
+    Reputation-class failures (our IP or domain) never add entries."""
+    invalid = [o for o in outcomes if o.result == "bounced" and o.bounce_class == "invalid_address"]
+    if invalid:
+        await db.executemany(
+            "INSERT INTO blocklist (address, type, origin_account_id, reason, created_at, expires_at)"
+            " SELECT r.address, 'invalid', m.account_id, ?, ?, ? FROM recipients r JOIN messages m"
+            " ON m.id = r.message_id WHERE r.id = ? AND m.mail_from != '' AND NOT EXISTS (SELECT 1 FROM blocklist b"
+            " WHERE b.address = r.address AND b.type = 'invalid' AND (b.expires_at IS NULL OR b.expires_at > ?))",
+            [(o.reply, o.at, o.at + auto.invalid_days * 86400.0, o.rcpt_id, o.at) for o in invalid])
+    full = [o for o in outcomes if o.bounce_class == "mailbox_full" and o.result != "delivered"]
+    if auto.full_inbox and full:
+        await db.executemany(
+            "INSERT INTO blocklist (address, type, origin_account_id, reason, created_at, expires_at)"
+            " SELECT r.address, 'full_inbox', m.account_id, ?, ?, ? FROM recipients r JOIN messages m"
+            " ON m.id = r.message_id WHERE r.id = ?"
+            " AND (SELECT count(*) FROM attempts a JOIN recipients r2 ON r2.id = a.recipient_id"
+            "      WHERE r2.address = r.address AND a.bounce_class = 'mailbox_full' AND a.at > ?) >= ?"
+            " AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.address = r.address AND b.type = 'full_inbox'"
+            "      AND (b.expires_at IS NULL OR b.expires_at > ?))",
+            [(f"{auto.full_inbox_failures} mailbox_full failures: {o.reply}", o.at,
+              o.at + auto.full_inbox_days * 86400.0, o.rcpt_id, o.at - auto.full_inbox_window,
+              auto.full_inbox_failures, o.at) for o in full])
 
 
 def reclaim(now: float, everything: bool) -> Job:

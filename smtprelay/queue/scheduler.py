@@ -421,8 +421,11 @@ class Scheduler:
                                        "bounce_class": klass.value if klass else None}})
             self.metrics.deliveries.labels(result=result.value).inc()
         dsns = self._dsns(batch[0], failed, body, now) if failed else []
+        bl = self.config.blocklist
+        auto = jobs.AutoBlock(bl.invalid_address_days, bl.auto_block_full_inbox, bl.full_inbox_failures,
+                              bl.full_inbox_window, bl.full_inbox_days)
         try:
-            await self.store.run(jobs.record(outcomes, dsns))
+            await self.store.run(jobs.record(outcomes, dsns, auto))
         except StoreUnavailable as exc:
             # The recipients stay leased and go back to the queue when the lease expires.
             log.error("could not record delivery outcomes (%s); they will be retried", exc)

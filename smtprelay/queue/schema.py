@@ -125,6 +125,54 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_recipient ON attempts (recipient_id);
     INSERT INTO meta (key, value) VALUES ('flush_generation', 0);
     """,
+    # 4: sending limits, reputation levels, the blocklist.
+    """
+    ALTER TABLE accounts ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN level_evaluated_day TEXT;   -- last UTC day judged for promotion
+    -- One row per accepted recipient: rolling hourly caps, daily quotas, reputation usage.
+    CREATE TABLE sends (account_id INTEGER NOT NULL, address TEXT NOT NULL, at REAL NOT NULL);
+    CREATE INDEX sends_account_at ON sends (account_id, at);
+    CREATE TABLE blocklist (
+        id INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        type TEXT NOT NULL,             -- invalid, reject, custom, full_inbox
+        account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,   -- custom: its account (NULL: all)
+        sender_domain TEXT,             -- reject: the sender domain the recipient refused
+        origin_account_id INTEGER REFERENCES accounts(id) ON DELETE SET NULL,
+        reason TEXT,
+        note TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL                 -- NULL: never
+    );
+    CREATE INDEX blocklist_address ON blocklist (address);
+    CREATE TABLE allowlist (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (account_id, address)
+    );
+    -- Complaints and unsubscribes (written by the events side; read by reputation).
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER,
+        sender_domain TEXT NOT NULL,
+        address TEXT NOT NULL,
+        kind TEXT NOT NULL,             -- complaint, unsubscribe
+        at REAL NOT NULL
+    );
+    CREATE INDEX feedback_account_at ON feedback (account_id, at);
+    INSERT INTO meta (key, value) VALUES ('blocklist_version', 0);
+    CREATE TRIGGER blocklist_ins AFTER INSERT ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
+    CREATE TRIGGER blocklist_del AFTER DELETE ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
+    CREATE TRIGGER blocklist_upd AFTER UPDATE ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
+    CREATE TRIGGER allowlist_ins AFTER INSERT ON allowlist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
+    CREATE TRIGGER allowlist_del AFTER DELETE ON allowlist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

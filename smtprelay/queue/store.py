@@ -201,6 +201,10 @@ async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage
         " VALUES (?,?,?,?,?,?)",
         [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at)
          for m in messages for rcpt in m.recipients])
+    sends = [(m.account_id, rcpt, m.created_at) for m in messages if m.account_id is not None and m.mail_from
+             for rcpt in m.recipients]  # DSNs (null sender) are not the account's sending
+    if sends:
+        await db.executemany("INSERT INTO sends (account_id, address, at) VALUES (?,?,?)", sends)
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
@@ -26,7 +26,10 @@ from smtprelay.dkim.signer import Signer
 from smtprelay.domains.service import SenderDomain
 from smtprelay.http.metrics import Metrics
 from smtprelay.policy import verdict as V
+from smtprelay.policy.blocklist import BlocklistView
 from smtprelay.policy.content import check_subject, header_block, normalize_newlines
+from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
+from smtprelay.policy.reputation import AccountRow, effective_limits
 from smtprelay.policy.sender import check_from_header, check_sender
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
@@ -65,6 +68,7 @@ class SessionState:
     account_id: int | None = None
     username: str | None = None
     sender_domain: str = ""
+    reservations: list[Reservation] = field(default_factory=list)
 
 
 class SenderTable:
@@ -95,6 +99,9 @@ class FrontEnd:
         self.clock = clock
         self.credentials = CredentialTable()
         self.senders = SenderTable()
+        self.send_limits = SendLimiter(clock, config.limits.recipient_hourly_cap)
+        self.blocklist = BlocklistView([], set())
+        self.account_rows: dict[int, AccountRow] = {}
         # RSA is CPU work: it runs here, never on the event loop.
         self.sign_pool = ThreadPoolExecutor(config.dkim.signing_threads, thread_name_prefix="dkim")
         self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
@@ -108,6 +115,19 @@ class FrontEnd:
         self.limiter.max_total = config.limits.max_connections
         self.limiter.max_per_client = config.limits.max_connections_per_client
         self.lockout.configure(config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+        self.send_limits.hourly_cap = config.limits.recipient_hourly_cap
+
+    def account_limits(self, account_id: int) -> AccountLimits:
+        row = self.account_rows.get(account_id)
+        if row is None:
+            return AccountLimits(self.config.limits.account_daily_quota, self.config.limits.account_rate_per_second)
+        return effective_limits(row, self.config)
+
+    def release(self, state: SessionState) -> None:
+        """Give back the slots a transaction reserved but did not use."""
+        if state.reservations:
+            self.send_limits.release(state.reservations)
+            state.reservations = []
 
     def authenticate(self, server: Any, session: Session, envelope: Envelope, mechanism: str,
                      auth_data: Any) -> AuthResult:
@@ -129,6 +149,9 @@ class FrontEnd:
                  " (trusted network)" if server.trusted else "")
 
     def connection_closed(self, server: RelaySMTP) -> None:
+        state = getattr(server.session, "relay", None) if server.session is not None else None
+        if state is not None:
+            self.release(state)
         self.sessions.discard(server)
         self.metrics.smtp_sessions_active.dec()
         log.info("disconnect from [%s]", server.client_ip)
@@ -149,13 +172,19 @@ class RelayHandler:
     def __init__(self, frontend: FrontEnd):
         self.fe = frontend
 
+    async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
+        self.fe.release(_state(session))
+        return "250 2.0.0 Ok"
+
     async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
+        self.fe.release(_state(session))  # EHLO resets the transaction
         session.host_name = hostname
         _state(session).helo = hostname
         return responses
 
     async def handle_HELO(self, server: RelaySMTP, session: Session, envelope: Envelope, hostname: str) -> str:
+        self.fe.release(_state(session))
         session.host_name = hostname
         _state(session).helo = hostname
         return f"250 {server.hostname}"
@@ -198,12 +227,26 @@ class RelayHandler:
             return V.RCPT_OK.reply  # duplicate: one delivery, like Postfix
         if len(envelope.rcpt_tos) >= self.fe.config.limits.max_recipients:
             return self.fe.reject(state, "RCPT", V.TOO_MANY_RECIPIENTS, envelope, address)
+        assert state.account_id is not None  # MAIL refuses anyone without an account
+        verdict = self.fe.blocklist.check(address, state.account_id, state.sender_domain, self.fe.clock.now())
+        if verdict is not None:
+            return self.fe.reject(state, "RCPT", verdict, envelope, address)
+        reserved = self.fe.send_limits.reserve(state.account_id, address, self.fe.account_limits(state.account_id))
+        if isinstance(reserved, V.Verdict):
+            return self.fe.reject(state, "RCPT", reserved, envelope, address)
+        state.reservations.append(reserved)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return V.RCPT_OK.reply
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         state = _state(session)
+        try:
+            return await self._data(server, session, envelope, state)
+        finally:
+            self.fe.release(state)  # whatever was not committed (refused, or the store failed)
+
+    async def _data(self, server: RelaySMTP, session: Session, envelope: Envelope, state: SessionState) -> str:
         limits = self.fe.config.limits
         raw = envelope.original_content or b""
         content, verdict = normalize_newlines(raw, limits.bare_newline)
@@ -236,6 +279,8 @@ class RelayHandler:
             await self.fe.store.enqueue(message)
         except StoreUnavailable:
             return self.fe.reject(state, "END-OF-MESSAGE", V.STORE_UNAVAILABLE, envelope)
+        self.fe.send_limits.commit(state.reservations, now)
+        state.reservations = []
         self.fe.metrics.messages_accepted.inc()
         log.info("%s: client=[%s], %s, tls=%s, message-id=%s, from=<%s>, size=%d, nrcpt=%d (queue active)",
                  queue_id, state.client_ip,

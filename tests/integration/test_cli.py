@@ -19,7 +19,7 @@ def login(relay: Relay, user: str, password: str) -> tuple[int, bytes]:
 
 
 def test_accounts_add_set_list(make_relay) -> None:  # type: ignore[no-untyped-def]
-    relay = make_relay()
+    relay = make_relay({"limits": {"account_rate_per_second": 20}})
     relay.cli("account", "add", "acme", "--daily-quota", "1000", "--rate", "5")
     relay.cli("account", "add", "beta")
     relay.cli("account", "set", "beta", "--daily-quota", "42")

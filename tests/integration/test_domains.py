@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.dnsserver import DnsServer, records_from_cli
-from tests.support import ROOT, Relay, client_tls, queued_id
+from tests.support import ROOT, Relay, client_tls, free_port, queued_id
 
 VERIFIER = ROOT / "tests" / "tools" / "dkim_verify.mjs"
 pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None or not (VERIFIER.parent / "node_modules").is_dir(),
@@ -33,7 +33,10 @@ def dns(tmp_path: Path) -> Iterator[DnsServer]:
 
 
 def domain_relay(make_relay: Callable[..., Relay], dns: DnsServer, **overrides: Any) -> Relay:
-    conf = {"server": {"public_ips": ["127.0.0.1"]}, "dns": {"nameservers": [dns.nameserver], "timeout": "2s"}}
+    # Recipients at example.org go to a port where nothing listens: delivery defers, and never
+    # bounces (an NXDOMAIN bounce would put the test recipient on the blocklist).
+    conf = {"server": {"public_ips": ["127.0.0.1"]}, "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
+            "delivery": {"routes": {"example.org": f"127.0.0.1:{free_port()}"}}}
     for key, value in overrides.items():
         conf.setdefault(key, {}).update(value)
     relay = make_relay(conf, seed=False)
