@@ -186,7 +186,7 @@ def evaluate_levels(conn: sqlite3.Connection, config: "Config", now: float) -> l
     """Judge every finished UTC day not judged yet (only when levels are configured).
     Returns (account, old level, new level, why) for each change."""
     import datetime
-    from smtprelay.policy.reputation import DayStats, effective_limits, judge_day
+    from smtprelay.policy.reputation import AccountRow, DayStats, effective_limits, judge_day
     if not config.reputation.levels:
         return []
     today = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()

@@ -139,7 +139,7 @@ class SendLimiter:
         burst = max(1.0, rate)  # one second's worth
         tokens, last = self._buckets.get(account_id, (burst, now))
         tokens = min(burst, tokens + (now - last) * rate)
-        if tokens < 1.0:
+        if tokens < 1.0 - 1e-9:  # tolerance: clock differences are floats
             self._buckets[account_id] = (tokens, now)
             return False
         self._buckets[account_id] = (tokens - 1.0, now)
