@@ -1,0 +1,240 @@
+"""The configuration as frozen dataclasses: every section and key with its default.
+
+Owns: the shape of relay.toml and which sections a SIGHUP may change. Parsing and
+validation are in config.parsing; value readers with key-path errors in config.reader.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+class TlsMode(str, enum.Enum):
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    NONE = "none"
+
+
+class BareNewline(str, enum.Enum):
+    NORMALIZE = "normalize"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: Path = Path("./var")
+    shutdown_grace: float = 30.0
+    # Like Postfix's queue_minfree, inverted: a cap on the store so the disk never fills.
+    # 0 means no cap. Over it, new mail gets 452 4.3.1 and nothing accepted is touched.
+    max_store_bytes: int = 0
+    store_busy_timeout: float = 5.0
+    # What sender domains publish in SPF: include:<spf_include>, or ip4:/ip6: of public_ips.
+    # SPF verification evaluates the published policy for every address in public_ips.
+    spf_include: str | None = None
+    public_ips: tuple[str, ...] = ()
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "relay.db"
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    address: str
+    port: int
+    tls: TlsMode
+    trusted_networks: tuple[Network, ...] = ()
+    trusted_account: str | None = None
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    require_tls: bool = True
+    max_failures: int = 5
+    failure_window: float = 900.0
+    lockout: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_message_bytes: int = 4 * MiB
+    max_recipients: int = 50
+    max_subject_chars: int = 998
+    recipient_hourly_cap: int = 10
+    account_daily_quota: int = 500
+    account_rate_per_second: float = 20.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 50
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    bare_newline: BareNewline = BareNewline.NORMALIZE
+
+
+@dataclass(frozen=True, slots=True)
+class DomainsConfig:
+    max_per_account: int = 10
+    max_addresses_per_domain: int = 10
+    recheck_interval: float = 6 * 3600.0
+    grace: float = 48 * 3600.0
+    return_path_host: str = "bounce"   # MX record at <return_path_host>.<domain> → server.hostname
+
+
+class DkimAlgorithm(str, enum.Enum):
+    RSA_SHA256 = "rsa-sha256"
+    ED25519_SHA256 = "ed25519-sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    algorithms: tuple[DkimAlgorithm, ...] = (DkimAlgorithm.RSA_SHA256,)
+    rsa_bits: int = 2048
+    rotation_overlap: float = 7 * 86400.0
+    signing_threads: int = 2
+
+
+class DeliveryTls(str, enum.Enum):
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A transport-map entry: deliver this recipient domain to host:port, skipping MX."""
+    host: str
+    port: int
+    tls: DeliveryTls | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLimits:
+    max_concurrency: int | None = None
+    max_messages_per_connection: int | None = None
+
+
+DEFAULT_RETRY = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    tls: DeliveryTls = DeliveryTls.OPPORTUNISTIC
+    tls_ca_file: Path | None = None          # extra CA bundle for tls = "required" (default: system CAs)
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY   # the last step repeats
+    retry_jitter: float = 0.1
+    max_lifetime: float = 72 * 3600.0
+    mx_port: int = 25                         # like Postfix's smtp_tcp_port
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    active_limit: int = 20000                 # recipients held in memory (qmgr_message_active_limit)
+    max_connections: int = 100                # concurrent deliveries in total
+    initial_concurrency: int = 2              # per destination, grows on success
+    max_concurrency: int = 20                 # per destination
+    dead_after_failures: int = 3              # consecutive connection failures → destination dead
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 50
+    scan_interval: float = 1.0
+    lease: float = 1800.0
+    routes: dict[str, Route] = field(default_factory=dict)
+    domains: dict[str, DestinationLimits] = field(default_factory=dict)
+
+    def route_for(self, domain: str) -> Route | None:
+        return self.routes.get(domain) or self.routes.get("*")
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationConfig:
+    # Daily quota per reputation level; an account starts at level 0. Empty: no levels,
+    # limits.account_daily_quota (or the account's own quota) applies.
+    levels: tuple[int, ...] = ()
+    promote_usage: float = 0.8
+    max_bounce_rate: float = 0.05
+    max_complaint_rate: float = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistConfig:
+    invalid_address_days: int = 180
+    auto_block_full_inbox: bool = False
+    full_inbox_failures: int = 3
+    full_inbox_window: float = 72 * 3600.0
+    full_inbox_days: int = 7
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    require_registered_address: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    address: str = "127.0.0.1"
+    port: int = 8025
+    admin_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    reputation: ReputationConfig = field(default_factory=ReputationConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
+
+
+# Sections whose values a running server takes over on SIGHUP. Everything else is
+# bound to sockets, files or the store and needs a restart.
+RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist")
+
+
+def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Which changed sections apply now, and which need a restart."""
+    applied: list[str] = []
+    restart: list[str] = []
+    for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
+                 "policy", "delivery", "reputation", "blocklist"):
+        if getattr(old, name) != getattr(new, name):
+            (applied if name in RELOADABLE_SECTIONS else restart).append(name)
+    return applied, restart
