@@ -20,13 +20,13 @@ from aiohttp import web
 
 from smtprelay import __version__, logs
 from smtprelay.accounts import AccountService, catalog_version, evaluate_levels, load_account_rows, load_logins
-from smtprelay.blocklist.service import BlocklistService, blocklist_version, load_view
+from smtprelay.blocklist.service import blocklist_version, load_view
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
 from smtprelay.domains.service import DomainService, load_senders
 from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
-from smtprelay.queue import schema
+from smtprelay.queue import jobs, schema
 from smtprelay.queue.scheduler import Scheduler
 from smtprelay.queue.store import QueueStore
 from smtprelay.smtp.handler import FrontEnd
@@ -159,22 +159,25 @@ class Relay:
         expired blocklist entries, trim in-memory windows."""
         while True:
             try:
-                changes = await asyncio.to_thread(self._maintain)
+                now = self.clock.now()
+                # Deletions go through the store's single writer, in chunks.
+                while await self.store.run(jobs.prune(now - 2 * 86400, now)) >= 5000:
+                    await asyncio.sleep(0)
+                changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:
                     log.warning("account %s: reputation level %d → %d (%s)", account, old, new, why)
                 self.frontend.send_limits.prune()
+            except sqlite3.OperationalError as exc:
+                log.warning("maintenance postponed (%s); trying again in a minute", exc)
             except Exception:
                 log.exception("maintenance failed; trying again in a minute")
             await asyncio.sleep(60)
 
-    def _maintain(self) -> list[tuple[str, int, int, str]]:
+    def _evaluate_levels(self) -> list[tuple[str, int, int, str]]:
+        """Mostly reads; writes only once per account per day, so its own connection is fine."""
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
         try:
-            now = self.clock.now()
-            changes = evaluate_levels(conn, self.config, now)
-            conn.execute("DELETE FROM sends WHERE at < ?", (now - 2 * 86400,))
-            BlocklistService(conn, now).purge_expired()
-            return changes
+            return evaluate_levels(conn, self.config, self.clock.now())
         finally:
             conn.close()
 

@@ -137,10 +137,6 @@ class BlocklistService:
         sql = f"SELECT {_COLUMNS} FROM blocklist" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         return [_entry(r) for r in self.conn.execute(sql, args)]
 
-    def purge_expired(self) -> int:
-        return self.conn.execute("DELETE FROM blocklist WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                                 (self.now,)).rowcount
-
     def doc(self, e: Entry, iso: Callable[[float | None], str | None]) -> dict[str, object]:
         names = self._account_names()
         d = asdict(e)

@@ -143,6 +143,22 @@ async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: A
               auto.full_inbox_failures, o.at) for o in full])
 
 
+def prune(before: float, now: float, chunk: int = 5000) -> Job:
+    """Forget sends older than `before` and expired blocklist entries, a chunk at a time so
+    that one job never holds the writer long (acceptance shares it)."""
+    async def job(db: aiosqlite.Connection) -> int:
+        cur = await db.execute("DELETE FROM sends WHERE rowid IN (SELECT rowid FROM sends WHERE at < ? LIMIT ?)",
+                               (before, chunk))
+        removed = cur.rowcount
+        await cur.close()
+        cur = await db.execute("DELETE FROM blocklist WHERE id IN (SELECT id FROM blocklist WHERE expires_at"
+                               " IS NOT NULL AND expires_at <= ? LIMIT ?)", (now, chunk))
+        removed += cur.rowcount
+        await cur.close()
+        return removed
+    return job
+
+
 def reclaim(now: float, everything: bool) -> Job:
     """Expired leases go back to queued (all of them at start: nothing can be in flight then)."""
     async def job(db: aiosqlite.Connection) -> int:
