@@ -276,3 +276,32 @@ def test_rotation_switches_after_the_new_record_verifies(make_relay, dns: DnsSer
     assert states == {old: "retiring", new: "active"}
     assert any(r["selector"] == old and "keep it published" in r["note"]
                for r in relay.cli_json("domain", "records", "example.com")["records"])
+
+
+def test_signature_survives_delivery_to_a_receiving_mta(make_relay, dns: DnsServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.mailservers import Receiver
+    rx = Receiver(tmp_path).start()
+    try:
+        relay = domain_relay(make_relay, dns, dkim={"algorithms": ["rsa-sha256", "ed25519-sha256"]},
+                             delivery={"routes": {"example.org": f"127.0.0.1:{rx.port}"}})
+        relay.cli("domain", "add", "acme", "example.com")
+        relay.cli("address", "add", "news@example.com")
+        publish_domain(relay, dns, "example.com")
+        relay.cli("domain", "verify", "example.com")
+        relay.start()
+        # Lines that delivery must dot-stuff, a long line, 8-bit text: the signature must survive the trip.
+        with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+            s.starttls(context=client_tls())
+            s.login(relay.user, relay.password)  # type: ignore[attr-defined]
+            s.sendmail("news@example.com", ["friend@example.org"],
+                       "From: News <news@example.com>\r\nTo: friend@example.org\r\nSubject: Grüße\r\n"
+                       "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                       ".a line starting with a dot\r\n..two dots\r\n.\r\n"
+                       f"{'x' * 900}\r\nSchöne Grüße\r\n".encode())
+        wait_for(lambda: len(rx.transactions()) == 1)
+        received = rx.transactions()[0]["data"]
+        assert b"\r\n.a line starting with a dot\r\n..two dots\r\n.\r\n" in received
+        results = independent_verify(dns, received)
+        assert [r.split()[0] for r in results] == ["pass", "pass"], results
+    finally:
+        rx.stop()
