@@ -1,7 +1,7 @@
 """Accounts (tenants) and their SMTP credentials: the service layer the CLI and the
 admin API share.
 
-Owns: the `accounts` and `credentials` tables. Passwords are generated here with 192 bits
+Owns: the `accounts` and `credentials` tables. Passwords are generated here with about 190 bits
 of entropy, shown once, and stored only as a salted SHA-256 digest. A slow KDF (scrypt,
 argon2) protects human-chosen passwords against guessing; a random 192-bit secret cannot
 be guessed, and a fast digest keeps the synchronous AUTH check well under a millisecond.
@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import sqlite3
+import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,15 @@ class NewCredential:
     username: str
     password: str
     account: str
+
+
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_password(length: int = 32) -> str:
+    """32 letters and digits: about 190 bits. No symbols, so it never starts with '-' (which
+    command-line clients such as swaks would read as an option) and survives any shell."""
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
 
 
 def digest_password(password: str, salt: str | None = None) -> str:
@@ -135,7 +145,7 @@ class AccountService:
     def add_credential(self, account_name: str) -> NewCredential:
         account = self.get_account(account_name)
         username = f"{account.name}-{secrets.token_hex(4)}"
-        password = secrets.token_urlsafe(24)  # 192 bits
+        password = new_password()
         self._conn.execute("INSERT INTO credentials (username, account_id, digest, created_at)"
                            " VALUES (?,?,?,?)", (username, account.id, digest_password(password), self._now))
         return NewCredential(username=username, password=password, account=account.name)

@@ -44,3 +44,14 @@ def test_connection_limiter() -> None:
     limiter.release("b")
     limiter.release("c")
     assert limiter.total == 0 and dict(limiter.per_client) == {}
+
+
+def test_generated_passwords_are_strong_and_shell_safe() -> None:
+    import math
+    import string
+
+    from smtprelay.accounts import new_password
+    passwords = {new_password() for _ in range(2000)}
+    assert len(passwords) == 2000
+    assert all(len(p) == 32 and set(p) <= set(string.ascii_letters + string.digits) for p in passwords)
+    assert 32 * math.log2(62) >= 128
