@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import time
 
 from tests.support import Relay, client_tls
 
@@ -57,3 +58,27 @@ def test_idle_client_is_disconnected_after_command_timeout(make_relay) -> None: 
             rest += chunk
     assert rest == b"" or rest.startswith(b"421")
     assert "disconnect from [127.0.0.1]" in relay.log()
+
+
+def test_data_phase_has_its_own_timeout(make_relay) -> None:  # type: ignore[no-untyped-def]
+    # A client that stalls in DATA is cut off after limits.data_timeout (here 1 s, on the event loop's
+    # own clock), even though the command timeout is much longer; nothing is queued.
+    relay = make_relay({"limits": {"command_timeout": "5m", "data_timeout": "1s"}}).start()
+    with socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=15) as s:
+        f = s.makefile("rwb")
+        assert f.readline().startswith(b"220")
+        for line in (b"EHLO app.test", b"MAIL FROM:<app@apps.example>", b"RCPT TO:<b@example.org>", b"DATA"):
+            f.write(line + b"\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+        assert reply.startswith(b"354")
+        f.write(b"From: app@apps.example\r\nSubject: slow\r\n\r\nhalf a message")
+        f.flush()
+        started = time.monotonic()
+        rest = f.read()  # returns when the relay closes the connection
+        waited = time.monotonic() - started
+    assert rest == b"" or rest.startswith(b"421")
+    assert waited < 120  # not a speed check: only tells the 1 s DATA timeout from the 5 min command timeout
+    assert relay.queued_ids() == set()
