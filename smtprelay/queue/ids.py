@@ -12,5 +12,9 @@ _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 
 def new_queue_id(now: float) -> str:
     stamp = f"{int(now * 1_000_000):013X}"
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(5))
-    return stamp + tail
+    n = secrets.randbelow(len(_ALPHABET) ** 5)  # one draw from the OS, not five
+    tail = []
+    for _ in range(5):
+        n, digit = divmod(n, len(_ALPHABET))
+        tail.append(_ALPHABET[digit])
+    return stamp + "".join(tail)

@@ -208,12 +208,15 @@ class Scheduler:
             if isinstance(hop, Unroutable):
                 await self._unroutable(group, hop, now)
                 continue
+            suspended: dict[str, tuple[Destination, list[Work]]] = {}
             for work in group:
                 dest = self._destination(hop, self._policy(work, hop), domain)
                 if dest.dead_until > now:
-                    await self._suspend([work], dest, now)
+                    suspended.setdefault(dest.key, (dest, []))[1].append(work)
                     continue
                 dest.pending.setdefault(work.message_id, []).append(work)
+            for dest, works in suspended.values():  # one store job per destination, not per recipient
+                await self._suspend(works, dest, now)
 
     def _policy(self, work: Work, hop: NextHop) -> DeliveryTls:
         if work.account_tls:
@@ -252,12 +255,18 @@ class Scheduler:
                 del self.destinations[dest.key]  # idle destinations cost nothing
 
     # -- delivering ------------------------------------------------------------------------
+    def _close_later(self, conn: Connection) -> None:
+        """Close in the background, keeping a reference so the task is not collected mid-way."""
+        task = asyncio.create_task(conn.close(), name="close cached connection")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _cached_connection(self, dest: Destination) -> Connection | None:
         while dest.idle:
             conn, expires = dest.idle.pop()
             if expires > time.monotonic():
                 return conn
-            asyncio.ensure_future(conn.close())
+            self._close_later(conn)
         return None
 
     def _close_idle(self, everything: bool = False) -> None:
@@ -266,7 +275,7 @@ class Scheduler:
             keep = []
             for conn, expires in dest.idle:
                 if everything or expires <= now:
-                    asyncio.ensure_future(conn.close())
+                    self._close_later(conn)
                 else:
                     keep.append((conn, expires))
             dest.idle = keep
@@ -389,7 +398,10 @@ class Scheduler:
         klass = BounceClass.INVALID_ADDRESS if hop.permanent else BounceClass.OTHER
         for message_id in sorted({w.message_id for w in works}):
             group = [w for w in works if w.message_id == message_id]
-            body = await self._body(message_id)
+            # The body is only needed for a DSN: a bounce, or a deferral that reaches its lifetime.
+            needs_dsn = hop.permanent or any(backoff.expired(w.created_at, now, self.config.delivery.max_lifetime)
+                                             for w in group)
+            body = await self._body(message_id) if needs_dsn else None
             await self._finish(group, [(w, result, reply, klass) for w in group], None, None, 0.0, now, body)
 
     async def _finish(self, batch: list[Work], decided: list[tuple[Work, Result, Reply, BounceClass | None]],
