@@ -63,6 +63,7 @@ class Relay:
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
         await self.scheduler.start()
         store.on_enqueued = self.scheduler.wake
+        self.frontend.on_request = self.scheduler.throttle.note_request
         await self._refresh_catalog()
         await self._load_sends()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")

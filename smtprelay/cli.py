@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
 
     from smtprelay.domains import cli as domain_cli
-    domain_cli.register(sub, command, group, _emit, _open, _iso)
+    dom = domain_cli.register(sub, command, group, _emit, _open, _iso)
+    from smtprelay.queue import warmup_cli
+    warmup_cli.register(sub, dom, command, group, _emit, _open, _iso, print_table)
     from smtprelay.blocklist import cli as blocklist_cli
     blocklist_cli.register(sub, command, group, _emit, _open, _iso, print_table)
     p = command(sub, "explain", cmd_explain, "every policy that applies now to a sender and recipient, and the "

@@ -88,6 +88,8 @@ class Relay:
             # throttled; the limit tests set their own.
             "limits": {"account_daily_quota": 10_000_000, "account_rate_per_second": 1_000_000.0,
                        "recipient_hourly_cap": 1000},
+            # Warm-up caps a new domain at 50 a day per provider; its own tests turn it on.
+            "warmup": {"enabled": False},
         }
         for section, values in (overrides or {}).items():
             self.doc.setdefault(section, {}).update(values)

@@ -43,6 +43,7 @@ class _Sender:
     def __init__(self, account_id: int, status: str = VERIFIED):
         self.account_id = account_id
         self.state = DomainState(status, None, None)
+        self.suspended: str | None = None
 
 
 def test_sender_rules() -> None:

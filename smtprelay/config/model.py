@@ -171,6 +171,76 @@ class ReputationConfig:
     promote_usage: float = 0.8
     max_bounce_rate: float = 0.05
     max_complaint_rate: float = 0.001
+    # Sender-domain reputation (issue 6), rolling 24 h, judged per sender domain and per
+    # (sender domain, mailbox provider). Rates are ignored below min_sample.
+    bounce_hold: float = 0.05           # hard bounces / attempts above this: freeze the ramp
+    complaint_hold: float = 0.001       # complaints / deliveries above this: freeze the ramp
+    blocklisted_suspend: float = 0.08   # blocklisted / requests at or above this: suspend the domain
+    min_sample: int = 100
+
+
+# Daily caps for warm-up day 1, 2, 3, ... per (sender domain, provider). Roughly doubling
+# while volumes are tiny (providers judge a new domain on its first few hundred messages),
+# then +20-30 % a day, reaching 100 000 on day 30; the rationale is in README "Warm-up".
+DEFAULT_WARMUP_SCHEDULE = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7500,
+                           9000, 11000, 13000, 15000, 18000, 21000, 25000, 30000, 35000, 42000, 50000, 60000,
+                           70000, 85000, 100000)
+
+# Mailbox providers by the MX host names they use (a host matches a suffix when it equals it
+# or ends with "." + suffix). With a route (no MX lookup) the recipient domain is matched.
+DEFAULT_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "gmail": ("google.com", "googlemail.com", "gmail.com"),
+    "microsoft": ("outlook.com", "protection.outlook.com", "hotmail.com", "live.com", "msn.com"),
+    "yahoo": ("yahoodns.net", "yahoo.com", "aol.com", "ymail.com"),
+    "apple": ("icloud.com", "me.com", "mac.com"),
+    "qq": ("qq.com", "exmail.qq.com", "foxmail.com"),
+    "netease": ("netease.com", "163.com", "126.com", "yeah.net"),
+    "yandex": ("yandex.net", "yandex.ru", "yandex.com"),
+    "mailru": ("mail.ru",),
+    "gmx": ("gmx.net", "gmx.de", "gmx.com", "web.de", "mail.com"),
+    "zoho": ("zoho.com", "zohomail.com", "zoho.eu"),
+}
+
+DEFAULT_BACKOFF_PATTERNS = ("rate limit", "rate-limit", "try again later", "too many connections",
+                            "too many messages", "temporarily deferred", "throttl", "unusual rate",
+                            "exceeded", "reputation")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Per-provider overrides ([warmup.overrides.NAME])."""
+    schedule: tuple[int, ...] | None = None
+    max_daily: int | None = None
+    max_connections: int | None = None
+    max_messages_per_connection: int | None = None
+    max_per_hour: int | None = None
+
+
+NO_OVERRIDES = ProviderSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupConfig:
+    enabled: bool = True
+    schedule: tuple[int, ...] = DEFAULT_WARMUP_SCHEDULE
+    max_daily: int = 0                  # after the schedule: 0 = uncapped
+    timezone: str = "UTC"               # when a warm-up day starts
+    max_wait: float = 7 * 86400.0       # throttled longer than this (in total) → expired
+    providers: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PROVIDERS))
+    overrides: dict[str, ProviderSettings] = field(default_factory=dict)
+    backoff_patterns: tuple[str, ...] = DEFAULT_BACKOFF_PATTERNS
+    backoff_initial: float = 300.0      # first pause after a reputation reply; doubles on repeats
+    backoff_max: float = 4 * 3600.0
+
+    def settings(self, provider: str) -> ProviderSettings:
+        return self.overrides.get(provider, NO_OVERRIDES)
+
+    def schedule_for(self, provider: str) -> tuple[int, ...]:
+        return self.settings(provider).schedule or self.schedule
+
+    def max_daily_for(self, provider: str) -> int:
+        value = self.settings(provider).max_daily
+        return self.max_daily if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +292,13 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
-RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist")
+RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
+                       "warmup")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -234,7 +306,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery", "reputation", "blocklist"):
+                 "policy", "delivery", "reputation", "blocklist", "warmup"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart

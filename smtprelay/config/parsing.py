@@ -12,6 +12,7 @@ from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, Bloc
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
                                     DomainsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
+from smtprelay.config.warmup import fraction, parse_warmup
 from smtprelay.config.reader import (_HOSTNAME, _LABEL, _NAME, ConfigError, _host_port, _ip_text, _list, _one_of,
                                      _one_of_int, _parse_nameserver, _parse_networks, _Section, _show,
                                      parse_duration)
@@ -21,7 +22,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist"}
+             "delivery", "reputation", "blocklist", "warmup"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -135,15 +136,15 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             raise ValueError("must be a list of increasing positive daily quotas like [500, 1000, 5000]")
         return tuple(values)
 
-    def fraction(raw: Any) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw <= 1:
-            raise ValueError("must be a fraction above 0 and at most 1, like 0.05 for 5 %")
-        return float(raw)
     reputation = ReputationConfig(
         levels=rp._get("levels", (), levels),
         promote_usage=rp._get("promote_usage", 0.8, fraction),
         max_bounce_rate=rp._get("max_bounce_rate", 0.05, fraction),
         max_complaint_rate=rp._get("max_complaint_rate", 0.001, fraction),
+        bounce_hold=rp._get("bounce_hold", 0.05, fraction),
+        complaint_hold=rp._get("complaint_hold", 0.001, fraction),
+        blocklisted_suspend=rp._get("blocklisted_suspend", 0.08, fraction),
+        min_sample=rp.positive_int("min_sample", 100),
     )
     rp.finish()
 
@@ -156,10 +157,11 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         full_inbox_days=bl.positive_int("full_inbox_days", 7),
     )
     bl.finish()
+    warmup = parse_warmup(data.get("warmup", {}), problems)
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
-                    reputation=reputation, blocklist=blocklist)
+                    reputation=reputation, blocklist=blocklist, warmup=warmup)
     if problems:
         raise ConfigError(problems)
     return config

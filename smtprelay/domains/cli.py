@@ -49,7 +49,7 @@ def print_checks(checks: tuple[RecordCheck, ...]) -> None:
 
 
 def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], Any], emit: Emit, open_store: Open,
-             iso: Callable[[float | None], str | None]) -> None:
+             iso: Callable[[float | None], str | None]) -> Any:
     def service(args: argparse.Namespace) -> DomainService:
         config, conn = open_store(args)
         return DomainService(conn, config, time.time())
@@ -172,6 +172,7 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
     dk = group("dkim", "DKIM keys")
     p = command(dk, "rotate", dkim_rotate, "create a new selector; signing switches once its record verifies")
     p.add_argument("domain")
+    return dom
 
 
 __all__ = ["register", "RefusedError"]

@@ -263,6 +263,7 @@ class SenderDomain:
     account_id: int
     state: S.DomainState
     signing_keys: tuple[SigningKey, ...]
+    suspended: str | None = None    # why sending is suspended for reputation (domain resume lifts it)
 
 
 def load_senders(conn: sqlite3.Connection, data_dir: Path) -> tuple[dict[str, SenderDomain], set[str]]:
@@ -279,8 +280,9 @@ def load_senders(conn: sqlite3.Connection, data_dir: Path) -> tuple[dict[str, Se
             log.error("dkim: cannot read the key of %s selector %s (%s); its mail is refused", name, selector, exc)
             continue
         keys.setdefault(domain_id, []).append(SigningKey(name, selector, DkimAlgorithm(algorithm), pem))
-    domains = {r[1]: SenderDomain(r[1], r[2], S.DomainState(r[3], r[4], r[5]), tuple(keys.get(r[0], ())))
-               for r in conn.execute("SELECT id, name, account_id, status, failing_since, failing_record"
-                                     " FROM domains")}
+    domains = {r[1]: SenderDomain(r[1], r[2], S.DomainState(r[3], r[4], r[5]), tuple(keys.get(r[0], ())),
+                                  r[7] or "suspended" if r[6] is not None else None)
+               for r in conn.execute("SELECT id, name, account_id, status, failing_since, failing_record,"
+                                     " suspended_at, suspended_reason FROM domains")}
     addresses = {r[0] for r in conn.execute("SELECT address FROM addresses")}
     return domains, addresses

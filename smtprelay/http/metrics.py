@@ -50,6 +50,12 @@ class Metrics:
                                     registry=r)
         self.queue_oldest_age_seconds = Gauge("smtprelay_queue_oldest_age_seconds",
                                               "Age of the oldest message not yet finished", registry=r)
+        self.warmup_remaining = Gauge("smtprelay_warmup_remaining",
+                                      "Warm-up budget left today per sender domain and named provider "
+                                      "(+Inf when uncapped)", ["sender_domain", "provider"], registry=r)
+        self.warmup_transitions = Counter("smtprelay_warmup_transitions_total",
+                                          "Warm-up and reputation transitions (frozen, unfrozen, paused, "
+                                          "suspended, resumed, day_advanced)", ["transition"], registry=r)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):

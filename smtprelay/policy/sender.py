@@ -20,6 +20,9 @@ class Sender(Protocol):
     @property
     def state(self) -> DomainState: ...
 
+    @property
+    def suspended(self) -> str | None: ...
+
 
 def check_sender(account_id: int | None, mail_from: str, domains: Mapping[str, Sender], addresses: set[str],
                  now: float, grace: float, require_registered: bool) -> Verdict | None:
@@ -33,6 +36,10 @@ def check_sender(account_id: int | None, mail_from: str, domains: Mapping[str, S
     if why is not None:
         reason = "sender_domain_pending" if sender.state.status == "pending" else "sender_domain_stopped"
         return reject(550, "5.7.1", f"{why} (rule: domain verification)", reason)
+    if sender.suspended is not None:
+        return reject(550, "5.7.1", f"Sending for {domain} is suspended: {sender.suspended}; an operator can lift it "
+                                    f"with 'smtprelay domain resume {domain}' (rule: reputation)",
+                      "sender_domain_suspended")
     if require_registered and mail_from not in addresses:
         return reject(550, "5.7.1", f"Sender address {mail_from} is not registered; add it with "
                                     "'smtprelay address add' (rule: registered address)", "sender_address_unregistered")

@@ -19,7 +19,9 @@ def _require(conn: sqlite3.Connection, queue_id: str) -> None:
 
 def flush(conn: sqlite3.Connection, now: float, domain: str | None = None) -> int:
     """Retry now: deferred recipients become due, and the server forgets dead destinations."""
-    sql = "UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
+    # Throttled recipients wait for warm-up budget, not for a retry: a flush does not bypass it.
+    sql = ("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
+           " AND throttled_since IS NULL")
     args: list[object] = [now, now]
     if domain:
         sql += " AND domain = ?"
@@ -42,8 +44,8 @@ def hold(conn: sqlite3.Connection, queue_id: str) -> int:
 
 def release(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
     _require(conn, queue_id)
-    count = conn.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ? WHERE message_id = ? AND"
-                         " state = 'hold'", (now, queue_id)).rowcount
+    count = conn.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ?, hold_reason = NULL"
+                         " WHERE message_id = ? AND state = 'hold'", (now, queue_id)).rowcount
     if count == 0:
         raise RefusedError(f"message {queue_id} is not on hold")
     log.info("%s: released from hold by operator", queue_id)

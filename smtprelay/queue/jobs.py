@@ -29,13 +29,21 @@ class Work:
     account_id: int | None
     created_at: float
     account_tls: str | None
+    sender_domain: str = ""         # "" for bounces (null sender)
+    throttled_for: float = 0.0      # seconds spent waiting for warm-up budget (not lifetime)
+    provider: str = ""              # mailbox provider, set when the scheduler routes it
+
+    @property
+    def lifetime_start(self) -> float:
+        """When max_lifetime is counted from: throttled waiting does not count (issue 6)."""
+        return self.created_at + self.throttled_for
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     rcpt_id: int
     message_id: str
-    result: str                     # delivered, deferred, bounced, expired
+    result: str                     # delivered, deferred, bounced, expired; throttled, hold (not attempts)
     at: float
     next_attempt_at: float | None   # for deferred
     reply: str
@@ -46,14 +54,21 @@ class Outcome:
     tls: str | None
     duration: float
     attempted: bool                 # False when deferred without trying (destination suspended)
+    sender_domain: str | None = None
+    provider: str | None = None
 
 
 def claim(now: float, limit: int, lease_until: float) -> Job:
     async def job(db: aiosqlite.Connection) -> list[Work]:
+        # Time spent throttled is added up here, when the wait ends (it does not count toward
+        # delivery.max_lifetime, only toward warmup.max_wait).
         async with db.execute(
-                "UPDATE recipients SET state = 'active', lease_until = ? WHERE id IN (SELECT id FROM recipients"
+                "UPDATE recipients SET state = 'active', lease_until = ?, throttled_for = throttled_for +"
+                " CASE WHEN throttled_since IS NULL THEN 0 ELSE max(0, ? - throttled_since) END,"
+                " throttled_since = NULL WHERE id IN (SELECT id FROM recipients"
                 " WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING id, message_id, address, domain, attempts", (lease_until, now, limit)) as cur:
+                " RETURNING id, message_id, address, domain, attempts, throttled_for",
+                (lease_until, now, now, limit)) as cur:
             rows = list(await cur.fetchall())
         if not rows:
             return []
@@ -63,7 +78,8 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
                 f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls FROM messages m"
                 f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids) as cur:
             info = {r[0]: r for r in await cur.fetchall()}
-        return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4])
+        return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4],
+                     info[r[1]][1].rpartition("@")[2].lower() if info[r[1]][1] else "", r[5])
                 for r in rows if r[1] in info]
     return job
 
@@ -80,8 +96,22 @@ class AutoBlock:
 
 def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None) -> Job:
     async def job(db: aiosqlite.Connection) -> None:
-        final = [o for o in outcomes if o.result != "deferred"]
+        final = [o for o in outcomes if o.result in FINAL_STATES]
         deferred = [o for o in outcomes if o.result == "deferred"]
+        throttled = [o for o in outcomes if o.result == "throttled"]
+        held = [o for o in outcomes if o.result == "hold"]
+        if throttled:
+            # Waiting for warm-up budget: not an attempt, and the wait is not lifetime.
+            await db.executemany(
+                "UPDATE recipients SET state = CASE WHEN state = 'hold' THEN 'hold' ELSE 'queued' END,"
+                " next_attempt_at = ?, last_reply = ?, throttled_since = ?, updated_at = ?, lease_until = NULL"
+                " WHERE id = ? AND state IN ('active', 'hold')",
+                [(o.next_attempt_at, o.reply, o.at, o.at, o.rcpt_id) for o in throttled])
+        if held:
+            await db.executemany(
+                "UPDATE recipients SET state = 'hold', hold_reason = 'suspended', last_reply = ?, updated_at = ?,"
+                " lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
+                [(o.reply, o.at, o.rcpt_id) for o in held])
         if final:
             await db.executemany(
                 "UPDATE recipients SET state = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?,"
@@ -94,14 +124,15 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
                 " next_attempt_at = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?, updated_at = ?,"
                 " lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
                 [(o.next_attempt_at, o.reply, o.bounce_class, int(o.attempted), o.at, o.rcpt_id) for o in deferred])
-        attempted = [o for o in outcomes if o.attempted or o.result != "deferred"]
+        attempted = [o for o in outcomes if o.attempted or o.result in FINAL_STATES]
         if attempted:
             # The recipient may have been deleted by `queue delete` meanwhile: then nothing to record.
             await db.executemany(
                 "INSERT INTO attempts (recipient_id, at, result, relay, tls, code, enhanced, reply, bounce_class,"
-                " duration) SELECT ?,?,?,?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
+                " duration, sender_domain, provider) SELECT ?,?,?,?,?,?,?,?,?,?,?,?"
+                " WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
                 [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
-                  o.duration, o.rcpt_id) for o in attempted])
+                  o.duration, o.sender_domain, o.provider, o.rcpt_id) for o in attempted])
         if auto is not None:
             await _auto_block(db, outcomes, auto)
         if dsns:
@@ -188,6 +219,12 @@ async def counts(db: aiosqlite.Connection, now: float) -> tuple[dict[str, int], 
     async with db.execute("SELECT state, count(*) FROM recipients GROUP BY state") as cur:
         for state, n in await cur.fetchall():
             result[state] = n
+    # Throttled is a shown state (queued + throttled_since); a partial index counts it.
+    async with db.execute("SELECT count(*) FROM recipients WHERE state = 'queued' AND throttled_since IS NOT NULL"
+                          ) as cur:
+        row = await cur.fetchone()
+    result["throttled"] = int(row[0]) if row else 0
+    result["queued"] = result.get("queued", 0) - result["throttled"]
     oldest: Any = None
     for state in ("queued", "active", "hold"):
         async with db.execute("SELECT min(message_id) FROM recipients WHERE state = ?", (state,)) as cur:

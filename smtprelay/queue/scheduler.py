@@ -8,8 +8,10 @@ Wakes on enqueue (coalesced) and every `delivery.scan_interval`, so a missed wak
 delays mail. Delivery tasks do I/O through the transport and hand back replies; every
 state change happens here and is written through the store's group commit.
 
-Seam for warm-up (issue 6): `admit()` is asked before each transaction; today it always
-says yes.
+Warm-up (issue 6): the scheduler owns a `Throttle` (queue.throttle) and asks it before
+each transaction which recipients may go; the others wait as `throttled` (not an attempt,
+not lifetime) or are held when their sender domain is suspended. A capped budget is
+written to the store before the transaction starts, so a restart can never grant it twice.
 
 Must never: hold SQL (queue.jobs has it) or block the event loop.
 """
@@ -20,7 +22,6 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
 
 import aiosqlite
 
@@ -31,10 +32,12 @@ from smtprelay.delivery.dsn import FailedRecipient, build_dsn
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue import backoff, jobs, schema
+from smtprelay.queue import backoff, jobs, ledger, schema
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
-from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+from smtprelay.queue.providers import provider_for
+from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
+from smtprelay.queue.throttle import Admission, Throttle
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -57,6 +60,7 @@ class Destination:
     failures: int = 0
     dead_until: float = 0.0
     dead_reason: str = ""
+    provider: str | None = None     # mailbox provider of an MX destination (None: a route)
     pending: "OrderedDict[str, list[Work]]" = field(default_factory=OrderedDict)
     idle: list[tuple[Connection, float]] = field(default_factory=list)   # cached connections, expiry
 
@@ -83,15 +87,16 @@ class Destination:
 
 class Scheduler:
     def __init__(self, config: Config, store: QueueStore, clock: Clock, metrics: Metrics,
-                 resolver: MxResolver | None = None, transport: SmtpTransport | None = None,
-                 admit: Callable[[Destination, list[Work]], bool] | None = None):
+                 resolver: MxResolver | None = None, transport: SmtpTransport | None = None):
         self.config = config
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.resolver = resolver or MxResolver(config)
         self.transport = transport or SmtpTransport(config.delivery, config.server.hostname)
-        self.admit = admit or (lambda destination, works: True)
+        self.throttle = Throttle(config, clock, metrics)
+        self._warmup_generation = -1
+        self._feedback_id = 0
         self.destinations: dict[str, Destination] = {}
         self.in_window = 0
         self.active = 0
@@ -112,6 +117,10 @@ class Scheduler:
         if returned:
             log.warning("recovered %d recipient(s) whose delivery was interrupted; they are queued again", returned)
         self._last_reclaim = self.clock.monotonic()
+        now = self.clock.now()
+        await ledger.load(self._reader, self.throttle, now)
+        self._feedback_id = await ledger.last_feedback_id(self._reader, now - 86400)
+        await self._check_warmup()
 
     async def start(self) -> None:
         await self.open()
@@ -128,6 +137,7 @@ class Scheduler:
     def apply(self, config: Config) -> None:
         self.config = config
         self.resolver.config = config
+        self.throttle.config = config
         self.transport.reconfigure(config.delivery)
 
     async def stop(self, grace: float) -> None:
@@ -183,6 +193,8 @@ class Scheduler:
                 break
         self._close_idle()
         self._dispatch()
+        await self._save_throttle()
+        await self._check_warmup()
         if self.clock.monotonic() - self._last_gauges >= GAUGES_EVERY:
             self._last_gauges = self.clock.monotonic()
             await self._update_gauges(now)
@@ -199,6 +211,35 @@ class Scheduler:
                 log.info("queue flush: dead destinations are tried again")
             self._flush_generation = generation
 
+    async def _save_throttle(self) -> None:
+        job = ledger.save(self.throttle, self.clock.now())
+        if job is not None:
+            await self.store.run(job)
+
+    async def _check_warmup(self) -> None:
+        """Operator changes (set-day, resume) and new complaints, read from the store."""
+        assert self._reader is not None
+        generation = await ledger.generation(self._reader)
+        if generation != self._warmup_generation:
+            self._warmup_generation = generation
+            if self.throttle.set_suspended(await ledger.suspended(self._reader)):
+                self.wake()
+            for domain, provider, day in await ledger.overrides(self._reader):
+                self.throttle.apply_day_override(domain, provider, day)
+                await self.store.run(ledger.clear_override(domain, provider, day, self.clock.now()))
+                self.wake()
+        since = self.clock.now() - 86400
+        for feedback_id, domain, address, at in await ledger.complaints_since(self._reader, self._feedback_id):
+            self._feedback_id = feedback_id
+            if at > since:
+                self.throttle.note_complaint(domain, recipient_domain(address), at)
+
+    def _provider(self, hop: NextHop, domain: str) -> str:
+        providers = self.config.warmup.providers
+        if hop.key.startswith("route:"):   # no MX was looked up: judge the recipient domain itself
+            return provider_for([domain], providers)
+        return provider_for([h.name for h in hop.hosts], providers)
+
     async def _route(self, works: list[Work], now: float) -> None:
         by_domain: dict[str, list[Work]] = {}
         for work in works:
@@ -209,8 +250,11 @@ class Scheduler:
                 await self._unroutable(group, hop, now)
                 continue
             suspended: dict[str, tuple[Destination, list[Work]]] = {}
+            provider = self._provider(hop, domain)
+            self.throttle.domain_providers[domain] = provider
             for work in group:
-                dest = self._destination(hop, self._policy(work, hop), domain)
+                work.provider = provider
+                dest = self._destination(hop, self._policy(work, hop), domain, provider)
                 if dest.dead_until > now:
                     suspended.setdefault(dest.key, (dest, []))[1].append(work)
                     continue
@@ -223,7 +267,7 @@ class Scheduler:
             return DeliveryTls(work.account_tls)
         return hop.tls or self.config.delivery.tls
 
-    def _destination(self, hop: NextHop, policy: DeliveryTls, domain: str) -> Destination:
+    def _destination(self, hop: NextHop, policy: DeliveryTls, domain: str, provider: str) -> Destination:
         key = f"{hop.key}|{policy.value}"
         dest = self.destinations.get(key)
         if dest is None:
@@ -232,7 +276,13 @@ class Scheduler:
             max_conc = (limits.max_concurrency if limits and limits.max_concurrency else cfg.max_concurrency)
             per_conn = (limits.max_messages_per_connection if limits and limits.max_messages_per_connection
                         else cfg.max_messages_per_connection)
-            dest = Destination(key, hop, policy, {domain}, max_conc, per_conn, min(cfg.initial_concurrency, max_conc))
+            owner = None if hop.key.startswith("route:") else provider
+            if owner is not None and self.config.warmup.enabled:   # per-provider shaping
+                shaping = self.config.warmup.settings(owner)
+                max_conc = min(max_conc, shaping.max_connections or max_conc)
+                per_conn = min(per_conn, shaping.max_messages_per_connection or per_conn)
+            dest = Destination(key, hop, policy, {domain}, max_conc, per_conn, min(cfg.initial_concurrency, max_conc),
+                               provider=owner)
             self.destinations[key] = dest
         else:
             dest.hop = hop  # fresher DNS answer
@@ -245,9 +295,13 @@ class Scheduler:
         now = self.clock.now()
         for dest in list(self.destinations.values()):
             while (dest.has_work() and dest.active < dest.window and dest.dead_until <= now
-                   and self.active < self.config.delivery.max_connections):
+                   and self.active < self.config.delivery.max_connections
+                   and self.throttle.connection_room(dest.provider)):
                 dest.active += 1
                 self.active += 1
+                if dest.provider is not None:
+                    active = self.throttle.provider_active
+                    active[dest.provider] = active.get(dest.provider, 0) + 1
                 task = asyncio.create_task(self._deliver(dest), name=f"deliver {dest.key}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -289,8 +343,8 @@ class Scheduler:
                 batch = dest.pop_batch(cfg.max_recipients_per_transaction)
                 if not batch:
                     break
-                if not self.admit(dest, batch):
-                    await self._not_admitted(batch)
+                batch = await self._admit(batch)
+                if not batch:
                     continue
                 if conn is None:
                     result = await self.transport.connect(dest.hop.hosts, dest.policy)
@@ -327,6 +381,8 @@ class Scheduler:
                     dest.idle.append((conn, time.monotonic() + CONNECTION_CACHE_SECONDS))
             dest.active -= 1
             self.active -= 1
+            if dest.provider is not None:
+                self.throttle.provider_active[dest.provider] -= 1
             self._dispatch()
 
     async def _body(self, message_id: str) -> bytes | None:
@@ -339,11 +395,16 @@ class Scheduler:
         now = self.clock.now()
         if failure.reply is not None and failure.reply.code >= 500:
             reply = failure.reply
-            await self._finish(batch, [(w, Result.BOUNCED, reply, classify(reply)[1]) for w in batch], None, None,
-                               0.0, now, body=None)
+            decided = [(w, Result.BOUNCED, reply, classify(reply)[1]) for w in batch]
+            self.throttle.observe(decided, now)
+            await self._finish(batch, decided, None, None, 0.0, now, body=None)
             return
         dest.failures += 1
         dest.window = max(1, dest.window - 1)
+        if failure.reply is not None:  # e.g. "421 too many connections" at the greeting: a backoff signal
+            klass = classify(failure.reply)[1]
+            if self.throttle.observe([(w, Result.DEFERRED, failure.reply, klass) for w in batch], now):
+                dest.window = max(1, dest.window // 2)
         reply = failure.reply or Reply(451, f"4.4.1 {failure.reason}")
         await self._finish(batch, [(w, Result.DEFERRED, reply, BounceClass.OTHER) for w in batch], None, None, 0.0,
                            now, body=None, text=failure.reason)
@@ -366,13 +427,56 @@ class Scheduler:
         await self.store.run(jobs.record(outcomes, []))
         self.in_window -= len(works)
 
-    async def _not_admitted(self, works: list[Work]) -> None:
-        """The budget seam said no: wait without counting an attempt; looked at again later."""
+    async def _admit(self, batch: list[Work]) -> list[Work]:
+        """Ask the throttle; record who waits or is held; persist a capped budget before sending."""
         now = self.clock.now()
-        outcomes = [Outcome(w.rcpt_id, w.message_id, "deferred", now, now + 60.0, "waiting for sending budget",
-                            None, None, None, None, None, 0.0, attempted=False) for w in works]
-        await self.store.run(jobs.record(outcomes, []))
-        self.in_window -= len(works)
+        admission = self.throttle.admit(batch, now)
+        if admission.wait or admission.hold or admission.expire:
+            await self._not_admitted(admission, now)
+        if admission.take and admission.persist:
+            job = ledger.save(self.throttle, now)
+            try:
+                if job is not None:
+                    await self.store.run(job)
+            except StoreUnavailable as exc:
+                self.throttle.refund(admission.take)
+                log.error("could not record the warm-up budget (%s); deferring without an attempt", exc)
+                await self._record_quietly([Outcome(w.rcpt_id, w.message_id, "deferred", now, now + 60.0,
+                                                    "451 4.3.0 store unavailable", None, None, None, None, None,
+                                                    0.0, attempted=False) for w in admission.take])
+                self.in_window -= len(admission.take)
+                return []
+        return admission.take
+
+    async def _record_quietly(self, outcomes: list[Outcome]) -> None:
+        try:
+            await self.store.run(jobs.record(outcomes, []))
+        except StoreUnavailable as exc:  # leased: they come back when the lease expires
+            log.error("could not record outcomes (%s); they will be retried", exc)
+
+    async def _not_admitted(self, admission: Admission, now: float) -> None:
+        """Waiting for budget or a backoff (throttled), or held for a suspension: no attempt."""
+        outcomes = []
+        for work, until, why in admission.wait:
+            outcomes.append(Outcome(work.rcpt_id, work.message_id, "throttled", now, until, why, None, None, None,
+                                    None, None, 0.0, attempted=False))
+            log.info("%s: to=<%s>, relay=none, delay=%.1f, status=throttled (%s; next try %s)", work.message_id,
+                     work.address, now - work.created_at, why, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                            time.gmtime(until)),
+                     extra={"fields": {"queue_id": work.message_id, "result": "throttled"}})
+        for work, why in admission.hold:
+            outcomes.append(Outcome(work.rcpt_id, work.message_id, "hold", now, None, f"held: {why}", None, None,
+                                    None, None, None, 0.0, attempted=False))
+            log.warning("%s: to=<%s>, status=hold (%s)", work.message_id, work.address, why)
+        if outcomes:
+            await self._record_quietly(outcomes)
+            self.in_window -= len(outcomes)
+        if admission.expire:
+            body = await self._body(admission.expire[0][0].message_id)
+            reply_of = {w.rcpt_id: why for w, why in admission.expire}
+            works = [w for w, _ in admission.expire]
+            await self._finish(works, [(w, Result.EXPIRED, Reply(451, f"4.4.7 {reply_of[w.rcpt_id]}"),
+                                        BounceClass.OTHER) for w in works], None, None, 0.0, now, body)
 
     async def _transaction_done(self, dest: Destination, conn: Connection, batch: list[Work],
                                 result: TransactionResult, duration: float, body: bytes) -> None:
@@ -389,6 +493,8 @@ class Scheduler:
         elif any(o is Result.DELIVERED for _, o, _, _ in decided):
             dest.failures = 0
             dest.window = min(dest.max_concurrency, dest.window + 1)
+        if self.throttle.observe(decided, now):   # a provider's reputation reply: back off, halve concurrency
+            dest.window = max(1, dest.window // 2)
         self.metrics.delivery_duration_seconds.observe(duration)
         await self._finish(batch, decided, conn.relay, conn.tls_version, duration, now, body)
 
@@ -399,10 +505,13 @@ class Scheduler:
         for message_id in sorted({w.message_id for w in works}):
             group = [w for w in works if w.message_id == message_id]
             # The body is only needed for a DSN: a bounce, or a deferral that reaches its lifetime.
-            needs_dsn = hop.permanent or any(backoff.expired(w.created_at, now, self.config.delivery.max_lifetime)
+            needs_dsn = hop.permanent or any(backoff.expired(w.lifetime_start, now, self.config.delivery.max_lifetime)
                                              for w in group)
             body = await self._body(message_id) if needs_dsn else None
-            await self._finish(group, [(w, result, reply, klass) for w in group], None, None, 0.0, now, body)
+            decided = [(w, result, reply, klass) for w in group]
+            if hop.permanent:
+                self.throttle.observe(decided, now)   # mail to domains that do not exist counts as hard bounces
+            await self._finish(group, decided, None, None, 0.0, now, body)
 
     async def _finish(self, batch: list[Work], decided: list[tuple[Work, Result, Reply, BounceClass | None]],
                       relay: str | None, tls: str | None, duration: float, now: float, body: bytes | None,
@@ -412,16 +521,17 @@ class Scheduler:
         for work, result, reply, klass in decided:
             next_at = None
             if result is Result.DEFERRED:
-                next_at = backoff.next_attempt(work.created_at, now, work.attempts + 1, cfg.retry_schedule,
+                next_at = backoff.next_attempt(work.lifetime_start, now, work.attempts + 1, cfg.retry_schedule,
                                                cfg.retry_jitter, cfg.max_lifetime)
                 if next_at is None:
                     result = Result.EXPIRED
                 else:
-                    next_at = min(next_at, work.created_at + cfg.max_lifetime)  # the last try is at expiry
+                    next_at = min(next_at, work.lifetime_start + cfg.max_lifetime)  # the last try is at expiry
             shown = text or str(reply)
             outcomes.append(Outcome(work.rcpt_id, work.message_id, result.value, now, next_at, str(reply), reply.code,
                                     reply.enhanced, klass.value if klass and result is not Result.DELIVERED else None,
-                                    relay, tls, duration, attempted=True))
+                                    relay, tls, duration, attempted=True, sender_domain=work.sender_domain or None,
+                                    provider=work.provider or None))
             if result in (Result.BOUNCED, Result.EXPIRED):
                 failed.append(FailedRecipient(work.address, reply.enhanced or ("4.4.7" if result is Result.EXPIRED
                                                                               else "5.0.0"),
@@ -461,6 +571,7 @@ class Scheduler:
     async def _update_gauges(self, now: float) -> None:
         assert self._reader is not None
         counts, oldest = await jobs.counts(self._reader, now)
-        for state in ("queued", "active", "hold", "delivered", "bounced", "expired"):
+        for state in ("queued", "throttled", "active", "hold", "delivered", "bounced", "expired"):
             self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
         self.metrics.queue_oldest_age_seconds.set(oldest)
+        self.throttle.update_gauges()

@@ -173,6 +173,56 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER allowlist_del AFTER DELETE ON allowlist BEGIN
         UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version'; END;
     """,
+    # 5: warm-up and sender-domain reputation (issue 6).
+    """
+    ALTER TABLE messages ADD COLUMN sender_domain TEXT;          -- NULL for bounces (null sender)
+    UPDATE messages SET sender_domain = lower(substr(mail_from, instr(mail_from, '@') + 1)) WHERE mail_from != '';
+    CREATE INDEX messages_sender_domain ON messages (sender_domain);
+    -- "throttled" is a shown state: queued with throttled_since set (one index finds ready work).
+    ALTER TABLE recipients ADD COLUMN throttled_since REAL;
+    ALTER TABLE recipients ADD COLUMN throttled_for REAL NOT NULL DEFAULT 0;  -- not counted in max_lifetime
+    ALTER TABLE recipients ADD COLUMN hold_reason TEXT;          -- NULL: operator hold; 'suspended'
+    CREATE INDEX recipients_throttled ON recipients (next_attempt_at) WHERE state = 'queued' AND throttled_since IS NOT NULL;
+    ALTER TABLE attempts ADD COLUMN sender_domain TEXT;
+    ALTER TABLE attempts ADD COLUMN provider TEXT;
+    CREATE INDEX attempts_at ON attempts (at);
+    ALTER TABLE domains ADD COLUMN suspended_at REAL;
+    ALTER TABLE domains ADD COLUMN suspended_reason TEXT;
+    ALTER TABLE domains ADD COLUMN resumed_at REAL;
+    CREATE TABLE warmup (
+        sender_domain TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        day_date TEXT NOT NULL,         -- the local date `used` belongs to
+        used INTEGER NOT NULL,
+        withheld INTEGER NOT NULL DEFAULT 0,
+        frozen_reason TEXT,
+        paused_until REAL NOT NULL DEFAULT 0,
+        pause_reason TEXT NOT NULL DEFAULT '',
+        backoff_step INTEGER NOT NULL DEFAULT 0,
+        day_override INTEGER,           -- set by `warmup set-day`; the scheduler applies and clears it
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (sender_domain, provider)
+    );
+    CREATE TABLE provider_hours (provider TEXT PRIMARY KEY, hour INTEGER NOT NULL, used INTEGER NOT NULL);
+    CREATE TABLE domain_requests (
+        sender_domain TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        blocklisted INTEGER NOT NULL,
+        PRIMARY KEY (sender_domain, hour)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        at REAL NOT NULL,
+        sender_domain TEXT,
+        provider TEXT,
+        data TEXT NOT NULL              -- JSON
+    );
+    CREATE INDEX events_at ON events (at);
+    INSERT INTO meta (key, value) VALUES ('warmup_generation', 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

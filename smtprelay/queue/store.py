@@ -192,10 +192,10 @@ class QueueStore:
 
 async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage]) -> None:
     await db.executemany(
-        "INSERT INTO messages (id, account_id, username, mail_from, size, created_at,"
-        " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        [(m.id, m.account_id, m.username, m.mail_from, len(m.body), m.created_at, m.client_address, m.tls,
-          m.header_message_id, m.body) for m in messages])
+        "INSERT INTO messages (id, account_id, username, mail_from, sender_domain, size, created_at,"
+        " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        [(m.id, m.account_id, m.username, m.mail_from, recipient_domain(m.mail_from) if m.mail_from else None,
+          len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.body) for m in messages])
     await db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at)"
         " VALUES (?,?,?,?,?,?)",
@@ -214,8 +214,9 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         pass  # no transaction open (BEGIN itself failed): nothing to undo
 
 
-DISPLAY_STATE = "CASE WHEN r.state = 'queued' AND r.attempts > 0 THEN 'deferred' ELSE r.state END"
-STATES = ("queued", "deferred", "active", "hold", "delivered", "bounced", "expired")
+DISPLAY_STATE = ("CASE WHEN r.state = 'queued' AND r.throttled_since IS NOT NULL THEN 'throttled'"
+                 " WHEN r.state = 'queued' AND r.attempts > 0 THEN 'deferred' ELSE r.state END")
+STATES = ("queued", "deferred", "throttled", "active", "hold", "delivered", "bounced", "expired")
 
 
 def list_queue(conn: sqlite3.Connection, state: str | None = None, domain: str | None = None,

@@ -15,7 +15,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
@@ -108,6 +108,9 @@ class FrontEnd:
         self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
         self.handler = RelayHandler(self)
         self.sessions: set[RelaySMTP] = set()
+        # Told of every recipient request (sender domain, refused by the blocklist?): the
+        # scheduler's throttle judges sender-domain reputation from it.
+        self.on_request: Callable[[str, bool], None] | None = None
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -229,6 +232,8 @@ class RelayHandler:
             return self.fe.reject(state, "RCPT", V.TOO_MANY_RECIPIENTS, envelope, address)
         assert state.account_id is not None  # MAIL refuses anyone without an account
         verdict = self.fe.blocklist.check(address, state.account_id, state.sender_domain, self.fe.clock.now())
+        if self.fe.on_request is not None:
+            self.fe.on_request(state.sender_domain, verdict is not None)
         if verdict is not None:
             return self.fe.reject(state, "RCPT", verdict, envelope, address)
         reserved = self.fe.send_limits.reserve(state.account_id, address, self.fe.account_limits(state.account_id))

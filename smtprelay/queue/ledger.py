@@ -1,0 +1,211 @@
+"""The warm-up ledger's SQL: pairs, provider hours, request counts, suspensions, and the
+transition events, for the scheduler (store jobs and start-up loads) and the CLI.
+
+Owns: the `warmup`, `provider_hours` and `domain_requests` tables, the suspension columns
+of `domains`, and the warm-up rows of `events`. The scheduler (through its throttle) is
+the only writer of live counters; operators change a pair's day (`warmup set-day`) through
+`day_override`, and lift a suspension (`domain resume`), and bump `warmup_generation` so
+the running scheduler reloads within a scan.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING
+
+import aiosqlite
+
+from smtprelay.accounts import RefusedError
+from smtprelay.queue import warmup as W
+from smtprelay.queue.store import Job
+
+if TYPE_CHECKING:
+    from smtprelay.queue.throttle import Throttle, Transition
+
+
+def save(throttle: "Throttle", now: float) -> Job | None:
+    """A job writing everything the throttle changed since the last save (None: nothing)."""
+    pairs = [throttle.pairs[k] for k in throttle.dirty_pairs if k in throttle.pairs]
+    hours = [(p, *throttle.hours[p]) for p in throttle.dirty_hours if p in throttle.hours]
+    requests = []
+    for domain, hour in throttle.dirty_requests:
+        bucket = throttle.domain_stats[domain].buckets.get(hour) if domain in throttle.domain_stats else None
+        if bucket is not None:
+            requests.append((domain, hour, bucket[4], bucket[5]))
+    transitions = list(throttle.transitions)
+    suspensions = list(throttle.new_suspensions)
+    throttle.dirty_pairs.clear()
+    throttle.dirty_hours.clear()
+    throttle.dirty_requests.clear()
+    throttle.transitions.clear()
+    throttle.new_suspensions.clear()
+    if not (pairs or hours or requests or transitions or suspensions):
+        return None
+    rows = [(p.sender_domain, p.provider, p.day, p.day_date, p.used, p.withheld, p.frozen, p.paused_until,
+             p.pause_reason, p.backoff_step, now) for p in pairs]
+
+    async def job(db: aiosqlite.Connection) -> None:
+        if rows:
+            await db.executemany(
+                "INSERT INTO warmup (sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
+                " paused_until, pause_reason, backoff_step, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (sender_domain, provider) DO UPDATE SET day = excluded.day,"
+                " day_date = excluded.day_date, used = excluded.used, withheld = excluded.withheld,"
+                " frozen_reason = excluded.frozen_reason, paused_until = excluded.paused_until,"
+                " pause_reason = excluded.pause_reason, backoff_step = excluded.backoff_step,"
+                " updated_at = excluded.updated_at", rows)
+        if hours:
+            await db.executemany("INSERT INTO provider_hours (provider, hour, used) VALUES (?,?,?) ON CONFLICT"
+                                 " (provider) DO UPDATE SET hour = excluded.hour, used = excluded.used", hours)
+        if requests:
+            await db.executemany(
+                "INSERT INTO domain_requests (sender_domain, hour, requests, blocklisted) VALUES (?,?,?,?)"
+                " ON CONFLICT (sender_domain, hour) DO UPDATE SET requests = excluded.requests,"
+                " blocklisted = excluded.blocklisted", requests)
+        for domain, why in suspensions:
+            await db.execute("UPDATE domains SET suspended_at = ?, suspended_reason = ? WHERE name = ?",
+                             (now, why, domain))
+            # Its queued mail is held until an operator resumes the domain.
+            await db.execute(
+                "UPDATE recipients SET state = 'hold', hold_reason = 'suspended', last_reply = ?"
+                " WHERE state = 'queued' AND message_id IN (SELECT id FROM messages WHERE sender_domain = ?)",
+                (f"held: sending for {domain} is suspended", domain))
+        if transitions:
+            await db.executemany("INSERT INTO events (type, at, sender_domain, provider, data) VALUES (?,?,?,?,?)",
+                                 [event_row(t) for t in transitions])
+    return job
+
+
+def event_row(t: "Transition") -> tuple[str, float, str, str | None, str]:
+    kind = {"suspended": "domain.suspended", "resumed": "domain.resumed"}.get(t.kind, f"warmup.{t.kind}")
+    return (kind, t.at, t.sender_domain, t.provider,
+            json.dumps({"sender_domain": t.sender_domain, "provider": t.provider, "reason": t.reason}))
+
+
+def clear_override(sender_domain: str, provider: str, day: int, now: float) -> Job:
+    """The scheduler took over an operator's day: clear it, and let the domain's throttled mail be
+    looked at now (a larger budget should not wait for midnight; what still does not fit waits again)."""
+    async def job(db: aiosqlite.Connection) -> None:
+        await db.execute("UPDATE warmup SET day = ?, day_override = NULL WHERE sender_domain = ? AND provider = ?"
+                         " AND day_override = ?", (day, sender_domain, provider, day))
+        await db.execute("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND throttled_since IS NOT"
+                         " NULL AND message_id IN (SELECT id FROM messages WHERE sender_domain = ?)",
+                         (now, sender_domain))
+    return job
+
+
+async def generation(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT value FROM meta WHERE key = 'warmup_generation'") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def load(db: aiosqlite.Connection, throttle: "Throttle", now: float) -> None:
+    """Everything the throttle needs after a start: pairs, hours, 24 h of reputation counts."""
+    async with db.execute("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
+                          " paused_until, pause_reason, backoff_step FROM warmup") as cur:
+        for r in await cur.fetchall():
+            throttle.load_pair(W.PairState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+    async with db.execute("SELECT provider, hour, used FROM provider_hours") as cur:
+        for provider, hour, used in await cur.fetchall():
+            throttle.load_hour(provider, hour, used)
+    since = now - 86400
+    async with db.execute("SELECT sender_domain, provider, result, bounce_class, at FROM attempts"
+                          " WHERE at > ? AND sender_domain IS NOT NULL ORDER BY at", (since,)) as cur:
+        for r in await cur.fetchall():
+            throttle.load_attempt(r[0], r[1], r[2], r[3], r[4])
+    async with db.execute("SELECT q.sender_domain, q.hour, q.requests, q.blocklisted FROM domain_requests q"
+                          " LEFT JOIN domains d ON d.name = q.sender_domain WHERE q.hour > ?"
+                          " AND (d.resumed_at IS NULL OR q.hour * 3600 >= d.resumed_at)",
+                          (W.hour_index(now) - 24,)) as cur:
+        for r in await cur.fetchall():
+            throttle.load_requests(r[0], r[1], r[2], r[3])
+    throttle.suspended = await suspended(db)
+
+
+async def suspended(db: aiosqlite.Connection) -> dict[str, str]:
+    async with db.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL") as cur:
+        return {r[0]: r[1] or "suspended" for r in await cur.fetchall()}
+
+
+async def overrides(db: aiosqlite.Connection) -> list[tuple[str, str, int]]:
+    async with db.execute("SELECT sender_domain, provider, day_override FROM warmup"
+                          " WHERE day_override IS NOT NULL") as cur:
+        return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+async def complaints_since(db: aiosqlite.Connection, after_id: int) -> list[tuple[int, str, str, float]]:
+    async with db.execute("SELECT id, sender_domain, address, at FROM feedback WHERE id > ? AND kind = 'complaint'"
+                          " ORDER BY id LIMIT 10000", (after_id,)) as cur:
+        return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+
+
+async def last_feedback_id(db: aiosqlite.Connection, since: float) -> int:
+    """Complaints older than 24 h do not count; start just before the first recent one."""
+    async with db.execute("SELECT coalesce(min(id) - 1, (SELECT coalesce(max(id), 0) FROM feedback))"
+                          " FROM feedback WHERE at > ?", (since,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+# -- the CLI's side (synchronous) -------------------------------------------------------------
+
+def _bump(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'warmup_generation'")
+
+
+def status_rows(conn: sqlite3.Connection, sender_domain: str | None) -> tuple[list[W.PairState], dict[str, str]]:
+    sql = ("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason, paused_until,"
+           " pause_reason, backoff_step, day_override FROM warmup")
+    args: tuple[str, ...] = ()
+    if sender_domain:
+        sql += " WHERE sender_domain = ?"
+        args = (sender_domain.lower(),)
+    pairs = []
+    for r in conn.execute(sql + " ORDER BY sender_domain, provider", args):
+        day = r[10] if r[10] is not None else r[2]   # an override not yet applied by the server
+        pairs.append(W.PairState(r[0], r[1], day, r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+    suspended_domains = {r[0]: r[1] or "suspended" for r in
+                         conn.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL")}
+    return pairs, suspended_domains
+
+
+def set_day(conn: sqlite3.Connection, sender_domain: str, provider: str, day: int, today: str, now: float) -> None:
+    sender_domain = sender_domain.lower().rstrip(".")
+    if conn.execute("SELECT 1 FROM domains WHERE name = ?", (sender_domain,)).fetchone() is None:
+        raise RefusedError(f"no sender domain named {sender_domain}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT INTO warmup (sender_domain, provider, day, day_date, used, updated_at, day_override)"
+                     " VALUES (?,?,?,?,0,?,?) ON CONFLICT (sender_domain, provider) DO UPDATE SET"
+                     " day_override = excluded.day_override, day = excluded.day, updated_at = excluded.updated_at",
+                     (sender_domain, provider, day, today, now, day))
+        _bump(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def resume(conn: sqlite3.Connection, sender_domain: str, now: float) -> int:
+    """Lift a reputation suspension; its held mail is queued again. Returns the recipients released."""
+    sender_domain = sender_domain.lower().rstrip(".")
+    row = conn.execute("SELECT suspended_at FROM domains WHERE name = ?", (sender_domain,)).fetchone()
+    if row is None:
+        raise RefusedError(f"no sender domain named {sender_domain}")
+    if row[0] is None:
+        raise RefusedError(f"sending for {sender_domain} is not suspended")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE domains SET suspended_at = NULL, suspended_reason = NULL, resumed_at = ? WHERE name = ?",
+                     (now, sender_domain))
+        released = conn.execute(
+            "UPDATE recipients SET state = 'queued', hold_reason = NULL, next_attempt_at = ?, last_reply = NULL"
+            " WHERE state = 'hold' AND hold_reason = 'suspended' AND message_id IN"
+            " (SELECT id FROM messages WHERE sender_domain = ?)", (now, sender_domain)).rowcount
+        _bump(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(released)
