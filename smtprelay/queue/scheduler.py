@@ -178,6 +178,9 @@ class Scheduler:
         cfg = self.config.delivery
         now = self.clock.now()
         await self._check_flush()
+        # Operator changes first: mail released by `domain resume` must not meet a stale suspension.
+        await self._save_throttle()
+        await self._check_warmup()
         if self.clock.monotonic() - self._last_reclaim >= RECLAIM_EVERY:
             self._last_reclaim = self.clock.monotonic()
             await self.store.run(jobs.reclaim(now, everything=False))
@@ -194,7 +197,6 @@ class Scheduler:
         self._close_idle()
         self._dispatch()
         await self._save_throttle()
-        await self._check_warmup()
         if self.clock.monotonic() - self._last_gauges >= GAUGES_EVERY:
             self._last_gauges = self.clock.monotonic()
             await self._update_gauges(now)

@@ -148,7 +148,8 @@ class Throttle:
 
     def set_suspended(self, suspended: dict[str, str]) -> list[str]:
         """The store's view of suspended domains (after `domain resume`); returns the resumed ones."""
-        resumed = [d for d in self.suspended if d not in suspended]
+        pending = {d for d, _ in self.new_suspensions}   # decided here, not saved yet: still suspended
+        resumed = [d for d in self.suspended if d not in suspended and d not in pending]
         for domain in resumed:
             # A fresh sample after an operator's resume: the old requests no longer count.
             stats = self._domain_stats(domain)
@@ -157,7 +158,7 @@ class Throttle:
                 stats.add(hour, BLOCKLISTED, -bucket[BLOCKLISTED])
                 self.dirty_requests.add((domain, hour))
             self._transition("resumed", domain, None, "an operator ran 'smtprelay domain resume'")
-        self.suspended = dict(suspended)
+        self.suspended = {**{d: self.suspended[d] for d in pending if d in self.suspended}, **suspended}
         return resumed
 
     def apply_day_override(self, sender_domain: str, provider: str, day: int) -> None:
