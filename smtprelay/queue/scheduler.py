@@ -37,7 +37,8 @@ from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
 from smtprelay.queue.providers import provider_for
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
-from smtprelay.queue.throttle import Admission, Throttle
+from smtprelay.queue.admission import WarmupSeam
+from smtprelay.queue.throttle import Throttle
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -85,7 +86,7 @@ class Destination:
         return works
 
 
-class Scheduler:
+class Scheduler(WarmupSeam):
     def __init__(self, config: Config, store: QueueStore, clock: Clock, metrics: Metrics,
                  resolver: MxResolver | None = None, transport: SmtpTransport | None = None):
         self.config = config
@@ -212,35 +213,6 @@ class Scheduler:
                     dest.dead_until, dest.failures = 0.0, 0
                 log.info("queue flush: dead destinations are tried again")
             self._flush_generation = generation
-
-    async def _save_throttle(self) -> None:
-        job = ledger.save(self.throttle, self.clock.now())
-        if job is not None:
-            await self.store.run(job)
-
-    async def _check_warmup(self) -> None:
-        """Operator changes (set-day, resume) and new complaints, read from the store."""
-        assert self._reader is not None
-        generation = await ledger.generation(self._reader)
-        if generation != self._warmup_generation:
-            self._warmup_generation = generation
-            if self.throttle.set_suspended(await ledger.suspended(self._reader)):
-                self.wake()
-            for domain, provider, day in await ledger.overrides(self._reader):
-                self.throttle.apply_day_override(domain, provider, day)
-                await self.store.run(ledger.clear_override(domain, provider, day, self.clock.now()))
-                self.wake()
-        since = self.clock.now() - 86400
-        for feedback_id, domain, address, at in await ledger.complaints_since(self._reader, self._feedback_id):
-            self._feedback_id = feedback_id
-            if at > since:
-                self.throttle.note_complaint(domain, recipient_domain(address), at)
-
-    def _provider(self, hop: NextHop, domain: str) -> str:
-        providers = self.config.warmup.providers
-        if hop.key.startswith("route:"):   # no MX was looked up: judge the recipient domain itself
-            return provider_for([domain], providers)
-        return provider_for([h.name for h in hop.hosts], providers)
 
     async def _route(self, works: list[Work], now: float) -> None:
         by_domain: dict[str, list[Work]] = {}
@@ -429,57 +401,6 @@ class Scheduler:
         await self.store.run(jobs.record(outcomes, []))
         self.in_window -= len(works)
 
-    async def _admit(self, batch: list[Work]) -> list[Work]:
-        """Ask the throttle; record who waits or is held; persist a capped budget before sending."""
-        now = self.clock.now()
-        admission = self.throttle.admit(batch, now)
-        if admission.wait or admission.hold or admission.expire:
-            await self._not_admitted(admission, now)
-        if admission.take and admission.persist:
-            job = ledger.save(self.throttle, now)
-            try:
-                if job is not None:
-                    await self.store.run(job)
-            except StoreUnavailable as exc:
-                self.throttle.refund(admission.take)
-                log.error("could not record the warm-up budget (%s); deferring without an attempt", exc)
-                await self._record_quietly([Outcome(w.rcpt_id, w.message_id, "deferred", now, now + 60.0,
-                                                    "451 4.3.0 store unavailable", None, None, None, None, None,
-                                                    0.0, attempted=False) for w in admission.take])
-                self.in_window -= len(admission.take)
-                return []
-        return admission.take
-
-    async def _record_quietly(self, outcomes: list[Outcome]) -> None:
-        try:
-            await self.store.run(jobs.record(outcomes, []))
-        except StoreUnavailable as exc:  # leased: they come back when the lease expires
-            log.error("could not record outcomes (%s); they will be retried", exc)
-
-    async def _not_admitted(self, admission: Admission, now: float) -> None:
-        """Waiting for budget or a backoff (throttled), or held for a suspension: no attempt."""
-        outcomes = []
-        for work, until, why in admission.wait:
-            outcomes.append(Outcome(work.rcpt_id, work.message_id, "throttled", now, until, why, None, None, None,
-                                    None, None, 0.0, attempted=False))
-            log.info("%s: to=<%s>, relay=none, delay=%.1f, status=throttled (%s; next try %s)", work.message_id,
-                     work.address, now - work.created_at, why, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                            time.gmtime(until)),
-                     extra={"fields": {"queue_id": work.message_id, "result": "throttled"}})
-        for work, why in admission.hold:
-            outcomes.append(Outcome(work.rcpt_id, work.message_id, "hold", now, None, f"held: {why}", None, None,
-                                    None, None, None, 0.0, attempted=False))
-            log.warning("%s: to=<%s>, status=hold (%s)", work.message_id, work.address, why)
-        if outcomes:
-            await self._record_quietly(outcomes)
-            self.in_window -= len(outcomes)
-        if admission.expire:
-            body = await self._body(admission.expire[0][0].message_id)
-            reply_of = {w.rcpt_id: why for w, why in admission.expire}
-            works = [w for w, _ in admission.expire]
-            await self._finish(works, [(w, Result.EXPIRED, Reply(451, f"4.4.7 {reply_of[w.rcpt_id]}"),
-                                        BounceClass.OTHER) for w in works], None, None, 0.0, now, body)
-
     async def _transaction_done(self, dest: Destination, conn: Connection, batch: list[Work],
                                 result: TransactionResult, duration: float, body: bytes) -> None:
         now = self.clock.now()
@@ -510,7 +431,7 @@ class Scheduler:
             needs_dsn = hop.permanent or any(backoff.expired(w.lifetime_start, now, self.config.delivery.max_lifetime)
                                              for w in group)
             body = await self._body(message_id) if needs_dsn else None
-            decided = [(w, result, reply, klass) for w in group]
+            decided: list[tuple[Work, Result, Reply, BounceClass | None]] = [(w, result, reply, klass) for w in group]
             if hop.permanent:
                 self.throttle.observe(decided, now)   # mail to domains that do not exist counts as hard bounces
             await self._finish(group, decided, None, None, 0.0, now, body)

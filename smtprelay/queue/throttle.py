@@ -280,9 +280,9 @@ class Throttle:
             self._transition("paused", key[0], key[1], f"for {int(pause)}s (backoff step {pair.backoff_step}): "
                                                        f"{pair.pause_reason}")
         for key in delivered - set(backoff):
-            pair = self.pairs.get(key)
-            if pair is not None and pair.backoff_step:
-                pair.backoff_step = 0
+            succeeded = self.pairs.get(key)
+            if succeeded is not None and succeeded.backoff_step:
+                succeeded.backoff_step = 0
                 self.dirty_pairs.add(key)
         for key in touched:
             self._evaluate(key[0], key[1], now)

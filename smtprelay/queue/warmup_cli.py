@@ -47,7 +47,7 @@ def register(sub: Any, dom: Any, command: Callable[..., Any], group: Callable[[s
                         [[d["sender_domain"], d["provider"], d["day"],
                           "none" if d["cap"] is None and d["day"] else d["cap"],
                           d["used"], "unlimited" if d["remaining"] is None else d["remaining"],
-                          d["state"] + (f" until {d['paused_until']}" if d["paused_until"] else ""), d["why"]]
+                          f"{d['state']}" + (f" until {d['paused_until']}" if d["paused_until"] else ""), d["why"]]
                          for d in docs])
         emit(args, {"enabled": config.warmup.enabled, "pairs": docs}, human)
         return 0
