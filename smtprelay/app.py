@@ -28,7 +28,8 @@ from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
 from smtprelay.queue.scheduler import Scheduler
-from smtprelay.queue.store import QueueStore
+from smtprelay.events import types as events
+from smtprelay.queue.store import QueueStore, StoreUnavailable
 from smtprelay.smtp.handler import FrontEnd
 from smtprelay.smtp.server import RelaySMTP
 from smtprelay.smtp.tls import certificate_paths, server_context
@@ -81,6 +82,7 @@ class Relay:
                      config.http.address, config.http.port)
             await self._stop.wait()
             await self._drain()
+            await self._flush_events()
             await self.scheduler.stop(self.config.server.shutdown_grace)
         finally:
             refresher.cancel()
@@ -145,6 +147,18 @@ class Relay:
                 self.frontend.lockout.prune()
             except sqlite3.Error as exc:
                 log.error("could not refresh credentials from the store: %s", exc)
+            await self._flush_events()
+
+    async def _flush_events(self) -> None:
+        """Write the front end's `rejected` events (kept for the next try if the store fails)."""
+        rows = self.frontend.pending_events
+        if not rows:
+            return
+        self.frontend.pending_events = []
+        try:
+            await self.store.run(events.insert_job(rows))
+        except StoreUnavailable:
+            self.frontend.pending_events = rows + self.frontend.pending_events
 
     async def _load_sends(self) -> None:
         """The last 24 h of accepted recipients, so caps and quotas survive a restart."""
@@ -162,7 +176,8 @@ class Relay:
             try:
                 now = self.clock.now()
                 # Deletions go through the store's single writer, in chunks.
-                while await self.store.run(jobs.prune(now - 2 * 86400, now)) >= 5000:
+                while await self.store.run(jobs.prune(now - 2 * 86400, now,
+                                                           events_before=now - self.config.events.retention)) >= 5000:
                     await asyncio.sleep(0)
                 changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:

@@ -49,3 +49,14 @@ def test_stamp_adds_received_message_id_and_date() -> None:
     assert "with ESMTPSA id Q1" in head and "for <a@b.example>; Thu, 01 Jan 1970 00:00:00 +0000" in head
     assert message_id.startswith("<Q1.") and f"Message-ID: {message_id}" in head
     assert "Date: Thu, 01 Jan 1970 00:00:00 +0000" in head
+
+
+def test_the_tag_header_is_taken_out_whole_even_folded() -> None:
+    from smtprelay.policy.content import take_tag
+    content = b"From: a@b.example\r\nX-Smtprelay-Tag:\r\n welcome\r\nSubject: s\r\n\r\nX-Smtprelay-Tag: body\r\n"
+    out, tag, verdict = take_tag(content)
+    assert verdict is None and tag == "welcome"
+    assert out == b"From: a@b.example\r\nSubject: s\r\n\r\nX-Smtprelay-Tag: body\r\n"   # the body is untouched
+    assert take_tag(b"Subject: s\r\n\r\nx") == (b"Subject: s\r\n\r\nx", None, None)
+    _, _, twice = take_tag(b"X-Smtprelay-Tag: a\r\nX-Smtprelay-Tag: b\r\n\r\nx")
+    assert twice is not None and twice.reply.startswith("550 5.6.0")

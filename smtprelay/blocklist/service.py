@@ -192,7 +192,7 @@ class BlocklistService:
 
 
 def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None, sender_domain: str, address: str,
-                    kind: str) -> None:
+                    kind: str, queue_id: str | None = None) -> None:
     """An unsubscribe or a complaint: remember it (reputation) and block that recipient for
     that sender domain (`reject`). Called by the events side; tests call it directly."""
     if kind not in ("unsubscribe", "complaint"):
@@ -200,6 +200,10 @@ def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None
     address = canonical(address)
     conn.execute("INSERT INTO feedback (account_id, sender_domain, address, kind, at) VALUES (?,?,?,?,?)",
                  (account_id, sender_domain.lower(), address, kind, now))
+    from smtprelay.events import types as events
+    conn.execute(events.INSERT, ("complained" if kind == "complaint" else "unsubscribed", now, account_id, queue_id,
+                                 address, sender_domain.lower(), address.rpartition("@")[2], None, None,
+                                 events.data()))
     exists = conn.execute("SELECT 1 FROM blocklist WHERE address = ? AND type = 'reject' AND sender_domain = ?",
                           (address, sender_domain.lower())).fetchone()
     if not exists:

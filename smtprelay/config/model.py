@@ -244,6 +244,11 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    retention: float = 30 * 86400.0     # events older than this are deleted
+
+
+@dataclass(frozen=True, slots=True)
 class BlocklistConfig:
     invalid_address_days: int = 180
     auto_block_full_inbox: bool = False
@@ -293,12 +298,13 @@ class Config:
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
-                       "warmup")
+                       "warmup", "events")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -306,7 +312,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery", "reputation", "blocklist", "warmup"):
+                 "policy", "delivery", "reputation", "blocklist", "warmup", "events"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart

@@ -10,7 +10,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network,
+                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.warmup import fraction, parse_warmup
 from smtprelay.config.reader import (_HOSTNAME, _LABEL, _NAME, ConfigError, _host_port, _ip_text, _list, _one_of,
@@ -22,7 +22,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup"}
+             "delivery", "reputation", "blocklist", "warmup", "events"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -158,10 +158,14 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     )
     bl.finish()
     warmup = parse_warmup(data.get("warmup", {}), problems)
+    ev = _Section(data.get("events", {}), "events", problems)
+    events = EventsConfig(retention=ev.duration("retention", 30 * 86400.0))
+    ev.finish()
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
-                    reputation=reputation, blocklist=blocklist, warmup=warmup)
+                    reputation=reputation, blocklist=blocklist, warmup=warmup,
+                    events=events)
     if problems:
         raise ConfigError(problems)
     return config

@@ -84,3 +84,29 @@ def check_subject(headers: bytes, max_chars: int) -> Verdict | None:
         if len(subject) > max_chars:
             return reject(550, "5.6.0", f"Subject is longer than {max_chars} characters", "subject_too_long")
     return None
+
+
+_TAG = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+
+
+def take_tag(content: bytes) -> tuple[bytes, str | None, Verdict | None]:
+    """Remove every X-Smtprelay-Tag header (it is for statistics, never delivered or signed);
+    return the content without it, the tag, or a refusal for a malformed tag."""
+    headers = header_block(content)
+    values = header_values(headers, b"x-smtprelay-tag")
+    if not values:
+        return content, None, None
+    tag = values[0].strip()
+    if len(values) > 1 or not _TAG.match(tag):
+        return content, None, reject(550, "5.6.0", "X-Smtprelay-Tag must appear once and be 1-64 letters, digits,"
+                                                  " '.', '_' or '-'", "tag_invalid")
+    kept, skipping = [], False
+    for line in headers.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(b"x-smtprelay-tag:")
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + content[len(headers):], tag.decode("ascii"), None

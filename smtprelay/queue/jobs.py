@@ -12,6 +12,7 @@ from typing import Any
 
 import aiosqlite
 
+from smtprelay.events import types as events
 from smtprelay.queue.store import Job, QueuedMessage, insert_messages
 
 FINAL_STATES = ("delivered", "bounced", "expired")
@@ -133,6 +134,8 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
                 " WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
                 [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
                   o.duration, o.sender_domain, o.provider, o.rcpt_id) for o in attempted])
+        await db.executemany(events.INSERT_FOR_RECIPIENT, [
+            (o.result, o.at, o.provider, _event_data(o), o.rcpt_id) for o in outcomes if o.result in events.OUTCOME_EVENTS])
         if auto is not None:
             await _auto_block(db, outcomes, auto)
         if dsns:
@@ -145,6 +148,14 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
                 " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired'))",
                 [(m,) for m in done])
     return job
+
+
+def _event_data(o: Outcome) -> str:
+    retry = o.next_attempt_at if o.result in ("deferred", "throttled") else None
+    return events.data(smtp_response=o.reply if o.attempted or o.result != "throttled" else None,
+                       reason=o.reply if o.result == "throttled" else None, mx=o.relay, tls=o.tls,
+                       bounce_type=o.bounce_class if o.result in ("bounced", "expired", "deferred") else None,
+                       attempted=o.attempted, next_attempt_at=retry)
 
 
 async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
@@ -174,7 +185,7 @@ async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: A
               auto.full_inbox_failures, o.at) for o in full])
 
 
-def prune(before: float, now: float, chunk: int = 5000) -> Job:
+def prune(before: float, now: float, chunk: int = 5000, events_before: float | None = None) -> Job:
     """Forget sends older than `before` and expired blocklist entries, a chunk at a time so
     that one job never holds the writer long (acceptance shares it)."""
     async def job(db: aiosqlite.Connection) -> int:
@@ -186,6 +197,11 @@ def prune(before: float, now: float, chunk: int = 5000) -> Job:
                                " IS NOT NULL AND expires_at <= ? LIMIT ?)", (now, chunk))
         removed += cur.rowcount
         await cur.close()
+        if events_before is not None:
+            cur = await db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)",
+                                   (events_before, chunk))
+            removed += cur.rowcount
+            await cur.close()
         return removed
     return job
 

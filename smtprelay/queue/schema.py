@@ -212,15 +212,25 @@ MIGRATIONS: list[str] = [
         blocklisted INTEGER NOT NULL,
         PRIMARY KEY (sender_domain, hour)
     );
+    -- One row per state change (smtprelay.events.types): written in the same transaction as
+    -- the change itself, so status, statistics and (later) webhooks never miss or invent one.
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
-        type TEXT NOT NULL,
+        type TEXT NOT NULL,             -- accepted, rejected, delivered, ...; warmup.*, domain.*
         at REAL NOT NULL,
+        account_id INTEGER,
+        queue_id TEXT,
+        recipient TEXT,
         sender_domain TEXT,
+        recipient_domain TEXT,
         provider TEXT,
-        data TEXT NOT NULL              -- JSON
+        tag TEXT,
+        data TEXT NOT NULL              -- JSON: the type's own fields (smtp_response, mx, bounce_type, ...)
     );
     CREATE INDEX events_at ON events (at);
+    CREATE INDEX events_queue ON events (queue_id);
+    CREATE INDEX events_recipient ON events (recipient, at);
+    ALTER TABLE messages ADD COLUMN tag TEXT;   -- X-Smtprelay-Tag (removed from the message)
     INSERT INTO meta (key, value) VALUES ('warmup_generation', 0);
     """,
 ]

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 import aiosqlite
 
+from smtprelay.events import types as events
 from smtprelay.queue import schema
 
 log = logging.getLogger("smtprelay.queue")
@@ -46,6 +47,7 @@ class QueuedMessage:
     client_address: str
     tls: str | None
     header_message_id: str | None
+    tag: str | None = None          # X-Smtprelay-Tag, for statistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +195,16 @@ class QueueStore:
 async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage]) -> None:
     await db.executemany(
         "INSERT INTO messages (id, account_id, username, mail_from, sender_domain, size, created_at,"
-        " client_address, tls, header_message_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " client_address, tls, header_message_id, tag, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         [(m.id, m.account_id, m.username, m.mail_from, recipient_domain(m.mail_from) if m.mail_from else None,
-          len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.body) for m in messages])
+          len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.tag, m.body)
+         for m in messages])
+    # One `accepted` event per recipient, in the same transaction (bounces we generate are not
+    # a tenant's sending: no events for them).
+    await db.executemany(events.INSERT, [
+        ("accepted", m.created_at, m.account_id, m.id, rcpt, recipient_domain(m.mail_from), recipient_domain(rcpt),
+         None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}))
+        for m in messages if m.mail_from for rcpt in m.recipients])
     await db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at)"
         " VALUES (?,?,?,?,?,?)",

@@ -27,7 +27,8 @@ from smtprelay.domains.service import SenderDomain
 from smtprelay.http.metrics import Metrics
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
-from smtprelay.policy.content import check_subject, header_block, normalize_newlines
+from smtprelay.events import types as events
+from smtprelay.policy.content import check_subject, header_block, normalize_newlines, take_tag
 from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
 from smtprelay.policy.reputation import AccountRow, effective_limits
 from smtprelay.policy.sender import check_from_header, check_sender
@@ -38,6 +39,8 @@ from smtprelay.smtp.server import RelaySMTP, authenticate
 from smtprelay.smtp.stamp import Trace, stamp
 
 log = logging.getLogger("smtprelay.smtp")
+
+MAX_PENDING_EVENTS = 100_000   # if the store is down for long, refusals beyond this are not recorded
 
 
 class CredentialTable:
@@ -111,6 +114,8 @@ class FrontEnd:
         # Told of every recipient request (sender domain, refused by the blocklist?): the
         # scheduler's throttle judges sender-domain reputation from it.
         self.on_request: Callable[[str, bool], None] | None = None
+        # `rejected` events, written by the app within a second (refusals change no stored state).
+        self.pending_events: list[tuple[Any, ...]] = []
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -159,11 +164,21 @@ class FrontEnd:
         self.metrics.smtp_sessions_active.dec()
         log.info("disconnect from [%s]", server.client_ip)
 
-    def reject(self, state: SessionState, stage: str, verdict: V.Verdict, envelope: Envelope, rcpt: str = "") -> str:
+    def reject(self, state: SessionState, stage: str, verdict: V.Verdict, envelope: Envelope, rcpt: str = "",
+               mail_from: str | None = None) -> str:
         self.metrics.recipients_rejected.labels(reason=verdict.reason).inc()
+        sender = mail_from if mail_from is not None else (envelope.mail_from or "")
+        if state.account_id is not None and len(self.pending_events) < MAX_PENDING_EVENTS:
+            now = self.clock.now()
+            detail = events.data(stage=stage, smtp_response=verdict.reply, rule=verdict.reason,
+                                 **{"from": sender or None})
+            sender_domain = sender.rpartition("@")[2].lower() or None
+            for address in ([rcpt] if rcpt else list(envelope.rcpt_tos) or [""]):
+                self.pending_events.append(("rejected", now, state.account_id, None, address or None, sender_domain,
+                                            address.rpartition("@")[2].lower() or None, None, None, detail))
         to = f" to=<{rcpt}>" if rcpt else ""
         log.info("NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, state.client_ip, verdict.reply,
-                 envelope.mail_from or "", to)
+                 sender, to)
         return verdict.reply
 
 
@@ -213,7 +228,7 @@ class RelayHandler:
         verdict = check_sender(state.account_id, address, senders.domains, senders.addresses, self.fe.clock.now(),
                                config.domains.grace, config.policy.require_registered_address)
         if verdict is not None:
-            return self.fe.reject(state, "MAIL", verdict, envelope)
+            return self.fe.reject(state, "MAIL", verdict, envelope, mail_from=address)
         state.sender_domain = address.rpartition("@")[2].lower()
         if state.sender_domain not in senders.signers:
             verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}; see the relay "
@@ -259,6 +274,9 @@ class RelayHandler:
             headers = header_block(content)
             verdict = check_subject(headers, limits.max_subject_chars) or check_from_header(headers,
                                                                                            state.sender_domain)
+        tag = None
+        if verdict is None:
+            content, tag, verdict = take_tag(content)   # before stamping and signing
         signer = self.fe.senders.signers.get(state.sender_domain)
         if verdict is None and signer is None:  # the key went away since MAIL (domain deleted)
             verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}",
@@ -279,7 +297,7 @@ class RelayHandler:
         message = QueuedMessage(
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=envelope.mail_from or "",
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
-            header_message_id=message_id)
+            header_message_id=message_id, tag=tag)
         try:
             await self.fe.store.enqueue(message)
         except StoreUnavailable:

@@ -1,0 +1,1 @@
+"""Events: one typed record per state change, and what is built from them (status, statistics)."""

@@ -1,0 +1,52 @@
+"""Daily statistics by sender domain × recipient domain × tag, counted from events.
+
+Reads only; shared by the CLI and, later, the admin API. Counts cover what the events
+table holds (`events.retention`, 30 days by default). Bounces are split by class:
+invalid address, spam, other (mailbox full, reputation and the rest).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+COUNTS = ("requests", "accepted", "rejected", "delivered", "deferred", "bounced", "bounced_invalid", "bounced_spam",
+          "bounced_other", "expired", "throttled", "opened", "opened_unique", "clicked", "clicked_unique",
+          "unsubscribed", "complained")
+
+_TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired", "throttled", "opened", "clicked",
+          "unsubscribed", "complained")
+
+
+def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: str | None = None,
+          recipient_domain: str | None = None) -> list[dict[str, Any]]:
+    where = ["at >= ?", "at < ?", f"type IN ({','.join('?' * len(_TYPES))})"]
+    args: list[Any] = [since, until, *_TYPES]
+    if sender_domain:
+        where.append("sender_domain = ?")
+        args.append(sender_domain.lower())
+    if recipient_domain:
+        where.append("recipient_domain = ?")
+        args.append(recipient_domain.lower())
+    rows = conn.execute(
+        "SELECT date(at, 'unixepoch'), coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
+        " coalesce(tag, ''), type, json_extract(data, '$.bounce_type'), count(*),"
+        " count(DISTINCT coalesce(queue_id, '') || ' ' || coalesce(recipient, ''))"
+        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6", args).fetchall()
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for day, sd, rd, tag, kind, klass, total, unique in rows:
+        g = groups.setdefault((day, sd, rd, tag), {"day": day, "sender_domain": sd or None,
+                                                   "recipient_domain": rd or None, "tag": tag or None,
+                                                   **{c: 0 for c in COUNTS}})
+        g[kind] += total
+        if kind == "bounced":
+            g["bounced_" + {"invalid_address": "invalid", "spam": "spam"}.get(klass or "", "other")] += total
+        elif kind in ("opened", "clicked"):
+            g[kind + "_unique"] += unique
+    result = []
+    for key in sorted(groups):
+        g = groups[key]
+        g["requests"] = g["accepted"] + g["rejected"]
+        g["delivery_rate"] = round(g["delivered"] / g["accepted"], 4) if g["accepted"] else None
+        g["open_rate"] = round(g["opened_unique"] / g["delivered"], 4) if g["delivered"] else None
+        result.append(g)
+    return result

@@ -1,0 +1,58 @@
+"""The event vocabulary and how events are written.
+
+Owns: the names of message events (DESIGN §1) and the SQL that records them. Events are
+written inside the transaction of the change they describe (enqueue, delivery outcome,
+feedback), so there is exactly one event per change and none for a change that did not
+commit. SMTP-time refusals are the exception: nothing is stored for them, so the front end
+queues `rejected` events and the app writes them within a second (a crash may lose the
+last second of refusals, never an acceptance or delivery).
+
+Must never: decide anything; it only records.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Awaitable, Callable
+
+import aiosqlite
+
+Job = Callable[[aiosqlite.Connection], Awaitable[Any]]   # as queue.store.Job (no import cycle)
+
+
+class EventType(str, enum.Enum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"
+    THROTTLED = "throttled"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    UNSUBSCRIBED = "unsubscribed"
+    COMPLAINED = "complained"
+
+
+# Delivery outcomes (queue.jobs.Outcome.result) that are events of the same name.
+OUTCOME_EVENTS = frozenset({"delivered", "deferred", "bounced", "expired", "throttled"})
+
+INSERT = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain,"
+          " provider, tag, data) VALUES (?,?,?,?,?,?,?,?,?,?)")
+
+# An outcome's event: the recipient's message gives account, queue id, domains and tag.
+INSERT_FOR_RECIPIENT = (
+    "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
+    " tag, data) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain, r.domain, ?, m.tag, ?"
+    " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ? AND m.mail_from != ''")
+
+
+def data(**fields: Any) -> str:
+    return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
+
+
+def insert_job(rows: list[tuple[Any, ...]]) -> Job:
+    """Rows in INSERT's column order (the front end's `rejected` events)."""
+    async def job(db: aiosqlite.Connection) -> None:
+        await db.executemany(INSERT, rows)
+    return job
