@@ -29,6 +29,8 @@ from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
 from smtprelay.queue.scheduler import Scheduler
 from smtprelay.events import types as events
+from smtprelay.events.webhooks import Dispatcher
+from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
 from smtprelay.smtp.handler import FrontEnd
 from smtprelay.smtp.server import RelaySMTP
@@ -63,6 +65,9 @@ class Relay:
         self.frontend = FrontEnd(config, store, self.metrics, self.clock)
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
         await self.scheduler.start()
+        self.webhooks = Dispatcher(config.webhooks, store, schema.database_path(config.server.data_dir), self.clock,
+                                   self.metrics)
+        await self.webhooks.start()
         store.on_enqueued = self.scheduler.wake
         self.frontend.on_request = self.scheduler.throttle.note_request
         await self._refresh_catalog()
@@ -84,6 +89,7 @@ class Relay:
             await self._drain()
             await self._flush_events()
             await self.scheduler.stop(self.config.server.shutdown_grace)
+            await self.webhooks.stop()
         finally:
             refresher.cancel()
             rechecker.cancel()
@@ -176,6 +182,8 @@ class Relay:
             try:
                 now = self.clock.now()
                 # Deletions go through the store's single writer, in chunks.
+                while await self.store.run(prune_outbox(now - self.config.webhooks.retention)) >= 5000:
+                    await asyncio.sleep(0)
                 while await self.store.run(jobs.prune(now - 2 * 86400, now,
                                                            events_before=now - self.config.events.retention)) >= 5000:
                     await asyncio.sleep(0)
@@ -257,6 +265,7 @@ class Relay:
         applied, restart = reload_report(self.config, new)
         self.frontend.apply(new)
         self.scheduler.apply(new)
+        self.webhooks.config = new.webhooks
         logs.set_level(new.log.level)
         self.config = new
         log.info("reload: applied %s%s", ", ".join(applied) or "no changes",

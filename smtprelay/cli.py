@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     warmup_cli.register(sub, dom, command, group, _emit, _open, _iso, print_table)
     from smtprelay.events import cli as events_cli
     events_cli.register(sub, command, _emit, _open, _iso, print_table)
+    from smtprelay.events import webhook_cli
+    webhook_cli.register(sub, command, group, _emit, _open, _iso, print_table)
     from smtprelay.blocklist import cli as blocklist_cli
     blocklist_cli.register(sub, command, group, _emit, _open, _iso, print_table)
     p = command(sub, "explain", cmd_explain, "every policy that applies now to a sender and recipient, and the "

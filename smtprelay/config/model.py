@@ -244,6 +244,18 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    concurrency: int = 8                # POSTs in flight at once
+    timeout: float = 10.0               # per POST
+    retry_initial: float = 30.0         # then doubling ...
+    retry_max: float = 3600.0           # ... up to this between tries
+    max_age: float = 86400.0            # retried this long, then a dead letter
+    secret_overlap: float = 86400.0     # after `webhook secret --rotate`, the old secret signs too
+    poll_interval: float = 1.0
+    retention: float = 7 * 86400.0      # delivered outbox rows are kept this long
+
+
+@dataclass(frozen=True, slots=True)
 class EventsConfig:
     retention: float = 30 * 86400.0     # events older than this are deleted
 
@@ -299,12 +311,13 @@ class Config:
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
-                       "warmup", "events")
+                       "warmup", "events", "webhooks")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -312,7 +325,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery", "reputation", "blocklist", "warmup", "events"):
+                 "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart

@@ -10,7 +10,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network,
+                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.warmup import fraction, parse_warmup
 from smtprelay.config.reader import (_HOSTNAME, _LABEL, _NAME, ConfigError, _host_port, _ip_text, _list, _one_of,
@@ -22,7 +22,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup", "events"}
+             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -161,11 +161,20 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     ev = _Section(data.get("events", {}), "events", problems)
     events = EventsConfig(retention=ev.duration("retention", 30 * 86400.0))
     ev.finish()
+    wh = _Section(data.get("webhooks", {}), "webhooks", problems)
+    webhooks = WebhooksConfig(
+        concurrency=wh.positive_int("concurrency", 8), timeout=wh.duration("timeout", 10.0),
+        retry_initial=wh.duration("retry_initial", 30.0), retry_max=wh.duration("retry_max", 3600.0),
+        max_age=wh.duration("max_age", 86400.0), secret_overlap=wh.duration("secret_overlap", 86400.0),
+        poll_interval=wh.duration("poll_interval", 1.0), retention=wh.duration("retention", 7 * 86400.0))
+    wh.finish()
+    if webhooks.max_age < 86400.0:
+        problems.append("webhooks.max_age: must be at least 24h (events are retried for at least a day)")
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
-                    events=events)
+                    events=events, webhooks=webhooks)
     if problems:
         raise ConfigError(problems)
     return config

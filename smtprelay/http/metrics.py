@@ -56,6 +56,10 @@ class Metrics:
         self.warmup_transitions = Counter("smtprelay_warmup_transitions_total",
                                           "Warm-up and reputation transitions (frozen, unfrozen, paused, "
                                           "suspended, resumed, day_advanced)", ["transition"], registry=r)
+        self.webhook_deliveries = Counter("smtprelay_webhook_deliveries_total",
+                                          "Webhook POSTs, by result (delivered, retry, dead)", ["result"], registry=r)
+        for result in ("delivered", "retry", "dead"):
+            self.webhook_deliveries.labels(result=result)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):

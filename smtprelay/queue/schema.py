@@ -233,6 +233,40 @@ MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN tag TEXT;   -- X-Smtprelay-Tag (removed from the message)
     INSERT INTO meta (key, value) VALUES ('warmup_generation', 0);
     """,
+    # 6: webhooks and their durable outbox (issue 7).
+    """
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        address TEXT,                   -- NULL: the account's hook; else mail from this sender address
+        url TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX webhooks_owner ON webhooks (account_id, coalesce(address, ''));
+    CREATE TABLE webhook_secrets (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        retire_at REAL                  -- NULL: current; else still signing until then (rotation overlap)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        account_id INTEGER NOT NULL,
+        queue_id TEXT,
+        state TEXT NOT NULL,            -- pending, delivered, dead
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        delivered_at REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_ready ON outbox (state, next_at);
+    CREATE INDEX outbox_message ON outbox (url, queue_id, state);
+    INSERT INTO meta (key, value) VALUES ('webhook_cursor', 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

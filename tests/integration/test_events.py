@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import smtplib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from smtprelay.blocklist.service import record_feedback
-from tests.integration.test_delivery import wait_for
+from tests.integration.test_delivery import send, wait_for
 from tests.mailservers import Receiver
 from tests.support import Relay, queued_id
 
@@ -94,4 +95,37 @@ def test_mixed_run_stats_and_status(make_relay: Callable[..., Relay], tmp_path: 
         bad_date = relay.cli("stats", "--from", "yesterday", check=False)
         assert bad_date.returncode == 2 and "must be a date like 2026-12-01" in bad_date.stderr
     finally:
+        rx.stop()
+
+
+def test_webhooks_from_the_running_relay(make_relay: Callable[..., Relay], tmp_path: Path) -> None:
+    from smtprelay.events.webhooks import verify
+    from tests.test_webhooks_clock import Endpoint
+    rx = Receiver(tmp_path).start()
+    hooks = Endpoint(tmp_path)
+    try:
+        relay = make_relay({"delivery": {"routes": {"*": f"127.0.0.1:{rx.port}"}}}).start()
+        bad = relay.cli("webhook", "set", "ftp://127.0.0.1/x", "--account", "apps", check=False)
+        assert bad.returncode == 1 and "must be http:// or https://" in bad.stderr
+        doc = relay.cli_json("webhook", "set", f"http://127.0.0.1:{hooks.port}/cb", "--account", "apps")
+        assert doc["secret"].startswith("whsec_")
+        assert relay.cli_json("webhook", "list")["webhooks"][0]["url"].endswith("/cb")
+        qid = send(relay, ["friend@d.test"])
+        wait_for(lambda: len(hooks.posts()) == 2)
+        bodies = [json.loads(p["body"]) for p in hooks.posts()]
+        assert [(b["type"], b["queue_id"], b["recipient"]) for b in bodies] == [
+            ("accepted", qid, "friend@d.test"), ("delivered", qid, "friend@d.test")]
+        for p in hooks.posts():
+            header = p["headers"]["X-Smtprelay-Signature"]
+            assert verify(header, p["body"].encode(), doc["secret"], time.time())
+        rotated = relay.cli_json("webhook", "secret", "--account", "apps", "--rotate")["secret"]
+        send(relay, ["second@d.test"])
+        wait_for(lambda: len(hooks.posts()) == 4)
+        header = hooks.posts()[-1]["headers"]["X-Smtprelay-Signature"]
+        body = hooks.posts()[-1]["body"].encode()
+        assert verify(header, body, rotated, time.time()) and verify(header, body, doc["secret"], time.time())
+        assert relay.metric("smtprelay_webhook_deliveries_total", 'result="delivered"') == 4.0
+        assert relay.cli_json("webhook", "failures")["failures"] == []
+    finally:
+        hooks.stop()
         rx.stop()

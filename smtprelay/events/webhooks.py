@@ -1,0 +1,303 @@
+"""Webhooks: every event POSTed to the tenant's URL from a durable outbox.
+
+Owns: the `outbox` rows and their delivery. Flow:
+1. Fan-out (a store job): events after `meta.webhook_cursor` become outbox rows for the
+   account's webhook, or for the sender address's webhook, which overrides the account's for
+   mail from that address. Domain events (warm-up, suspension) go to the domain's account.
+2. Delivery: ready rows are claimed under a lease and POSTed with bounded concurrency and a
+   timeout, one event per POST, signed `X-Smtprelay-Signature: t=<unix>,v1=<hex>` (one v1 per
+   secret still valid, so a rotation has an overlap). Within one message and URL, events go
+   strictly in order: a row waits while an earlier one of the same message is pending.
+3. Outcome: 2xx → delivered; anything else (including any redirect: none is followed) →
+   retried with exponential backoff until `webhooks.max_age` (24 h), then dead (a dead
+   letter, `smtprelay webhook failures`, `webhook replay`).
+
+A slow or dead endpoint costs only this task's connections: SMTP acceptance and delivery
+never wait for it (their events are already committed).
+
+Must never: block the event loop, or hold an event back from the store.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+from typing import Any
+
+import aiohttp
+import aiosqlite
+
+from smtprelay.clock import Clock
+from smtprelay.config.model import WebhooksConfig
+from smtprelay.http.metrics import Metrics
+from smtprelay.queue.store import Job, QueueStore
+
+log = logging.getLogger("smtprelay.webhooks")
+
+FANOUT_CHUNK = 2000
+
+Row = tuple[int, int, str, int, int, float]   # outbox id, event id, url, account id, attempts, created_at
+
+
+def sign(body: bytes, timestamp: int, keys: list[str]) -> str:
+    parts = [f"t={timestamp}"]
+    for key in keys:
+        mac = hmac.new(key.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+        parts.append(f"v1={mac}")
+    return ",".join(parts)
+
+
+def verify(header: str, body: bytes, key: str, now: float, tolerance: float = 300.0) -> bool:
+    """What a receiver does (documented in the README; used by the tests)."""
+    fields = [p.split("=", 1) for p in header.split(",") if "=" in p]
+    stamps = [v for k, v in fields if k == "t"]
+    if not stamps or not stamps[0].isdigit() or abs(now - int(stamps[0])) > tolerance:
+        return False
+    expected = hmac.new(key.encode(), f"{stamps[0]}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(k == "v1" and hmac.compare_digest(v, expected) for k, v in fields)
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    return min(maximum, initial * (2 ** max(0, attempts - 1)))
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def fanout(now: float) -> Job:
+    """Events since the cursor → outbox rows (address-level hook first, else account-level)."""
+    async def job(db: aiosqlite.Connection) -> int:
+        async with db.execute("SELECT value FROM meta WHERE key = 'webhook_cursor'") as cur:
+            row = await cur.fetchone()
+        cursor = int(row[0]) if row else 0
+        async with db.execute("SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+                              (cursor, FANOUT_CHUNK)) as cur:
+            row = await cur.fetchone()
+        upto = row[0] if row and row[0] is not None else None
+        if upto is None:
+            return 0
+        c = await db.execute(
+            "INSERT INTO outbox (event_id, url, account_id, queue_id, next_at, created_at, state)"
+            " SELECT e.id, w.url, w.account_id, e.queue_id, ?, ?, 'pending' FROM"
+            " (SELECT e.*, coalesce(e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
+            "   AS owner, coalesce(m.mail_from, json_extract(e.data, '$.from')) AS sender"
+            "  FROM events e LEFT JOIN messages m ON m.id = e.queue_id WHERE e.id > ? AND e.id <= ?) e"
+            " JOIN webhooks w ON w.account_id = e.owner AND (w.address = e.sender OR (w.address IS NULL AND NOT EXISTS"
+            "   (SELECT 1 FROM webhooks w2 WHERE w2.account_id = e.owner AND w2.address = e.sender)))"
+            " ORDER BY e.id", (now, now, cursor, upto))
+        count = c.rowcount
+        await c.close()
+        await db.execute("UPDATE meta SET value = ? WHERE key = 'webhook_cursor'", (upto,))
+        return count
+    return job
+
+
+def claim(now: float, limit: int, lease: float) -> Job:
+    async def job(db: aiosqlite.Connection) -> list[Row]:
+        async with db.execute(
+                "UPDATE outbox SET next_at = ? WHERE id IN (SELECT o.id FROM outbox o WHERE o.state = 'pending'"
+                " AND o.next_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'"
+                " AND p.url = o.url AND p.queue_id IS o.queue_id AND p.id < o.id) ORDER BY o.next_at, o.id LIMIT ?)"
+                " RETURNING id, event_id, url, account_id, attempts, created_at", (now + lease, now, limit)) as cur:
+            return sorted((r[0], r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall())
+    return job
+
+
+def record(results: list[tuple[int, bool, str, float | None]], now: float, unleash: list[int] | None = None) -> Job:
+    """(outbox id, delivered?, last error, next try or None for dead); `unleash`: claimed rows not
+    tried (behind a failed event of the same message) get their lease back."""
+    async def job(db: aiosqlite.Connection) -> None:
+        if unleash:
+            await db.executemany("UPDATE outbox SET next_at = ? WHERE id = ?", [(now, oid) for oid in unleash])
+        await db.executemany(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = CASE WHEN ? THEN 'delivered'"
+            " WHEN ? IS NULL THEN 'dead' ELSE 'pending' END, next_at = coalesce(?, next_at),"
+            " delivered_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
+            [(None if ok else error, ok, next_at, next_at, ok, now, oid) for oid, ok, error, next_at in results])
+    return job
+
+
+def prune(before: float, chunk: int = 5000) -> Job:
+    async def job(db: aiosqlite.Connection) -> int:
+        c = await db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'delivered'"
+                             " AND delivered_at < ? LIMIT ?)", (before, chunk))
+        count = c.rowcount
+        await c.close()
+        return count
+    return job
+
+
+async def event_documents(db: aiosqlite.Connection, event_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The JSON of each event as DESIGN §4 lists its fields."""
+    marks = ",".join("?" * len(event_ids))
+    async with db.execute(
+            "SELECT e.id, e.type, e.at, a.name, m.header_message_id, e.queue_id,"
+            " coalesce(m.mail_from, json_extract(e.data, '$.from')), e.recipient, e.sender_domain, e.recipient_domain,"
+            " e.provider, e.tag, e.data, coalesce(e.account_id, (SELECT d.account_id FROM domains d"
+            " WHERE d.name = e.sender_domain))"
+            f" FROM events e LEFT JOIN messages m ON m.id = e.queue_id LEFT JOIN accounts a ON a.id = coalesce("
+            f"e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
+            f" WHERE e.id IN ({marks})", event_ids) as cur:
+        rows = await cur.fetchall()
+    docs = {}
+    for r in rows:
+        extra = json.loads(r[12])
+        extra.pop("from", None)
+        docs[r[0]] = {"id": f"evt_{r[0]}", "type": r[1], "timestamp": _iso(r[2]), "account": r[3],
+                      "message_id": r[4], "queue_id": r[5], "from": r[6], "recipient": r[7],
+                      "sender_domain": r[8], "recipient_domain": r[9], "provider": r[10], "tag": r[11], **extra}
+    return docs
+
+
+class Dispatcher:
+    def __init__(self, config: WebhooksConfig, store: QueueStore, db_path: Any, clock: Clock, metrics: Metrics):
+        self.config = config
+        self.store = store
+        self.db_path = db_path
+        self.clock = clock
+        self.metrics = metrics
+        self._reader: aiosqlite.Connection | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def open(self) -> None:
+        self._reader = await aiosqlite.connect(self.db_path)
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(
+            limit=self.config.concurrency), headers={"User-Agent": "smtprelay-webhooks"})
+
+    async def start(self) -> None:
+        await self.open()
+        self._task = asyncio.create_task(self._loop(), name="webhooks")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._session is not None:
+            await self._session.close()
+        if self._reader is not None:
+            await self._reader.close()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self.run_once()
+            except Exception:
+                log.exception("webhooks: a round failed; trying again")
+                busy = False
+            if not busy:
+                await asyncio.sleep(self.config.poll_interval)
+
+    async def run_once(self) -> bool:
+        """Fan out new events and deliver what is due; True when there may be more to do now."""
+        now = self.clock.now()
+        fanned = await self.store.run(fanout(now))
+        rows = await self.store.run(claim(now, self.config.concurrency * 8, self.config.timeout * 2 + 30))
+        if rows:
+            await self._deliver(rows)
+        return bool(fanned) or len(rows) >= self.config.concurrency * 8
+
+    async def _keys(self, account_ids: set[int]) -> dict[int, list[str]]:
+        assert self._reader is not None
+        now = self.clock.now()
+        marks = ",".join("?" * len(account_ids))
+        keys: dict[int, list[str]] = {}
+        async with self._reader.execute(
+                f"SELECT account_id, secret FROM webhook_secrets WHERE account_id IN ({marks})"
+                " AND (retire_at IS NULL OR retire_at > ?) ORDER BY id DESC", (*account_ids, now)) as cur:
+            for account_id, secret in await cur.fetchall():
+                keys.setdefault(account_id, []).append(secret)
+        return keys
+
+    async def _deliver(self, rows: list[Row]) -> None:
+        assert self._reader is not None
+        docs = await event_documents(self._reader, sorted({r[1] for r in rows}))
+        keys = await self._keys({r[3] for r in rows})
+        # Rows of one (url, message) go one after another; groups in parallel, bounded.
+        groups: dict[tuple[str, Any], list[Row]] = {}
+        for row in rows:
+            doc = docs.get(row[1])
+            groups.setdefault((row[2], doc.get("queue_id") if doc else None), []).append(row)
+        gate = asyncio.Semaphore(self.config.concurrency)
+        results: list[tuple[int, bool, str, float | None]] = []
+
+        async def run(group: list[Row]) -> None:
+            async with gate:
+                for oid, event_id, url, account_id, attempts, created in group:
+                    doc = docs.get(event_id)
+                    ok, error = (True, "") if doc is None else await self._post(url, doc, keys.get(account_id, []))
+                    results.append((oid, ok, error, None if ok else self._next_try(attempts, created)))
+                    if not ok:   # the rest of this message waits behind it (claim skips them)
+                        waiting.extend(r[0] for r in group[group.index((oid, event_id, url, account_id, attempts,
+                                                                        created)) + 1:])
+                        break
+        waiting: list[int] = []
+        await asyncio.gather(*(run(g) for g in groups.values()))
+        if results:
+            await self.store.run(record(results, self.clock.now(), waiting))
+        for _, ok, _, next_at in results:
+            self.metrics.webhook_deliveries.labels(
+                result="delivered" if ok else ("retry" if next_at is not None else "dead")).inc()
+
+    def _next_try(self, attempts: int, created: float) -> float | None:
+        """Retry until the row is max_age old (the last try exactly then); after that: dead."""
+        now = self.clock.now()
+        if now - created >= self.config.max_age:
+            return None
+        delay = backoff(attempts + 1, self.config.retry_initial, self.config.retry_max)
+        return min(now + delay, created + self.config.max_age)
+
+    async def _post(self, url: str, doc: dict[str, Any], keys: list[str]) -> tuple[bool, str]:
+        assert self._session is not None
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        headers = {"Content-Type": "application/json",
+                   "X-Smtprelay-Signature": sign(body, int(self.clock.now()), keys[:2]),
+                   "X-Smtprelay-Event": doc["type"], "X-Smtprelay-Event-Id": doc["id"]}
+        try:
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return True, ""
+                return False, f"HTTP {resp.status}" + (" (redirects are not followed)"
+                                                       if 300 <= resp.status < 400 else "")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"[:300]
+
+
+# -- the CLI's side (synchronous) -------------------------------------------------------------
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_hex(24)
+
+
+def ensure_secret(conn: sqlite3.Connection, account_id: int, now: float) -> tuple[str, bool]:
+    row = conn.execute("SELECT secret FROM webhook_secrets WHERE account_id = ? AND retire_at IS NULL"
+                       " ORDER BY id DESC LIMIT 1", (account_id,)).fetchone()
+    if row is not None:
+        return row[0], False
+    secret = new_secret()
+    conn.execute("INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES (?,?,?)",
+                 (account_id, secret, now))
+    return secret, True
+
+
+def rotate_secret(conn: sqlite3.Connection, account_id: int, now: float, overlap: float) -> str:
+    """A new secret; the old one keeps signing (a second v1) for `overlap` seconds."""
+    conn.execute("UPDATE webhook_secrets SET retire_at = ? WHERE account_id = ? AND retire_at IS NULL",
+                 (now + overlap, account_id))
+    secret = new_secret()
+    conn.execute("INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES (?,?,?)",
+                 (account_id, secret, now))
+    return secret
