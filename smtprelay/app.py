@@ -245,7 +245,7 @@ class Relay:
             self._servers.append(server)
 
     async def _start_http(self) -> None:
-        app = build_app(self.metrics, self.health)
+        app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.http.address, self.config.http.port, reuse_address=True)

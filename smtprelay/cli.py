@@ -29,6 +29,10 @@ class UsageError(Exception):
     pass
 
 
+class ParseError(UsageError):
+    """Bad arguments; the text is complete (it names the command)."""
+
+
 def _default_config() -> str:
     return os.environ.get("SMTPRELAY_CONFIG", "./relay.toml")
 
@@ -49,6 +53,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def _emit(args: argparse.Namespace, doc: Any, human: Callable[[], None]) -> None:
+    sink = getattr(args, "sink", None)
+    if sink is not None:   # the admin API runs the same command and takes its document
+        sink.append(doc)
+        return
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -271,8 +279,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one clear sentence, exit 2
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+    def error(self, message: str) -> Any:  # one clear sentence, exit 2 (main prints it)
+        raise ParseError(f"{self.prog}: {message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,9 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_for_api(argv: list[str], config_path: str) -> tuple[int, Any]:
+    """Run one command as the admin API does: (exit status, the JSON document it would print).
+    Raises what main() turns into messages (ParseError, RefusedError, ConfigError, ...)."""
+    args = build_parser().parse_args(argv)
+    args.config, args.json, args.sink = config_path, True, []
+    status = int(args.func(args))
+    return status, args.sink[0] if args.sink else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ParseError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     args.config = getattr(args, "config", None) or _default_config()
     args.json = getattr(args, "json", False)
     try:

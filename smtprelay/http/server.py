@@ -1,9 +1,11 @@
-"""One aiohttp server: GET /metrics (Prometheus text format) and GET /healthz.
+"""One aiohttp server: GET /metrics (Prometheus text format), GET /healthz, and the admin
+API under /api/v1/ (http.admin).
 
 Must never: block the loop; everything it serves is in memory.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
@@ -12,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from smtprelay.http.metrics import Metrics
 
 
-def build_app(metrics: Metrics, health: Callable[[], dict[str, object]]) -> web.Application:
+def build_app(metrics: Metrics, health: Callable[[], dict[str, object]],
+              admin_token: Callable[[], str | None] | None = None, config_path: Path | None = None) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -24,4 +27,7 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, object]]) -> web.
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_health)
+    if admin_token is not None and config_path is not None:
+        from smtprelay.http.admin import add_routes
+        add_routes(app, admin_token, config_path)
     return app
