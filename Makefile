@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
 DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base
 TOOLS := tests/tools/node_modules/.installed
+# promtool checks config/prometheus.yml and config/alerts.yml: taken out of Debian's prometheus
+# package without installing it (no Prometheus daemon is set up or started).
+PROMTOOL := tests/tools/bin/promtool
 
 .PHONY: run test venv debs clean
 
@@ -42,7 +45,14 @@ $(TOOLS): tests/tools/package.json tests/tools/package-lock.json
 	cd tests/tools && npm ci --silent --no-audit --no-fund
 	touch $(TOOLS)
 
-test: $(STAMP) debs $(TOOLS)
+$(PROMTOOL):
+	rm -rf tests/tools/prometheus-deb && mkdir -p tests/tools/prometheus-deb tests/tools/bin
+	cd tests/tools/prometheus-deb && { apt-get download prometheus || { apt-get update -q && apt-get download prometheus; }; }
+	dpkg-deb -x tests/tools/prometheus-deb/prometheus_*.deb tests/tools/prometheus-deb/x
+	cp tests/tools/prometheus-deb/x/usr/bin/promtool $(PROMTOOL)
+	rm -rf tests/tools/prometheus-deb
+
+test: $(STAMP) debs $(TOOLS) $(PROMTOOL)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

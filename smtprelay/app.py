@@ -34,7 +34,7 @@ from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
 from smtprelay.smtp.handler import FrontEnd
 from smtprelay.smtp.server import RelaySMTP
-from smtprelay.smtp.tls import certificate_paths, server_context
+from smtprelay.smtp.tls import certificate_expiry, certificate_paths, server_context
 
 log = logging.getLogger("smtprelay")
 
@@ -230,7 +230,9 @@ class Relay:
         config = self.config
         context = None
         if any(l.tls is not TlsMode.NONE for l in config.listeners):
-            context = server_context(*certificate_paths(config))
+            cert, key = certificate_paths(config)
+            context = server_context(cert, key)
+            self.metrics.tls_certificate_expiry.set(certificate_expiry(cert))
         loop = asyncio.get_running_loop()
         for listener in config.listeners:
             listener_context = context if listener.tls is not TlsMode.NONE else None

@@ -60,6 +60,8 @@ class Metrics:
                                           "Webhook POSTs, by result (delivered, retry, dead)", ["result"], registry=r)
         for result in ("delivered", "retry", "dead"):
             self.webhook_deliveries.labels(result=result)
+        self.tls_certificate_expiry = Gauge("smtprelay_tls_certificate_expiry_seconds",
+                                            "When the submission TLS certificate expires (Unix time)", registry=r)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):

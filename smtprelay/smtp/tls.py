@@ -61,6 +61,12 @@ def generate_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def certificate_expiry(cert: Path) -> float:
+    """The certificate's notAfter as Unix time (for the expiry metric and alert)."""
+    from cryptography import x509
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+
+
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
