@@ -28,6 +28,7 @@ from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
 from smtprelay.queue.scheduler import Scheduler
+from smtprelay.events import tracking
 from smtprelay.events import types as events
 from smtprelay.events.webhooks import Dispatcher
 from smtprelay.events.webhooks import prune as prune_outbox
@@ -63,6 +64,7 @@ class Relay:
         await store.open()
         self.store = store
         self.frontend = FrontEnd(config, store, self.metrics, self.clock)
+        self.frontend.tracking_secret = tracking_key(config)
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
         await self.scheduler.start()
         self.webhooks = Dispatcher(config.webhooks, store, schema.database_path(config.server.data_dir), self.clock,
@@ -137,6 +139,7 @@ class Relay:
                 domains, addresses = load_senders(reader, data_dir)
                 senders.replace(domains, addresses)  # builds the signers (parses keys) off the loop
                 frontend.account_rows = load_account_rows(reader)
+                frontend.tracking_accounts, frontend.tracking_domains = tracking.load_settings(reader)
                 table.replace(logins, accounts, version)
             version = blocklist_version(reader)
             if version != self._blocklist_version:
@@ -247,7 +250,13 @@ class Relay:
             self._servers.append(server)
 
     async def _start_http(self) -> None:
-        app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path)
+        from smtprelay.http import tracking as tracking_http
+
+        def endpoints(app: web.Application) -> None:
+            tracking_http.add_routes(app, lambda: self.config, self.store, self.frontend.tracking_secret,
+                                     schema.database_path(self.config.server.data_dir), self.clock.now)
+        app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path,
+                        endpoints)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, self.config.http.address, self.config.http.port, reuse_address=True)
@@ -289,6 +298,21 @@ class Relay:
             await asyncio.sleep(0.05)
         for session in list(sessions):
             session.refuse_and_close("421 4.3.2 Service shutting down")
+
+
+def tracking_key(config: Config) -> bytes:
+    """The key that signs tracking and unsubscribe tokens: tracking.secret, or one generated once
+    into data_dir/tracking.key (0600) so that links keep working across restarts."""
+    if config.tracking.secret:
+        return config.tracking.secret.encode()
+    path = config.server.data_dir / "tracking.key"
+    if not path.exists():
+        import os
+        import secrets
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
 
 
 def serve(config_path: Path, log_format: str | None = None) -> int:

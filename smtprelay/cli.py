@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.register(sub, command, _emit, _open, _iso, print_table)
     from smtprelay.events import webhook_cli
     webhook_cli.register(sub, command, group, _emit, _open, _iso, print_table)
+    from smtprelay.events import tracking_cli
+    tracking_cli.register(sub, command, group, _emit, _open, print_table)
     from smtprelay.blocklist import cli as blocklist_cli
     blocklist_cli.register(sub, command, group, _emit, _open, _iso, print_table)
     p = command(sub, "explain", cmd_explain, "every policy that applies now to a sender and recipient, and the "

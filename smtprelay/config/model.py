@@ -255,6 +255,19 @@ class WebhooksConfig:
     retention: float = 7 * 86400.0      # delivered outbox rows are kept this long
 
 
+DEFAULT_MACHINE_AGENTS = ("yahoomailproxy", "barracuda", "mimecast", "proofpoint", "symantec", "bot", "spider",
+                          "crawler", "python-requests", "curl/", "wget/", "go-http-client")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingConfig:
+    base_url: str | None = None         # e.g. "https://t.example.com" (served by [http]); unset: no tracking
+    secret: str | None = None           # token key; unset: generated once into data_dir/tracking.key
+    unsubscribe_mailto: str | None = None   # also offer mailto: in List-Unsubscribe (you handle that mailbox)
+    machine_user_agents: tuple[str, ...] = DEFAULT_MACHINE_AGENTS
+    machine_window: float = 60.0        # an open this soon after delivery is a prefetch, not a person
+
+
 @dataclass(frozen=True, slots=True)
 class EventsConfig:
     retention: float = 30 * 86400.0     # events older than this are deleted
@@ -312,12 +325,14 @@ class Config:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
-                       "warmup", "events", "webhooks")
+                       "warmup", "events", "webhooks",
+                       "tracking")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -325,7 +340,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks"):
+                 "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking"):
         if getattr(old, name) != getattr(new, name):
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart

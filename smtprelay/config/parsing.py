@@ -10,7 +10,8 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig,
+                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.warmup import fraction, parse_warmup
 from smtprelay.config.reader import (_HOSTNAME, _LABEL, _NAME, ConfigError, _host_port, _ip_text, _list, _one_of,
@@ -22,7 +23,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks"}
+             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -168,13 +169,28 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         max_age=wh.duration("max_age", 86400.0), secret_overlap=wh.duration("secret_overlap", 86400.0),
         poll_interval=wh.duration("poll_interval", 1.0), retention=wh.duration("retention", 7 * 86400.0))
     wh.finish()
+    tr = _Section(data.get("tracking", {}), "tracking", problems)
+
+    def base_url(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw.startswith(("https://", "http://")) or len(raw) < 9:
+            raise ValueError("must be an http(s) URL like \"https://t.example.com\"")
+        return raw.rstrip("/")
+    tracking = TrackingConfig(
+        base_url=tr._get("base_url", None, base_url), secret=tr.string("secret", None),
+        unsubscribe_mailto=tr.string("unsubscribe_mailto", None),
+        machine_user_agents=tr._get("machine_user_agents", DEFAULT_MACHINE_AGENTS,
+                                    lambda raw: tuple(str(x).lower() for x in _list(raw))),
+        machine_window=tr.duration("machine_window", 60.0))
+    tr.finish()
+    if tracking.secret is not None and len(tracking.secret) < 16:
+        problems.append("tracking.secret: must be at least 16 characters")
     if webhooks.max_age < 86400.0:
         problems.append("webhooks.max_age: must be at least 24h (events are retried for at least a day)")
     listeners = _parse_listeners(data.get("listeners", []), problems)
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
-                    events=events, webhooks=webhooks)
+                    events=events, webhooks=webhooks, tracking=tracking)
     if problems:
         raise ConfigError(problems)
     return config

@@ -11,7 +11,7 @@ from typing import Any
 
 COUNTS = ("requests", "accepted", "rejected", "delivered", "deferred", "bounced", "bounced_invalid", "bounced_spam",
           "bounced_other", "expired", "throttled", "opened", "opened_unique", "clicked", "clicked_unique",
-          "unsubscribed", "complained")
+          "opened_machine", "clicked_machine", "unsubscribed", "complained")
 
 _TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired", "throttled", "opened", "clicked",
           "unsubscribed", "complained")
@@ -31,12 +31,16 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
         "SELECT date(at, 'unixepoch'), coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
         " coalesce(tag, ''), type, json_extract(data, '$.bounce_type'), count(*),"
         " count(DISTINCT coalesce(queue_id, '') || ' ' || coalesce(recipient, ''))"
-        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6", args).fetchall()
+        " , coalesce(json_extract(data, '$.machine'), 0)"
+        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9", args).fetchall()
     groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for day, sd, rd, tag, kind, klass, total, unique in rows:
+    for day, sd, rd, tag, kind, klass, total, unique, machine in rows:
         g = groups.setdefault((day, sd, rd, tag), {"day": day, "sender_domain": sd or None,
                                                    "recipient_domain": rd or None, "tag": tag or None,
                                                    **{c: 0 for c in COUNTS}})
+        if kind in ("opened", "clicked") and machine:   # prefetchers and scanners are counted apart
+            g[kind + "_machine"] += total
+            continue
         g[kind] += total
         if kind == "bounced":
             g["bounced_" + {"invalid_address": "invalid", "spam": "spam"}.get(klass or "", "other")] += total

@@ -93,6 +93,9 @@ OPS: tuple[Op, ...] = (
        ("account",), ("rotate",)),
     Op("GET", "/webhooks/failures", ("webhook", "failures"), "Dead letters"),
     Op("POST", "/webhooks/replay", ("webhook", "replay"), "Queue dead letters again", ("since",)),
+    Op("GET", "/tracking", ("tracking", "show"), "Tracking and unsubscribe settings"),
+    Op("PUT", "/tracking", ("tracking", "set"), "Turn opens, clicks or unsubscribe on, off or inherit",
+       ("account", "domain", "opens", "clicks", "unsubscribe")),
     Op("GET", "/explain", ("explain",), "Every policy that applies to a sender and recipient now",
        ("account", "from", "to")),
 )

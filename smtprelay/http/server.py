@@ -15,7 +15,8 @@ from smtprelay.http.metrics import Metrics
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, object]],
-              admin_token: Callable[[], str | None] | None = None, config_path: Path | None = None) -> web.Application:
+              admin_token: Callable[[], str | None] | None = None, config_path: Path | None = None,
+              extra: Callable[[web.Application], None] | None = None) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -30,4 +31,6 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, object]],
     if admin_token is not None and config_path is not None:
         from smtprelay.http.admin import add_routes
         add_routes(app, admin_token, config_path)
+    if extra is not None:
+        extra(app)
     return app

@@ -100,13 +100,19 @@ def take_tag(content: bytes) -> tuple[bytes, str | None, Verdict | None]:
     if len(values) > 1 or not _TAG.match(tag):
         return content, None, reject(550, "5.6.0", "X-Smtprelay-Tag must appear once and be 1-64 letters, digits,"
                                                   " '.', '_' or '-'", "tag_invalid")
+    return remove_headers(content, (b"x-smtprelay-tag:",)), tag.decode("ascii"), None
+
+
+def remove_headers(content: bytes, names: tuple[bytes, ...]) -> bytes:
+    """The content without every header whose lower-cased "name:" is in `names` (folded lines too)."""
+    headers = header_block(content)
     kept, skipping = [], False
     for line in headers.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):
             if not skipping:
                 kept.append(line)
             continue
-        skipping = line.lower().startswith(b"x-smtprelay-tag:")
+        skipping = line.lower().startswith(names)
         if not skipping:
             kept.append(line)
-    return b"\r\n".join(kept) + content[len(headers):], tag.decode("ascii"), None
+    return b"\r\n".join(kept) + content[len(headers):]

@@ -33,6 +33,7 @@ class Work:
     sender_domain: str = ""         # "" for bounces (null sender)
     throttled_for: float = 0.0      # seconds spent waiting for warm-up budget (not lifetime)
     provider: str = ""              # mailbox provider, set when the scheduler routes it
+    personal: bool = False          # has its own body (tracking): one recipient per transaction
 
     @property
     def lifetime_start(self) -> float:
@@ -68,7 +69,7 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
                 " CASE WHEN throttled_since IS NULL THEN 0 ELSE max(0, ? - throttled_since) END,"
                 " throttled_since = NULL WHERE id IN (SELECT id FROM recipients"
                 " WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING id, message_id, address, domain, attempts, throttled_for",
+                " RETURNING id, message_id, address, domain, attempts, throttled_for, body IS NOT NULL",
                 (lease_until, now, now, limit)) as cur:
             rows = list(await cur.fetchall())
         if not rows:
@@ -80,7 +81,7 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
                 f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids) as cur:
             info = {r[0]: r for r in await cur.fetchall()}
         return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4],
-                     info[r[1]][1].rpartition("@")[2].lower() if info[r[1]][1] else "", r[5])
+                     info[r[1]][1].rpartition("@")[2].lower() if info[r[1]][1] else "", r[5], "", bool(r[6]))
                 for r in rows if r[1] in info]
     return job
 
@@ -116,7 +117,7 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
         if final:
             await db.executemany(
                 "UPDATE recipients SET state = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?,"
-                " updated_at = ?, lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
+                " updated_at = ?, lease_until = NULL, body = NULL WHERE id = ? AND state IN ('active', 'hold')",
                 [(o.result, o.reply, o.bounce_class, int(o.attempted), o.at, o.rcpt_id) for o in final])
         if deferred:
             # A message put on hold while its attempt was in flight stays on hold.

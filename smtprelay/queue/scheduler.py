@@ -73,6 +73,8 @@ class Destination:
         if not self.pending:
             return []
         message_id, works = next(iter(self.pending.items()))
+        if works[0].personal:
+            limit = 1   # every recipient has its own copy (tracking tokens)
         batch, rest = works[:limit], works[limit:]
         if rest:
             self.pending[message_id] = rest
@@ -326,7 +328,7 @@ class Scheduler(WarmupSeam):
                         await self._connect_failed(dest, batch, result)
                         break
                     conn = result
-                body = await self._body(batch[0].message_id)
+                body = await self._body(batch[0].message_id, batch[0].rcpt_id if batch[0].personal else None)
                 if body is None:  # deleted by an operator meanwhile
                     self.in_window -= len(batch)
                     continue
@@ -359,9 +361,11 @@ class Scheduler(WarmupSeam):
                 self.throttle.provider_active[dest.provider] -= 1
             self._dispatch()
 
-    async def _body(self, message_id: str) -> bytes | None:
+    async def _body(self, message_id: str, rcpt_id: int | None = None) -> bytes | None:
         assert self._reader is not None
-        async with self._reader.execute("SELECT body FROM messages WHERE id = ?", (message_id,)) as cur:
+        sql, arg = (("SELECT body FROM messages WHERE id = ?", message_id) if rcpt_id is None else
+                    ("SELECT body FROM recipients WHERE id = ? AND body IS NOT NULL", rcpt_id))
+        async with self._reader.execute(sql, (arg,)) as cur:
             row = await cur.fetchone()
         return None if row is None else bytes(row[0])
 

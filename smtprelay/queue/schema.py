@@ -267,6 +267,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_message ON outbox (url, queue_id, state);
     INSERT INTO meta (key, value) VALUES ('webhook_cursor', 0);
     """,
+    # 7: open/click tracking and List-Unsubscribe: per-recipient bodies, settings (issue 7).
+    """
+    ALTER TABLE recipients ADD COLUMN body BLOB;          -- this recipient's own copy (tracking tokens)
+    CREATE TABLE tracking_settings (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        domain TEXT,                    -- NULL: the account's defaults; else one sender domain
+        opens INTEGER,                  -- 1 on, 0 off, NULL inherit (domain → account → off)
+        clicks INTEGER,
+        unsubscribe INTEGER
+    );
+    CREATE UNIQUE INDEX tracking_owner ON tracking_settings (account_id, coalesce(domain, ''));
+    {catalog_triggers}
+    """.replace("{catalog_triggers}", _bump_triggers("tracking_settings")),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -48,6 +48,7 @@ class QueuedMessage:
     tls: str | None
     header_message_id: str | None
     tag: str | None = None          # X-Smtprelay-Tag, for statistics
+    bodies: tuple[bytes, ...] | None = None   # one copy per recipient (tracking tokens), same order
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +207,10 @@ async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage
          None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}))
         for m in messages if m.mail_from for rcpt in m.recipients])
     await db.executemany(
-        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at)"
-        " VALUES (?,?,?,?,?,?)",
-        [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at)
-         for m in messages for rcpt in m.recipients])
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at, body)"
+        " VALUES (?,?,?,?,?,?,?)",
+        [(m.id, rcpt, recipient_domain(rcpt), "queued", m.created_at, m.created_at,
+          m.bodies[i] if m.bodies else None) for m in messages for i, rcpt in enumerate(m.recipients)])
     sends = [(m.account_id, rcpt, m.created_at) for m in messages if m.account_id is not None and m.mail_from
              for rcpt in m.recipients]  # DSNs (null sender) are not the account's sending
     if sends:

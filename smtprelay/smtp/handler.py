@@ -27,6 +27,7 @@ from smtprelay.domains.service import SenderDomain
 from smtprelay.http.metrics import Metrics
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
+from smtprelay.events import tracking
 from smtprelay.events import types as events
 from smtprelay.policy.content import check_subject, header_block, normalize_newlines, take_tag
 from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
@@ -116,6 +117,10 @@ class FrontEnd:
         self.on_request: Callable[[str, bool], None] | None = None
         # `rejected` events, written by the app within a second (refusals change no stored state).
         self.pending_events: list[tuple[Any, ...]] = []
+        # Tracking/unsubscribe settings (per account, per sender domain) and the token key.
+        self.tracking_accounts: dict[int, tracking.Settings] = {}
+        self.tracking_domains: dict[str, tracking.Settings] = {}
+        self.tracking_secret = b""
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -124,6 +129,12 @@ class FrontEnd:
         self.limiter.max_per_client = config.limits.max_connections_per_client
         self.lockout.configure(config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
         self.send_limits.hourly_cap = config.limits.recipient_hourly_cap
+
+    def tracking_settings(self, state: SessionState) -> tracking.Settings:
+        if self.config.tracking.base_url is None or state.account_id is None:
+            return tracking.OFF
+        found = self.tracking_domains.get(state.sender_domain)
+        return found if found is not None else self.tracking_accounts.get(state.account_id, tracking.OFF)
 
     def account_limits(self, account_id: int) -> AccountLimits:
         row = self.account_rows.get(account_id)
@@ -291,13 +302,26 @@ class RelayHandler:
             queue_id=queue_id, hostname=server.hostname, helo=state.helo, client_ip=state.client_ip, tls=tls,
             account=state.account, username=state.username, recipients=recipients, now=now))
         assert signer is not None
+        loop = asyncio.get_running_loop()
+        settings = self.fe.tracking_settings(state)
+        bodies: tuple[bytes, ...] | None = None
         started = time.perf_counter()
-        body = await asyncio.get_running_loop().run_in_executor(self.fe.sign_pool, signer.sign, body)
+        if settings.any:
+            # One copy per recipient, each with its own tokens, made before signing.
+            cfg = self.fe.config.tracking
+            assert cfg.base_url is not None
+            copies = [tracking.personalize(body, settings, cfg.base_url, self.fe.tracking_secret, queue_id, rcpt,
+                                           cfg.unsubscribe_mailto) for rcpt in recipients]
+            bodies = tuple(await asyncio.gather(*(loop.run_in_executor(self.fe.sign_pool, signer.sign, c)
+                                                  for c in copies)))
+            body = bodies[0]
+        else:
+            body = await loop.run_in_executor(self.fe.sign_pool, signer.sign, body)
         self.fe.metrics.dkim_sign_seconds.observe(time.perf_counter() - started)
         message = QueuedMessage(
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=envelope.mail_from or "",
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
-            header_message_id=message_id, tag=tag)
+            header_message_id=message_id, tag=tag, bodies=bodies)
         try:
             await self.fe.store.enqueue(message)
         except StoreUnavailable:

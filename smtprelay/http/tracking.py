@@ -1,0 +1,117 @@
+"""The tracking and unsubscribe endpoints: `/t/o/<token>` (open pixel), `/t/c/<token>` (click
+redirect), `/u/<token>` (unsubscribe: GET shows a confirmation, POST records it; RFC 8058
+one-click clients POST `List-Unsubscribe=One-Click`).
+
+Owns: presentation. A forged or damaged token gets 404 and is never followed. Opens and
+clicks become events through the store's writer (one INSERT … SELECT: the recipient's
+message supplies account, domains and tag); an open or click from a known machine user agent
+or within `tracking.machine_window` of the delivery is flagged `machine`. Unsubscribing goes
+through blocklist.service.record_feedback (feedback row, `reject` entry for that sender
+domain, `unsubscribed` event), the same function complaints use.
+
+Must never: redirect anywhere a token does not name, or block the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import logging
+from pathlib import Path
+from typing import Callable
+
+import aiosqlite
+from aiohttp import web
+
+from smtprelay.config import Config
+from smtprelay.events import tracking
+from smtprelay.queue.store import Job, QueueStore
+
+log = logging.getLogger("smtprelay.tracking")
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+
+
+def _job(kind: str, queue_id: str, recipient: str, url: str, agent: str, machine_agent: bool, now: float,
+         window: float) -> Job:
+    async def job(db: aiosqlite.Connection) -> None:
+        await db.execute(
+            "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
+            " tag, data) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain, r.domain, NULL, m.tag,"
+            " json_object('machine', json(CASE WHEN ? OR EXISTS (SELECT 1 FROM events d WHERE d.queue_id = m.id"
+            "   AND d.recipient = r.address AND d.type = 'delivered' AND d.at > ?) THEN 'true' ELSE 'false' END),"
+            "   'user_agent', ?, 'url', nullif(?, ''))"
+            " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE m.id = ? AND r.address = ?",
+            (kind, now, int(machine_agent), now - window, agent[:200], url, queue_id, recipient))
+    return job
+
+
+def add_routes(app: web.Application, config: Callable[[], Config], store: QueueStore, secret: bytes,
+               db_path: Path, now: Callable[[], float]) -> None:
+    def record(request: web.Request, kind: str, queue_id: str, recipient: str, url: str = "") -> None:
+        agent = request.headers.get("User-Agent", "")
+        cfg = config().tracking
+        machine = any(p in agent.lower() for p in cfg.machine_user_agents) or not agent
+        task = asyncio.create_task(store.run(_job(kind, queue_id, recipient, url, agent, machine, now(),
+                                                  cfg.machine_window)))   # the reply does not wait for the disk
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def opened(request: web.Request) -> web.Response:
+        found = tracking.read_token(secret, request.match_info["token"].removesuffix(".gif"), "o")
+        if found is not None:
+            record(request, "opened", found[0], found[1])
+        # The pixel either way: a broken image tells a forger nothing.
+        return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
+
+    async def clicked(request: web.Request) -> web.Response:
+        found = tracking.read_token(secret, request.match_info["token"], "c")
+        if found is None or not found[2].startswith(("http://", "https://")):
+            return web.Response(status=404, text="unknown link\n", headers=NO_STORE)
+        record(request, "clicked", found[0], found[1], found[2])
+        raise web.HTTPFound(found[2], headers=NO_STORE)
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        found = tracking.read_token(secret, request.match_info["token"], "u")
+        if found is None:
+            return web.Response(status=404, text="unknown link\n", headers=NO_STORE)
+        queue_id, recipient, _ = found
+        if request.method == "GET":   # mail scanners follow links: a GET only asks
+            page = (f"<!doctype html><meta charset=utf-8><title>Unsubscribe</title><form method=post>"
+                    f"<p>Stop mail to {html.escape(recipient)} from this sender?</p>"
+                    f"<button type=submit name=confirm value=1>Unsubscribe</button></form>")
+            return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+        sender_domain = await asyncio.to_thread(_unsubscribe, db_path, queue_id, recipient, now())
+        if sender_domain is None:
+            return web.Response(status=404, text="this message is no longer known\n", headers=NO_STORE)
+        log.info("%s: to=<%s>, unsubscribed from %s", queue_id, recipient, sender_domain)
+        return web.Response(text=f"<!doctype html><meta charset=utf-8><p>{html.escape(recipient)} will get no more "
+                                 f"mail from {html.escape(sender_domain)}.</p>", content_type="text/html",
+                            headers=NO_STORE)
+
+    app.router.add_get("/t/o/{token}", opened)
+    app.router.add_get("/t/c/{token}", clicked)
+    app.router.add_get("/u/{token}", unsubscribe)
+    app.router.add_post("/u/{token}", unsubscribe)
+
+
+def _unsubscribe(db_path: Path, queue_id: str, recipient: str, at: float) -> str | None:
+    from smtprelay.blocklist.service import record_feedback
+    from smtprelay.queue import schema
+    conn = schema.connect(db_path.parent)
+    try:
+        row = conn.execute("SELECT account_id, sender_domain FROM messages WHERE id = ?", (queue_id,)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        already = conn.execute("SELECT 1 FROM feedback WHERE kind = 'unsubscribe' AND address = ? AND"
+                               " sender_domain = ?", (recipient, row[1])).fetchone()
+        if already is None:   # a second click is not a second unsubscribe
+            conn.execute("BEGIN IMMEDIATE")
+            record_feedback(conn, at, row[0], row[1], recipient, "unsubscribe", queue_id=queue_id)
+            conn.execute("COMMIT")
+        return str(row[1])
+    finally:
+        conn.close()
