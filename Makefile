@@ -47,7 +47,7 @@ $(TOOLS): tests/tools/package.json tests/tools/package-lock.json
 
 $(PROMTOOL):
 	rm -rf tests/tools/prometheus-deb && mkdir -p tests/tools/prometheus-deb tests/tools/bin
-	cd tests/tools/prometheus-deb && { apt-get download prometheus || { apt-get update -q && apt-get download prometheus; }; }
+	cd tests/tools/prometheus-deb && { apt-get -o APT::Sandbox::User=root download prometheus || { apt-get update -q && apt-get -o APT::Sandbox::User=root download prometheus; }; }
 	dpkg-deb -x tests/tools/prometheus-deb/prometheus_*.deb tests/tools/prometheus-deb/x
 	cp tests/tools/prometheus-deb/x/usr/bin/promtool $(PROMTOOL)
 	rm -rf tests/tools/prometheus-deb

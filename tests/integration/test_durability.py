@@ -52,7 +52,8 @@ def test_sigkill_mid_burst_loses_nothing_acknowledged(relay: Relay) -> None:
     missing = [qid for qid in acked if qid not in by_id]
     assert missing == []
     for qid in acked:
-        assert len(by_id[qid]["recipients"]) == 2 and by_id[qid]["state"] == "queued"
+        # Still in the queue with both recipients; the restarted relay may already be trying them.
+        assert len(by_id[qid]["recipients"]) == 2 and by_id[qid]["state"] in ("queued", "active", "deferred")
 
 
 def test_concurrent_sessions_share_commits(relay: Relay) -> None:
