@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import aiosqlite
 
@@ -38,6 +36,7 @@ from smtprelay.queue.jobs import Outcome, Work
 from smtprelay.queue.providers import provider_for
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
 from smtprelay.queue.admission import WarmupSeam
+from smtprelay.queue.destination import Destination
 from smtprelay.queue.throttle import Throttle
 
 log = logging.getLogger("smtprelay.delivery")
@@ -46,46 +45,6 @@ CLAIM_BATCH = 500
 CONNECTION_CACHE_SECONDS = 2.0  # like Postfix's smtp_connection_cache_time_limit
 RECLAIM_EVERY = 60.0
 GAUGES_EVERY = 10.0
-
-
-@dataclass(slots=True)
-class Destination:
-    key: str
-    hop: NextHop
-    policy: DeliveryTls
-    domains: set[str]
-    max_concurrency: int
-    max_per_connection: int
-    window: int
-    active: int = 0
-    failures: int = 0
-    dead_until: float = 0.0
-    dead_reason: str = ""
-    provider: str | None = None     # mailbox provider of an MX destination (None: a route)
-    pending: "OrderedDict[str, list[Work]]" = field(default_factory=OrderedDict)
-    idle: list[tuple[Connection, float]] = field(default_factory=list)   # cached connections, expiry
-
-    def has_work(self) -> bool:
-        return bool(self.pending)
-
-    def pop_batch(self, limit: int) -> list[Work]:
-        """Recipients of one message (the oldest waiting), up to `limit`, for one transaction."""
-        if not self.pending:
-            return []
-        message_id, works = next(iter(self.pending.items()))
-        if works[0].personal:
-            limit = 1   # every recipient has its own copy (tracking tokens)
-        batch, rest = works[:limit], works[limit:]
-        if rest:
-            self.pending[message_id] = rest
-        else:
-            del self.pending[message_id]
-        return batch
-
-    def take_all(self) -> list[Work]:
-        works = [w for ws in self.pending.values() for w in ws]
-        self.pending.clear()
-        return works
 
 
 class Scheduler(WarmupSeam):
