@@ -64,7 +64,7 @@ class Relay:
         await store.open()
         self.store = store
         self.frontend = FrontEnd(config, store, self.metrics, self.clock)
-        self.frontend.tracking_secret = tracking_key(config)
+        self.frontend.tracking_secret = tracking.load_key(config)
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
         await self.scheduler.start()
         self.webhooks = Dispatcher(config.webhooks, store, schema.database_path(config.server.data_dir), self.clock,
@@ -298,21 +298,6 @@ class Relay:
             await asyncio.sleep(0.05)
         for session in list(sessions):
             session.refuse_and_close("421 4.3.2 Service shutting down")
-
-
-def tracking_key(config: Config) -> bytes:
-    """The key that signs tracking and unsubscribe tokens: tracking.secret, or one generated once
-    into data_dir/tracking.key (0600) so that links keep working across restarts."""
-    if config.tracking.secret:
-        return config.tracking.secret.encode()
-    path = config.server.data_dir / "tracking.key"
-    if not path.exists():
-        import os
-        import secrets
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
 
 
 def serve(config_path: Path, log_format: str | None = None) -> int:

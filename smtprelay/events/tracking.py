@@ -1,6 +1,6 @@
 """Open/click tracking and List-Unsubscribe: signed tokens and the per-recipient rewrite.
 
-Pure apart from the settings SQL at the bottom. Applied at acceptance, before stamping and
+Pure apart from the key file and the settings SQL at the bottom. Applied at acceptance, before stamping and
 DKIM signing, to one copy of the message per recipient (each copy has its own tokens):
 - opens: a 1×1 image `<base_url>/t/o/<token>` before `</body>` of each HTML part;
 - clicks: every http(s) `href` of the HTML parts becomes `<base_url>/t/c/<token>`; the target
@@ -15,6 +15,8 @@ Tokens: base64url(JSON [kind, queue id, recipient, url]) "." base64url(HMAC-SHA2
 from __future__ import annotations
 
 import base64
+import os
+import secrets
 import email
 import email.policy
 import hashlib
@@ -27,9 +29,12 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from email.generator import BytesGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtprelay.policy.content import remove_headers
+
+if TYPE_CHECKING:
+    from smtprelay.config import Config
 
 _HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"'\s>]+)\2""", re.I)
 _BODY_END = re.compile(r"</body\s*>", re.I)
@@ -134,6 +139,19 @@ def personalize(content: bytes, settings: Settings, base_url: str, secret: bytes
         # The client's own List-Unsubscribe headers give way to ours (one of each).
         out = added + remove_headers(out, (b"list-unsubscribe:", b"list-unsubscribe-post:"))
     return out
+
+
+def load_key(config: "Config") -> bytes:
+    """The key that signs tracking and unsubscribe tokens: tracking.secret, or one generated once
+    into data_dir/tracking.key (0600) so that links keep working across restarts."""
+    if config.tracking.secret:
+        return config.tracking.secret.encode()
+    path = config.server.data_dir / "tracking.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
 
 
 # -- settings (synchronous: the CLI, the admin API, and the server's catalog refresh) ----------
