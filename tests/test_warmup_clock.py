@@ -162,3 +162,20 @@ async def test_waiting_longer_than_max_wait_expires_with_the_reason(world, tmp_p
     assert dsn == [("app@apps.example",)]                           # the sender is told
     assert arrived(rx)["gmail.test"] == 2
     await relay.stop()
+
+
+async def test_per_provider_connection_shaping(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rx, dns = world
+    clock = FakeClock(start=START)
+    config = config_for(tmp_path, rx, dns, overrides={"gmail": {"max_connections": 1,
+                                                                 "max_messages_per_connection": 2}})
+    relay = await Relay(config, clock).start()
+    await relay.send(*[f"u{i}@gmail.test" for i in range(5)], "v@other.test")
+    await relay.settle()
+    txns = [t for t in rx.transactions() if t["rcpts"][0].endswith("@gmail.test")]
+    assert len(txns) == 5
+    per_connection = Counter(t["conn"] for t in txns)
+    assert max(per_connection.values()) == 2 and len(per_connection) == 3   # 2 + 2 + 1
+    assert relay.scheduler.throttle.provider_active.get("gmail") == 0
+    assert arrived(rx)["other.test"] == 1                                    # other providers are not shaped
+    await relay.stop()

@@ -143,3 +143,23 @@ def test_a_provider_answering_421_pauses_only_that_pair(make_relay: Callable[...
         assert rows == {"slow@p.test": "deferred", "ok@p.test": "throttled"}
     finally:
         rx.stop()
+
+
+def test_a_bounce_storm_freezes_the_ramp(make_relay: Callable[..., Relay], tmp_path: Path) -> None:
+    rx = Receiver(tmp_path, "127.0.0.1", None, "--rcpt-reply", "unknown=550 5.1.1 user unknown").start()
+    try:
+        relay = make_relay({"warmup": {"enabled": True, "schedule": [40, 80]}, "reputation": {"min_sample": 10},
+                            "delivery": {"routes": {"*": f"127.0.0.1:{rx.port}"}}}).start()
+        for i in range(5):
+            send(relay, [f"unknown{i}@p.test"])
+            send(relay, [f"ok{i}@p.test"])
+        wait_for(lambda: pairs(relay).get("p.test", {}).get("state") == "frozen")
+        status = pairs(relay)["p.test"]
+        assert "hard-bounce rate" in status["why"] and "reputation.bounce_hold" in status["why"]
+        assert status["used"] == 10 and status["remaining"] <= 15     # 30 were left; halved at the freeze
+        assert arrived(rx)["p.test"] == 5
+        wait_for(lambda: relay.metric("smtprelay_warmup_transitions_total", 'transition="frozen"') == 1.0)
+        with relay.db() as conn:
+            assert conn.execute("SELECT count(*) FROM events WHERE type = 'warmup.frozen'").fetchone()[0] == 1
+    finally:
+        rx.stop()
