@@ -93,7 +93,7 @@ def register(sub: Any, command: Callable[..., Any], emit: Emit, open_store: Open
         if args.queue_id is not None:
             doc = message_status(conn, args.queue_id)
             if doc is None:
-                raise RefusedError(f"no message with queue id {args.queue_id}")
+                raise RefusedError(f"no message with queue id or Message-ID {args.queue_id}")
             _stamp(doc, iso)
 
             def human_message() -> None:
@@ -124,7 +124,7 @@ def register(sub: Any, command: Callable[..., Any], emit: Emit, open_store: Open
     p.add_argument("--recipient-domain")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p = command(sub, "status", status, "delivery status and history of a message, or of the mail to one address")
-    p.add_argument("queue_id", nargs="?", help="the id from \"250 2.0.0 Ok: queued as <ID>\"")
+    p.add_argument("queue_id", nargs="?", help="the id from \"250 2.0.0 Ok: queued as <ID>\", or the Message-ID")
     p.add_argument("--recipient", help="every message to this address in the period")
     p.add_argument("--from", dest="since", action=_When, default=None, help="default: 30 days ago")
     p.add_argument("--to", dest="until", action=_When, default=None)

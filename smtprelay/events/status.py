@@ -22,9 +22,16 @@ def _events(conn: sqlite3.Connection, queue_id: str, recipient: str | None = Non
 
 
 def message_status(conn: sqlite3.Connection, queue_id: str) -> dict[str, Any] | None:
+    """By queue id, or by the message's Message-ID header (with or without <>)."""
     doc = show_message(conn, queue_id)
     if doc is None:
-        return None
+        bare = queue_id.strip().strip("<>")
+        row = conn.execute("SELECT id FROM messages WHERE header_message_id IN (?, ?) ORDER BY id DESC LIMIT 1",
+                           (f"<{bare}>", bare)).fetchone()
+        doc = show_message(conn, row[0]) if row else None
+        if doc is None:
+            return None
+        queue_id = str(doc["id"])
     events = _events(conn, queue_id)
     for rcpt in doc["recipients"]:  # type: ignore[attr-defined]
         rcpt["events"] = [e for e in events if e["recipient"] == rcpt["address"]]

@@ -135,8 +135,10 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
                 " WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
                 [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
                   o.duration, o.sender_domain, o.provider, o.rcpt_id) for o in attempted])
-        await db.executemany(events.INSERT_FOR_RECIPIENT, [
-            (o.result, o.at, o.provider, _event_data(o), o.rcpt_id) for o in outcomes if o.result in events.OUTCOME_EVENTS])
+        changes = [(o.result, o.at, o.provider, _event_data(o), o.rcpt_id) for o in outcomes
+                   if o.result in events.OUTCOME_EVENTS]
+        if changes:
+            await db.executemany(events.INSERT_FOR_RECIPIENT, changes)
         if auto is not None:
             await _auto_block(db, outcomes, auto)
         if dsns:

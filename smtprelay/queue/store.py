@@ -202,10 +202,12 @@ async def insert_messages(db: aiosqlite.Connection, messages: list[QueuedMessage
          for m in messages])
     # One `accepted` event per recipient, in the same transaction (bounces we generate are not
     # a tenant's sending: no events for them).
-    await db.executemany(events.INSERT, [
+    accepted = [
         ("accepted", m.created_at, m.account_id, m.id, rcpt, recipient_domain(m.mail_from), recipient_domain(rcpt),
          None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}))
-        for m in messages if m.mail_from for rcpt in m.recipients])
+        for m in messages if m.mail_from for rcpt in m.recipients]
+    if accepted:   # (every aiosqlite call is a thread hop: none for nothing)
+        await db.executemany(events.INSERT, accepted)
     await db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at, body)"
         " VALUES (?,?,?,?,?,?,?)",

@@ -90,8 +90,10 @@ def test_mixed_run_stats_and_status(make_relay: Callable[..., Relay], tmp_path: 
         assert [e["type"] for e in mine[0]["events"]] == ["accepted", "delivered", "complained"]
         human = relay.cli("status", qid).stdout
         assert "unknown@d.test: bounced" in human and "user unknown" in human
+        by_header = relay.cli_json("status", doc["message_id"].strip("<>"))
+        assert by_header["id"] == qid                                  # DESIGN: status MESSAGE_ID
         missing = relay.cli("status", "NOSUCHID", check=False)
-        assert missing.returncode == 1 and "no message with queue id NOSUCHID" in missing.stderr
+        assert missing.returncode == 1 and "no message with queue id or Message-ID NOSUCHID" in missing.stderr
         bad_date = relay.cli("stats", "--from", "yesterday", check=False)
         assert bad_date.returncode == 2 and "must be a date like 2026-12-01" in bad_date.stderr
     finally:
