@@ -38,8 +38,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd logs every command at INFO (including peer addresses); keep only its warnings.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)  # one line per SQL call at debug
 

@@ -1,202 +1,665 @@
-"""The SMTP protocol for one connection: aiosmtpd's SMTP with the relay's rules of engagement.
+"""The SMTP server protocol for one connection (RFC 5321, 3207 STARTTLS, 4954 AUTH, 2920
+PIPELINING, 1870 SIZE, 2034 enhanced status codes).
 
-Owns: per-connection protocol concerns aiosmtpd lacks — the connection caps (refused
-with 421 before the greeting), the AUTH lockout (421 and close), trusted networks
-(AUTH not required), a DATA timeout separate from the command timeout, strict address
-syntax, and enhanced status codes on every reply aiosmtpd writes itself.
+Owns: the conversation — reading command lines and message data from the socket, the
+order of commands, syntax, replies, timeouts, TLS upgrades, AUTH exchanges, the connection
+caps (421 before the greeting) and the AUTH lockout (421 and close). What a command means
+for the relay (which sender, which recipient, what happens to the message) is asked of the
+FrontEnd (smtp.handler), which answers with reply lines.
 
-Must never: make policy decisions (the handler asks the pipeline) or do I/O besides the
-socket.
+Why not aiosmtpd: it reads through a StreamReader and a coroutine per command, about 1 ms
+of CPU per message on our 2-core machine, more than everything else the relay does. Here
+command lines are handled synchronously straight from the receive buffer (pipelined
+commands cost nothing extra) and the end of DATA is found by searching whole chunks, not
+line by line. Only the end of DATA (DKIM signing and the durable commit) is asynchronous;
+input that arrives meanwhile waits in the buffer.
+
+Must never: make policy decisions, block the event loop, or reply 250 to DATA before the
+FrontEnd says the message is committed.
 """
 from __future__ import annotations
 
 import asyncio
+import binascii
+import enum
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
-
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from base64 import b64decode
+from typing import TYPE_CHECKING, Callable, cast
 
 from smtprelay.config import ListenerConfig, TlsMode
 from smtprelay.policy.address import AddressError, parse_address, split_smtp_argument
 
 if TYPE_CHECKING:
-    from smtprelay.smtp.handler import FrontEnd
+    from smtprelay.smtp.handler import FrontEnd, SessionState
 
 log = logging.getLogger("smtprelay.smtp")
 
-# aiosmtpd writes these itself; DESIGN wants enhanced status codes on every reply.
-_REWRITES = {
-    "552 Error: message size exceeds fixed maximum message size": "552 5.3.4 Message size exceeds fixed limit",
-    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed limit",
-    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6 allows 1000 octets)",
-    "500 Command line too long": "500 5.5.2 Command line too long",
-    "500 Error: bad syntax": "500 5.5.2 Error: bad syntax",
-    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
-    "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
-    "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
-    "503 Already authenticated": "503 5.5.1 Already authenticated",
-    "553 5.1.3 Error: malformed address": "553 5.1.3 Bad address syntax",
-    "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII addresses are not supported",
-    "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]":
-        "501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>] (the null sender is not accepted "
-        "for submission)",
-    "501 Syntax: RCPT TO: <address> [SP <mail-parameters>]": "501 5.5.4 Syntax: RCPT TO:<address>",
-    "555 MAIL FROM parameters not recognized or not implemented":
-        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
-    "555 RCPT TO parameters not recognized or not implemented":
-        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
-    "250 OK": "250 2.0.0 Ok",
-    "221 Bye": "221 2.0.0 Bye",
-    "503 Error: send HELO first": "503 5.5.1 Error: send HELO/EHLO first",
-    "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
-}
+COMMAND_LINE_MAX = 512          # RFC 5321 4.5.3.1.4, including CRLF
+MAIL_LINE_MAX = 512 + 26        # plus what SIZE= may add (RFC 1870)
+TEXT_LINE_MAX = 1000            # a DATA line, without its CRLF (RFC 5321 allows 998 + a stuffed dot)
+BOGUS_LIMIT = 5                 # unknown commands before we hang up
+BUFFER_PAUSE = 256 * 1024       # stop reading from a client that is this far ahead of us
+HANDSHAKE_TIMEOUT = 30.0
 
 LOCKED_OUT = "421 4.7.0 Too many failed authentication attempts from your address; try again later"
+TOO_LONG_LINE = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6 allows 1000 octets)"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+MAIL_SYNTAX = ("501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>] (the null sender is not accepted "
+               "for submission)")
+RCPT_SYNTAX = "501 5.5.4 Syntax: RCPT TO:<address>"
+BAD_ADDRESS = "553 5.1.3 Bad address syntax"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+USERNAME_CHALLENGE = "334 VXNlcm5hbWU6"   # "Username:"
+PASSWORD_CHALLENGE = "334 UGFzc3dvcmQ6"   # "Password:"
 
 
-class RelaySMTP(SMTP):
+class Mode(enum.Enum):
+    COMMAND = 1      # reading command lines
+    AUTH = 2         # the next line is an AUTH response, not a command
+    DATA = 3         # reading message data until <CRLF>.<CRLF>
+    BUSY = 4         # the FrontEnd is finishing a message; input waits in the buffer
+    TLS = 5          # TLS handshake after STARTTLS; the socket belongs to the TLS layer
+    CLOSED = 6
+
+
+class DataState(enum.Enum):
+    NOMINAL = 1
+    TOO_BIG = 2      # over limits.max_message_bytes: the rest is read and dropped, then 552
+
+
+class RelaySMTP(asyncio.Protocol):
+    """One SMTP connection. `state` (handler.SessionState) carries what the FrontEnd keeps
+    about the session and the transaction."""
+
     def __init__(self, frontend: FrontEnd, listener: ListenerConfig, tls_context: ssl.SSLContext | None):
         config = frontend.config
         self.frontend = frontend
         self.listener = listener
-        # Implicit TLS: the whole connection is encrypted, so AUTH needs no STARTTLS first.
-        require_tls = config.auth.require_tls and listener.tls is not TlsMode.IMPLICIT
-        super().__init__(
-            frontend.handler,
-            data_size_limit=config.limits.max_message_bytes,
-            enable_SMTPUTF8=False,
-            decode_data=False,
-            hostname=config.server.hostname,
-            ident="ESMTP smtprelay",
-            tls_context=tls_context if listener.tls is TlsMode.STARTTLS else None,
-            timeout=config.limits.command_timeout,
-            auth_required=False,
-            auth_require_tls=require_tls,
-            authenticator=frontend.authenticate,
-        )
-        # Decided per connection in connection_made: trusted networks need no AUTH.
-        self._auth_required = True
-        self._data_timeout = config.limits.data_timeout
+        self.hostname = config.server.hostname
+        self.loop = asyncio.get_running_loop()
+        self._starttls_context = tls_context if listener.tls is TlsMode.STARTTLS else None
+        self._auth_needs_tls = config.auth.require_tls and listener.tls is not TlsMode.IMPLICIT
+        self.transport: asyncio.Transport | None = None
         self.client_ip = ""
-        self._slot_held = False
-        self._refused: str | None = None
-        self.close_after_reply = False
         self.trusted = False
-        self.in_data = False
+        self.tls_version: str | None = None
+        self.state: SessionState | None = None
+        self.extended = False              # EHLO (not HELO) was said
+        self.greeted = False               # HELO/EHLO was said (again after STARTTLS)
+        self._mode = Mode.COMMAND
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._slot_held = False
+        self._bogus = 0
+        self._discarding_line = False      # inside a command line that is too long
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._auth: tuple[str, bytes | None] | None = None   # mechanism, username (LOGIN)
+        self._data_parts: list[bytes] = []
+        self._data_size = 0
+        self._data_tail = b""
+        self._data_state = DataState.NOMINAL
+        self._task: asyncio.Task[None] | None = None
 
-    # -- connection lifecycle -------------------------------------------------------------
+    # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        if first:
-            peer = transport.get_extra_info("peername")
-            self.client_ip = peer[0] if peer else ""
-            reason = self.frontend.limiter.acquire(self.client_ip)
-            if reason is None:
-                self._slot_held = True
-                self.trusted = self.listener.is_trusted(self.client_ip)
-                self._auth_required = not self.trusted
-            else:
-                self._refused = reason
-            self.frontend.connection_opened(self, reason)
-        super().connection_made(transport)
-        assert self.session is not None
-        self.session.relay = self.frontend.new_session_state(self)  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)   # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        fe = self.frontend
+        refused = fe.limiter.acquire(self.client_ip)
+        fe.connection_opened(self, refused)
+        if refused is not None:
+            what = "your address" if refused == "per_client" else "all clients"
+            self._mode = Mode.CLOSED
+            self.transport.write(f"421 4.7.0 {self.hostname} Too many connections from {what}; try again later\r\n"
+                                 .encode())
+            self.transport.close()
+            return
+        self._slot_held = True
+        self.trusted = self.listener.is_trusted(self.client_ip)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:                     # implicit TLS
+            self.tls_version = ssl_object.version()
+        self.state = fe.new_session_state(self)
+        self._arm(fe.config.limits.command_timeout)
+        self.transport.write(f"220 {self.hostname} ESMTP smtprelay\r\n".encode())
 
-    def connection_lost(self, error: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mode = Mode.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._slot_held:
             self._slot_held = False
             self.frontend.limiter.release(self.client_ip)
             self.frontend.connection_closed(self)
-        super().connection_lost(error)
+        self.transport = None
 
-    async def _handle_client(self) -> None:
-        if self._refused is not None:
-            what = "your address" if self._refused == "per_client" else "all clients"
-            await self.push(f"421 4.7.0 {self.hostname} Too many connections from {what}; try again later")
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super()._handle_client()
+    def eof_received(self) -> bool:
+        return False   # the client closed its side: close ours
 
-    # -- replies --------------------------------------------------------------------------
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str):
-            status = _REWRITES.get(status, status)
-        await super().push(status)
+    def pause_writing(self) -> None:
+        """The client is not reading our replies: stop reading its commands until it does."""
+        self._writing_paused = True
+        self._pause_reading()
 
-    # -- commands -------------------------------------------------------------------------
-    async def smtp_AUTH(self, arg: str) -> None:
-        if self.frontend.lockout.locked(self.client_ip):
-            self.frontend.metrics.auth_attempts.labels(result="locked_out").inc()
-            await self.push(LOCKED_OUT)
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super().smtp_AUTH(arg)
-        if self.close_after_reply and self.transport is not None:
-            self.transport.close()
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if len(self._buffer) < BUFFER_PAUSE:
+            self._resume_reading()
 
-    async def smtp_DATA(self, arg: str) -> None:
-        # aiosmtpd arms one timer per command; the DATA phase gets its own, longer budget.
-        self._reset_timeout(self._data_timeout)
-        self.in_data = True
-        try:
-            await super().smtp_DATA(arg)
-        finally:
-            self.in_data = False
+    @property
+    def in_data(self) -> bool:
+        """Receiving or finishing a message (shutdown lets these finish)."""
+        return self._mode in (Mode.DATA, Mode.BUSY)
 
     def refuse_and_close(self, reply: str) -> None:
         """Write a final reply without waiting for the client, and close (used by shutdown)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(reply.encode("ascii") + b"\r\n")
+            transport.close()
+        self._mode = Mode.CLOSED
+
+    def _close(self) -> None:
+        self._flush()
+        self._mode = Mode.CLOSED
+        if self.transport is not None:
             self.transport.close()
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """Strict parsing: policy and delivery must see the same address (see policy.address)."""
-        if not arg:
-            return "", ""
+    # -- timeouts ---------------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        """Move the deadline; one timer per connection, re-armed lazily when it fires early."""
+        self._deadline = self.loop.time() + seconds
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()          # a shorter budget (DATA) than the one armed
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._mode is Mode.CLOSED:
+            return
+        now = self.loop.time()
+        if self._mode in (Mode.BUSY, Mode.TLS):
+            # Our own work (or the TLS layer's timeout) is running: not the client's idle time.
+            self._deadline = max(self._deadline, now + self.frontend.config.limits.command_timeout)
+        if now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        log.info("timeout after %s from [%s]", "DATA" if self._mode is Mode.DATA else "command", self.client_ip)
+        self._reply(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
+        self._close()
+
+    # -- input -----------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._mode is Mode.CLOSED:
+            return
+        self._buffer += data
+        if len(self._buffer) >= BUFFER_PAUSE:
+            self._pause_reading()
+        if self._mode in (Mode.COMMAND, Mode.AUTH, Mode.DATA):
+            self._process()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._writing_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _process(self) -> None:
+        """Handle everything complete in the buffer, in order, until we must wait."""
+        buffer = self._buffer
+        while buffer and self._mode in (Mode.COMMAND, Mode.AUTH, Mode.DATA):
+            if self._mode is Mode.DATA:
+                self._data_chunk()
+                continue
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > COMMAND_LINE_MAX * 2:
+                    # No end of line in sight: drop what we have and answer once the line ends.
+                    self._discarding_line = True
+                    del buffer[:]
+                break
+            line = bytes(buffer[:end]).rstrip(b"\r")
+            del buffer[:end + 1]
+            if self._discarding_line:
+                self._discarding_line = False
+                self._reply("500 5.5.2 Command line too long")
+                continue
+            if self._mode is Mode.AUTH:
+                self._auth_response(line)
+            else:
+                self._command(line)
+        self._flush()
+        if len(buffer) < BUFFER_PAUSE:
+            self._resume_reading()
+
+    def _reply(self, line: str) -> None:
+        self._out.append(line.encode("utf-8", "replace") + b"\r\n")
+
+    def _flush(self) -> None:
+        if self._out:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(self._out))
+            self._out.clear()
+
+    # -- commands --------------------------------------------------------------------------------
+    def _command(self, line: bytes) -> None:
+        if not line:
+            self._reply("500 5.5.2 Error: bad syntax")
+            return
+        name_bytes, _, arg_bytes = line.partition(b" ")
         try:
-            text, rest = split_smtp_argument(arg)
-            if text == "":
-                return "", rest  # the null sender; aiosmtpd answers with a syntax error
-            address = parse_address(text)
+            name = name_bytes.upper().decode("ascii")
+            arg = arg_bytes.strip().decode("ascii")
+        except UnicodeDecodeError:
+            self._reply("500 5.6.7 Non-ASCII addresses are not supported")
+            return
+        limit = MAIL_LINE_MAX if name in ("MAIL", "RCPT") and self.extended else COMMAND_LINE_MAX
+        if len(line) + 2 > limit:
+            self._reply("500 5.5.2 Command line too long")
+            return
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            self._bogus += 1
+            if self._bogus >= BOGUS_LIMIT:
+                log.warning("[%s]: too many unrecognized commands", self.client_ip)
+                self._reply("502 5.5.1 Too many unrecognized commands, goodbye")
+                self._close()
+                return
+            self._reply(f'500 5.5.1 Error: command "{name[:32]}" not recognized')
+            return
+        self._arm(self.frontend.config.limits.command_timeout)
+        handler(self, arg)
+
+    def _needs_helo(self) -> bool:
+        if not self.greeted:
+            self._reply("503 5.5.1 Error: send HELO/EHLO first")
+            return True
+        return False
+
+    def _needs_auth(self) -> bool:
+        assert self.state is not None
+        if not self.trusted and self.state.login is None:
+            self._reply("530 5.7.0 Authentication required")
+            return True
+        return False
+
+    def _reset_transaction(self) -> None:
+        assert self.state is not None
+        self.frontend.reset(self.state)
+
+    def _helo(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._reset_transaction()
+        self.extended, self.greeted = False, True
+        self.frontend.helo(self, arg)
+        self._reply(f"250 {self.hostname}")
+
+    def _ehlo(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._reset_transaction()
+        self.extended, self.greeted = True, True
+        self.frontend.helo(self, arg)
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.frontend.config.limits.max_message_bytes}", "8BITMIME",
+                 "ENHANCEDSTATUSCODES"]
+        if self._starttls_context is not None and self.tls_version is None:
+            lines.append("STARTTLS")
+        if self.tls_version is not None or not self._auth_needs_tls:
+            lines.append("AUTH LOGIN PLAIN")
+        lines.append("HELP")
+        self._out.append("".join(f"250-{x}\r\n" for x in lines[:-1]).encode() + f"250 {lines[-1]}\r\n".encode())
+
+    def _noop(self, arg: str) -> None:
+        self._reply("250 2.0.0 Ok")
+
+    def _quit(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: QUIT")
+            return
+        self._reply("221 2.0.0 Bye")
+        self._close()
+
+    def _rset(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: RSET")
+            return
+        self._reset_transaction()
+        self._reply("250 2.0.0 Ok")
+
+    def _help(self, arg: str) -> None:
+        if self._needs_auth():
+            return
+        self._reply("214 2.0.0 Commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY")
+
+    def _vrfy(self, arg: str) -> None:
+        if self._needs_auth():
+            return
+        if not arg:
+            self._reply("501 5.5.4 Syntax: VRFY <address>")
+            return
+        self._reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def _expn(self, arg: str) -> None:
+        self._reply("502 5.5.1 EXPN not implemented")
+
+    # -- the transaction ---------------------------------------------------------------------------
+    def _address(self, arg: str, keyword: str) -> tuple[str | None, str]:
+        """(address or None if malformed, parameters); address "" for the null path.
+        Strict parsing: policy and delivery must see the same address (policy.address)."""
+        text = arg[len(keyword):].strip()
+        try:
+            inner, rest = split_smtp_argument(text)
+            if inner == "":
+                return "", rest
+            return str(parse_address(inner)), rest
         except AddressError as exc:
-            assert self.session is not None
-            log.info("reject: bad address syntax from [%s]: %s: %s", self.client_ip, exc, arg[:200])
-            return None, None
-        return str(address), rest
+            log.info("reject: bad address syntax from [%s]: %s: %s", self.client_ip, exc, text[:200])
+            return None, ""
 
-    @property
-    def tls_version(self) -> str | None:
-        if self.transport is None:
-            return None
-        obj = self.transport.get_extra_info("ssl_object")
-        return obj.version() if obj is not None else None
+    def _mail(self, arg: str) -> None:
+        if self._needs_helo() or self._needs_auth():
+            return
+        assert self.state is not None
+        if arg[:5].upper() != "FROM:":
+            self._reply(MAIL_SYNTAX)
+            return
+        address, rest = self._address(arg, "FROM:")
+        if address is None:
+            self._reply(BAD_ADDRESS)
+            return
+        if not address or (rest and not self.extended):
+            self._reply(MAIL_SYNTAX)
+            return
+        if self.state.mail_from is not None:
+            self._reply("503 5.5.1 Error: nested MAIL command")
+            return
+        options = rest.upper().split()
+        params: dict[str, str] = {}
+        for option in options:
+            key, eq, value = option.partition("=")
+            if not key.isalnum() or (eq and not value):
+                self._reply(MAIL_SYNTAX)
+                return
+            params[key] = value
+        if params.pop("BODY", "7BIT") not in ("7BIT", "8BITMIME"):
+            self._reply("501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME")
+            return
+        if "SMTPUTF8" in params:
+            self._reply("555 5.6.7 SMTPUTF8 is not supported")
+            return
+        size = params.pop("SIZE", None)
+        if size is not None:
+            if not size.isdigit():
+                self._reply(MAIL_SYNTAX)
+                return
+            if int(size) > self.frontend.config.limits.max_message_bytes:
+                self._reply(TOO_BIG)
+                return
+        if params:
+            self._reply("555 5.5.4 MAIL FROM parameters not recognized or not implemented")
+            return
+        self._reply(self.frontend.mail(self, address, options))
+
+    def _rcpt(self, arg: str) -> None:
+        if self._needs_helo() or self._needs_auth():
+            return
+        assert self.state is not None
+        if self.state.mail_from is None:
+            self._reply("503 5.5.1 Error: need MAIL command")
+            return
+        if arg[:3].upper() != "TO:":
+            self._reply(RCPT_SYNTAX)
+            return
+        address, rest = self._address(arg, "TO:")
+        if address is None:
+            self._reply(BAD_ADDRESS)
+            return
+        if not address or (rest and not self.extended):
+            self._reply(RCPT_SYNTAX)
+            return
+        if rest:
+            self._reply("555 5.5.4 RCPT TO parameters not recognized or not implemented")
+            return
+        self._reply(self.frontend.rcpt(self, address))
+
+    def _data(self, arg: str) -> None:
+        if self._needs_helo() or self._needs_auth():
+            return
+        assert self.state is not None
+        if not self.state.recipients:
+            self._reply("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            self._reply("501 5.5.4 Syntax: DATA")
+            return
+        self._reply("354 End data with <CR><LF>.<CR><LF>")
+        self._mode = Mode.DATA
+        self._data_parts = []
+        self._data_size = 0
+        self._data_tail = b"\r\n"         # as if a line had just ended: "." at once is an empty message
+        self._data_state = DataState.NOMINAL
+        self._arm(self.frontend.config.limits.data_timeout)   # the whole DATA phase has its own budget
+
+    def _data_chunk(self) -> None:
+        """Consume the buffer as message data; at <CRLF>.<CRLF> hand the message over."""
+        chunk = bytes(self._buffer)
+        del self._buffer[:]
+        tail = self._data_tail
+        end = (tail + chunk).find(b"\r\n.\r\n")
+        if end < 0:
+            self._take(chunk)
+            self._data_tail = (tail + chunk)[-4:]
+            return
+        cut = end - len(tail) + 2        # the message ends with the CRLF before the dot
+        if cut >= 0:
+            self._take(chunk[:cut])
+        elif self._data_state is DataState.NOMINAL:   # the CRLF (and more) arrived in the last chunk
+            self._trim(-cut)
+        rest = chunk[end - len(tail) + 5:]
+        if rest:
+            self._buffer += rest          # pipelined commands after the message
+        self._mode = Mode.BUSY
+        self._arm(self.frontend.config.limits.command_timeout)
+        if self._data_state is DataState.TOO_BIG:
+            self._message_refused(TOO_BIG)
+            return
+        raw = b"".join(self._data_parts)
+        self._data_parts = []
+        # Dot-unstuffing (RFC 5321 4.5.2): with a CRLF in front, every line start is "\r\n".
+        content = (b"\r\n" + raw).replace(b"\r\n.", b"\r\n")[2:] if b"\r\n." in raw or raw[:1] == b"." else raw
+        if len(content) > TEXT_LINE_MAX and max(map(len, content.split(b"\r\n"))) > TEXT_LINE_MAX:
+            self._message_refused(TOO_LONG_LINE)
+            return
+        self._flush()
+        self._task = asyncio.ensure_future(self._finish(content))
+
+    def _take(self, data: bytes) -> None:
+        if self._data_state is not DataState.NOMINAL or not data:
+            return
+        self._data_size += len(data)
+        if self._data_size > self.frontend.config.limits.max_message_bytes:
+            self._data_state = DataState.TOO_BIG     # the excess is not buffered
+            self._data_parts = []
+            return
+        self._data_parts.append(data)
+
+    def _trim(self, count: int) -> None:
+        while count > 0 and self._data_parts:
+            last = self._data_parts[-1]
+            if len(last) <= count:
+                count -= len(last)
+                self._data_parts.pop()
+            else:
+                self._data_parts[-1] = last[:-count]
+                count = 0
+
+    def _message_refused(self, reply: str) -> None:
+        assert self.state is not None
+        self.frontend.refuse_message(self, reply)
+        self._data_parts = []
+        self._reply(reply)
+        self._mode = Mode.COMMAND      # the _process loop goes on with what follows
+
+    async def _finish(self, content: bytes) -> None:
+        try:
+            reply = await self.frontend.message(self, content)
+        except Exception:   # never leave the client without an answer
+            log.exception("[%s]: the message could not be handled", self.client_ip)
+            reply = "451 4.3.0 Error: local problem while handling the message"
+        finally:
+            self._task = None
+        if self._mode is Mode.CLOSED:
+            return
+        self._reply(reply)
+        self._mode = Mode.COMMAND
+        self._process()
+
+    # -- STARTTLS ------------------------------------------------------------------------------------
+    def _starttls(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: STARTTLS")
+            return
+        if self._starttls_context is None:
+            self._reply("454 4.7.0 TLS not available")
+            return
+        if self.tls_version is not None:
+            self._reply("503 5.5.1 Error: TLS already active")
+            return
+        self._reply("220 2.0.0 Ready to start TLS")
+        self._flush()
+        # Anything the client sent after STARTTLS in plaintext is discarded, never executed
+        # after the handshake (the command injection of CVE-2011-0411).
+        del self._buffer[:]
+        self._mode = Mode.TLS
+        assert self.transport is not None
+        self.transport.pause_reading()    # the ClientHello must reach the TLS layer, not us
+        self._reading_paused = False
+        self._task = asyncio.ensure_future(self._upgrade(self.transport, self._starttls_context))
+
+    async def _upgrade(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        try:
+            tls = await self.loop.start_tls(transport, self, context, server_side=True,
+                                            ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("[%s]: TLS handshake failed: %s", self.client_ip, exc)
+            self._mode = Mode.CLOSED
+            transport.close()
+            return
+        finally:
+            self._task = None
+        if tls is None or self._mode is Mode.CLOSED:
+            return
+        self.transport = tls
+        ssl_object = tls.get_extra_info("ssl_object")
+        self.tls_version = ssl_object.version() if ssl_object is not None else "TLS"
+        # RFC 3207: forget everything said before TLS; the client greets again.
+        self._reset_transaction()
+        self.greeted = self.extended = False
+        self._mode = Mode.COMMAND
+        self._arm(self.frontend.config.limits.command_timeout)
+        if self._buffer:
+            self._process()
+
+    # -- AUTH --------------------------------------------------------------------------------------
+    def _auth_command(self, arg: str) -> None:
+        fe = self.frontend
+        assert self.state is not None
+        if fe.lockout.locked(self.client_ip):
+            fe.metrics.auth_attempts.labels(result="locked_out").inc()
+            self._reply(LOCKED_OUT)
+            self._close()
+            return
+        if not self.greeted:
+            self._reply("503 5.5.1 Error: send EHLO first")
+            return
+        if not self.extended:
+            self._reply("502 5.5.1 Error: AUTH needs EHLO")
+            return
+        if self._auth_needs_tls and self.tls_version is None:
+            self._reply("538 5.7.11 Encryption required for requested authentication mechanism")
+            return
+        if self.state.login is not None:
+            self._reply("503 5.5.1 Already authenticated")
+            return
+        if self.state.mail_from is not None:
+            self._reply("503 5.5.1 Error: AUTH not allowed during a mail transaction")
+            return
+        args = arg.split()
+        if not args:
+            self._reply("501 5.5.4 Not enough value")
+            return
+        if len(args) > 2:
+            self._reply("501 5.5.4 Too many values")
+            return
+        mechanism = args[0].upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            self._reply("504 5.5.4 Unrecognized authentication type")
+            return
+        if len(args) == 1:
+            self._auth = (mechanism, None)
+            self._mode = Mode.AUTH
+            self._reply("334 " if mechanism == "PLAIN" else USERNAME_CHALLENGE)
+            return
+        self._auth = (mechanism, None)
+        self._auth_step(args[1].encode("ascii"))
+
+    def _auth_response(self, line: bytes) -> None:
+        self._mode = Mode.COMMAND
+        if line.strip() == b"*":
+            self._auth = None
+            self._reply("501 5.7.0 Auth aborted")
+            return
+        self._auth_step(line.strip())
+
+    def _auth_step(self, blob: bytes) -> None:
+        assert self._auth is not None
+        mechanism, username = self._auth
+        try:
+            decoded = b"" if blob == b"=" else b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            self._auth = None
+            self._reply("501 5.5.2 Can't decode base64")
+            return
+        if mechanism == "LOGIN" and username is None:
+            self._auth = (mechanism, decoded)
+            self._mode = Mode.AUTH
+            self._reply(PASSWORD_CHALLENGE)
+            return
+        self._auth = None
+        if mechanism == "PLAIN":
+            parts = decoded.split(b"\x00")
+            if len(parts) != 3:
+                self._reply("501 5.5.2 Can't split auth value")
+                return
+            login, password = parts[1], parts[2]
+        else:
+            assert username is not None
+            login, password = username, decoded
+        reply, close = self.frontend.authenticate(self, mechanism, login, password)
+        self._reply(reply)
+        if close:
+            self._close()
 
 
-def authenticate(frontend: FrontEnd, server: RelaySMTP, mechanism: str, auth_data: Any) -> AuthResult:
-    """Called synchronously by aiosmtpd: in-memory lookup only, never I/O.
-
-    A failed attempt returns handled=False so aiosmtpd sends 535 (handled=True would send
-    nothing and leave the client hanging).
-    """
-    if not isinstance(auth_data, LoginPassword):
-        return AuthResult(success=False, handled=False)
-    username = auth_data.login.decode("utf-8", "replace")
-    password = auth_data.password.decode("utf-8", "replace")
-    login = frontend.credentials.verify(username, password)
-    ip = server.client_ip
-    if login is None:
-        frontend.metrics.auth_attempts.labels(result="failure").inc()
-        if frontend.lockout.failure(ip):
-            log.warning("warning: [%s]: %s authentication failed for \"%s\"; address locked out for %ds",
-                        ip, mechanism, username[:64], int(frontend.lockout.lockout))
-            server.close_after_reply = True
-            return AuthResult(success=False, handled=False, message=LOCKED_OUT)
-        log.warning("warning: [%s]: %s authentication failed for \"%s\"", ip, mechanism, username[:64])
-        return AuthResult(success=False, handled=False)
-    frontend.lockout.success(ip)
-    frontend.metrics.auth_attempts.labels(result="success").inc()
-    log.info("[%s]: sasl_method=%s, sasl_username=%s", ip, mechanism, username)
-    return AuthResult(success=True, auth_data=login)
+_COMMANDS: dict[str, Callable[[RelaySMTP, str], None]] = {
+    "HELO": RelaySMTP._helo, "EHLO": RelaySMTP._ehlo, "MAIL": RelaySMTP._mail, "RCPT": RelaySMTP._rcpt,
+    "DATA": RelaySMTP._data, "RSET": RelaySMTP._rset, "NOOP": RelaySMTP._noop, "QUIT": RelaySMTP._quit,
+    "STARTTLS": RelaySMTP._starttls, "AUTH": RelaySMTP._auth_command, "HELP": RelaySMTP._help,
+    "VRFY": RelaySMTP._vrfy, "EXPN": RelaySMTP._expn,
+}
