@@ -16,6 +16,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import uvloop
 from aiohttp import web
 
 from smtprelay import __version__, logs
@@ -309,12 +310,7 @@ def serve(config_path: Path, log_format: str | None = None) -> int:
         return 2
     logs.setup(config.log.level, log_format or config.log.format)
     try:
-        import uvloop  # optional: faster event loop when installed
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(Relay(config_path, config).run())
+        uvloop.run(Relay(config_path, config).run())   # libuv's loop: less CPU per socket event
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
