@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Awaitable, Callable
+import sqlite3
+from typing import Any, Callable
 
-import aiosqlite
-
-Job = Callable[[aiosqlite.Connection], Awaitable[Any]]   # as queue.store.Job (no import cycle)
+Job = Callable[[sqlite3.Connection], Any]   # as queue.store.Job (no import cycle)
 
 
 class EventType(str, enum.Enum):
@@ -53,6 +52,6 @@ def data(**fields: Any) -> str:
 
 def insert_job(rows: list[tuple[Any, ...]]) -> Job:
     """Rows in INSERT's column order (the front end's `rejected` events)."""
-    async def job(db: aiosqlite.Connection) -> None:
-        await db.executemany(INSERT, rows)
+    def job(db: sqlite3.Connection) -> None:
+        db.executemany(INSERT, rows)
     return job

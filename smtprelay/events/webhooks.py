@@ -30,7 +30,7 @@ import sqlite3
 from typing import Any
 
 import aiohttp
-import aiosqlite
+import sqlite3
 
 from smtprelay.clock import Clock
 from smtprelay.config.model import WebhooksConfig
@@ -73,22 +73,19 @@ def _iso(ts: float) -> str:
 
 def fanout(now: float) -> Job:
     """Events since the cursor → outbox rows (address-level hook first, else account-level)."""
-    async def job(db: aiosqlite.Connection) -> int:
-        async with db.execute("SELECT value FROM meta WHERE key = 'webhook_cursor'") as cur:
-            row = await cur.fetchone()
+    def job(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT value FROM meta WHERE key = 'webhook_cursor'").fetchone()
         cursor = int(row[0]) if row else 0
-        async with db.execute("SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
-                              (cursor, FANOUT_CHUNK)) as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT max(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+                         (cursor, FANOUT_CHUNK)).fetchone()
         upto = row[0] if row and row[0] is not None else None
         if upto is None:
             return 0
-        async with db.execute("SELECT 1 FROM webhooks LIMIT 1") as cur:
-            hooked = await cur.fetchone() is not None
+        hooked = db.execute("SELECT 1 FROM webhooks LIMIT 1").fetchone() is not None
         if not hooked:   # nobody listens: move the cursor on without joining every new event
-            await db.execute("UPDATE meta SET value = ? WHERE key = 'webhook_cursor'", (upto,))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'webhook_cursor'", (upto,))
             return 0
-        c = await db.execute(
+        c = db.execute(
             "INSERT INTO outbox (event_id, url, account_id, queue_id, next_at, created_at, state)"
             " SELECT e.id, w.url, w.account_id, e.queue_id, ?, ?, 'pending' FROM"
             " (SELECT e.*, coalesce(e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
@@ -97,31 +94,30 @@ def fanout(now: float) -> Job:
             " JOIN webhooks w ON w.account_id = e.owner AND (w.address = e.sender OR (w.address IS NULL AND NOT EXISTS"
             "   (SELECT 1 FROM webhooks w2 WHERE w2.account_id = e.owner AND w2.address = e.sender)))"
             " ORDER BY e.id", (now, now, cursor, upto))
-        count = c.rowcount
-        await c.close()
-        await db.execute("UPDATE meta SET value = ? WHERE key = 'webhook_cursor'", (upto,))
+        count = int(c.rowcount)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'webhook_cursor'", (upto,))
         return count
     return job
 
 
 def claim(now: float, limit: int, lease: float) -> Job:
-    async def job(db: aiosqlite.Connection) -> list[Row]:
-        async with db.execute(
+    def job(db: sqlite3.Connection) -> list[Row]:
+        rows = db.execute(
                 "UPDATE outbox SET next_at = ? WHERE id IN (SELECT o.id FROM outbox o WHERE o.state = 'pending'"
                 " AND o.next_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending'"
                 " AND p.url = o.url AND p.queue_id IS o.queue_id AND p.id < o.id) ORDER BY o.next_at, o.id LIMIT ?)"
-                " RETURNING id, event_id, url, account_id, attempts, created_at", (now + lease, now, limit)) as cur:
-            return sorted((r[0], r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall())
+                " RETURNING id, event_id, url, account_id, attempts, created_at", (now + lease, now, limit)).fetchall()
+        return sorted((r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
     return job
 
 
 def record(results: list[tuple[int, bool, str, float | None]], now: float, unleash: list[int] | None = None) -> Job:
     """(outbox id, delivered?, last error, next try or None for dead); `unleash`: claimed rows not
     tried (behind a failed event of the same message) get their lease back."""
-    async def job(db: aiosqlite.Connection) -> None:
+    def job(db: sqlite3.Connection) -> None:
         if unleash:
-            await db.executemany("UPDATE outbox SET next_at = ? WHERE id = ?", [(now, oid) for oid in unleash])
-        await db.executemany(
+            db.executemany("UPDATE outbox SET next_at = ? WHERE id = ?", [(now, oid) for oid in unleash])
+        db.executemany(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = CASE WHEN ? THEN 'delivered'"
             " WHEN ? IS NULL THEN 'dead' ELSE 'pending' END, next_at = coalesce(?, next_at),"
             " delivered_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
@@ -130,27 +126,23 @@ def record(results: list[tuple[int, bool, str, float | None]], now: float, unlea
 
 
 def prune(before: float, chunk: int = 5000) -> Job:
-    async def job(db: aiosqlite.Connection) -> int:
-        c = await db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'delivered'"
-                             " AND delivered_at < ? LIMIT ?)", (before, chunk))
-        count = c.rowcount
-        await c.close()
-        return count
+    def job(db: sqlite3.Connection) -> int:
+        return int(db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'delivered'"
+                              " AND delivered_at < ? LIMIT ?)", (before, chunk)).rowcount)
     return job
 
 
-async def event_documents(db: aiosqlite.Connection, event_ids: list[int]) -> dict[int, dict[str, Any]]:
+def event_documents(db: sqlite3.Connection, event_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The JSON of each event as DESIGN §4 lists its fields."""
     marks = ",".join("?" * len(event_ids))
-    async with db.execute(
+    rows = db.execute(
             "SELECT e.id, e.type, e.at, a.name, m.header_message_id, e.queue_id,"
             " coalesce(m.mail_from, json_extract(e.data, '$.from')), e.recipient, e.sender_domain, e.recipient_domain,"
             " e.provider, e.tag, e.data, coalesce(e.account_id, (SELECT d.account_id FROM domains d"
             " WHERE d.name = e.sender_domain))"
             f" FROM events e LEFT JOIN messages m ON m.id = e.queue_id LEFT JOIN accounts a ON a.id = coalesce("
             f"e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
-            f" WHERE e.id IN ({marks})", event_ids) as cur:
-        rows = await cur.fetchall()
+            f" WHERE e.id IN ({marks})", event_ids).fetchall()
     docs = {}
     for r in rows:
         extra = json.loads(r[12])
@@ -168,13 +160,13 @@ class Dispatcher:
         self.db_path = db_path
         self.clock = clock
         self.metrics = metrics
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def open(self) -> None:
-        self._reader = await aiosqlite.connect(self.db_path)
+        self._reader = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=1.0)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(
             limit=self.config.concurrency), headers={"User-Agent": "smtprelay-webhooks"})
@@ -194,7 +186,7 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
         if self._reader is not None:
-            await self._reader.close()
+            self._reader.close()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -215,22 +207,21 @@ class Dispatcher:
             await self._deliver(rows)
         return bool(fanned) or len(rows) >= self.config.concurrency * 8
 
-    async def _keys(self, account_ids: set[int]) -> dict[int, list[str]]:
+    def _keys(self, account_ids: set[int]) -> dict[int, list[str]]:
         assert self._reader is not None
         now = self.clock.now()
         marks = ",".join("?" * len(account_ids))
         keys: dict[int, list[str]] = {}
-        async with self._reader.execute(
+        for account_id, secret in self._reader.execute(
                 f"SELECT account_id, secret FROM webhook_secrets WHERE account_id IN ({marks})"
-                " AND (retire_at IS NULL OR retire_at > ?) ORDER BY id DESC", (*account_ids, now)) as cur:
-            for account_id, secret in await cur.fetchall():
-                keys.setdefault(account_id, []).append(secret)
+                " AND (retire_at IS NULL OR retire_at > ?) ORDER BY id DESC", (*account_ids, now)):
+            keys.setdefault(account_id, []).append(secret)
         return keys
 
     async def _deliver(self, rows: list[Row]) -> None:
         assert self._reader is not None
-        docs = await event_documents(self._reader, sorted({r[1] for r in rows}))
-        keys = await self._keys({r[3] for r in rows})
+        docs = event_documents(self._reader, sorted({r[1] for r in rows}))
+        keys = self._keys({r[3] for r in rows})
         # Rows of one (url, message) go one after another; groups in parallel, bounded.
         groups: dict[tuple[str, Any], list[Row]] = {}
         for row in rows:

@@ -17,10 +17,10 @@ import asyncio
 import base64
 import html
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Callable
 
-import aiosqlite
 from aiohttp import web
 
 from smtprelay.config import Config
@@ -35,8 +35,8 @@ NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referre
 
 def _job(kind: str, queue_id: str, recipient: str, url: str, agent: str, machine_agent: bool, now: float,
          window: float) -> Job:
-    async def job(db: aiosqlite.Connection) -> None:
-        await db.execute(
+    def job(db: sqlite3.Connection) -> None:
+        db.execute(
             "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
             " tag, data) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain, r.domain, NULL, m.tag,"
             " json_object('machine', json(CASE WHEN ? OR EXISTS (SELECT 1 FROM events d WHERE d.queue_id = m.id"

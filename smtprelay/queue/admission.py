@@ -9,10 +9,10 @@ state belongs to the scheduler, and all SQL is in queue.jobs and queue.ledger.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 
 from smtprelay.clock import Clock
 from smtprelay.config import Config
@@ -33,7 +33,7 @@ class WarmupSeam:
     clock: Clock
     throttle: Throttle
     in_window: int
-    _reader: aiosqlite.Connection | None
+    _reader: sqlite3.Connection | None
     _warmup_generation: int
     _feedback_id: int
 
@@ -51,17 +51,17 @@ class WarmupSeam:
     async def _check_warmup(self) -> None:
         """Operator changes (set-day, resume) and new complaints, read from the store."""
         assert self._reader is not None
-        generation = await ledger.generation(self._reader)
+        generation = ledger.generation(self._reader)
         if generation != self._warmup_generation:
             self._warmup_generation = generation
-            if self.throttle.set_suspended(await ledger.suspended(self._reader)):
+            if self.throttle.set_suspended(ledger.suspended(self._reader)):
                 self.wake()
-            for domain, provider, day in await ledger.overrides(self._reader):
+            for domain, provider, day in ledger.overrides(self._reader):
                 self.throttle.apply_day_override(domain, provider, day)
                 await self.store.run(ledger.clear_override(domain, provider, day, self.clock.now()))
                 self.wake()
         since = self.clock.now() - 86400
-        for feedback_id, domain, address, at in await ledger.complaints_since(self._reader, self._feedback_id):
+        for feedback_id, domain, address, at in ledger.complaints_since(self._reader, self._feedback_id):
             self._feedback_id = feedback_id
             if at > since:
                 self.throttle.note_complaint(domain, recipient_domain(address), at)

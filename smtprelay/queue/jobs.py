@@ -7,10 +7,9 @@ index with a LIMIT, so it costs the same at depth 0 and at depth 1 M.
 """
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
-
-import aiosqlite
 
 from smtprelay.events import types as events
 from smtprelay.queue.store import Job, QueuedMessage, insert_messages
@@ -61,25 +60,23 @@ class Outcome:
 
 
 def claim(now: float, limit: int, lease_until: float) -> Job:
-    async def job(db: aiosqlite.Connection) -> list[Work]:
+    def job(db: sqlite3.Connection) -> list[Work]:
         # Time spent throttled is added up here, when the wait ends (it does not count toward
         # delivery.max_lifetime, only toward warmup.max_wait).
-        async with db.execute(
+        rows = db.execute(
                 "UPDATE recipients SET state = 'active', lease_until = ?, throttled_for = throttled_for +"
                 " CASE WHEN throttled_since IS NULL THEN 0 ELSE max(0, ? - throttled_since) END,"
                 " throttled_since = NULL WHERE id IN (SELECT id FROM recipients"
                 " WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
                 " RETURNING id, message_id, address, domain, attempts, throttled_for, body IS NOT NULL",
-                (lease_until, now, now, limit)) as cur:
-            rows = list(await cur.fetchall())
+                (lease_until, now, now, limit)).fetchall()
         if not rows:
             return []
         ids = sorted({r[1] for r in rows})
         marks = ",".join("?" * len(ids))
-        async with db.execute(
+        info = {r[0]: r for r in db.execute(
                 f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls FROM messages m"
-                f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids) as cur:
-            info = {r[0]: r for r in await cur.fetchall()}
+                f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids)}
         return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4],
                      info[r[1]][1].rpartition("@")[2].lower() if info[r[1]][1] else "", r[5], "", bool(r[6]))
                 for r in rows if r[1] in info]
@@ -97,31 +94,31 @@ class AutoBlock:
 
 
 def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None) -> Job:
-    async def job(db: aiosqlite.Connection) -> None:
+    def job(db: sqlite3.Connection) -> None:
         final = [o for o in outcomes if o.result in FINAL_STATES]
         deferred = [o for o in outcomes if o.result == "deferred"]
         throttled = [o for o in outcomes if o.result == "throttled"]
         held = [o for o in outcomes if o.result == "hold"]
         if throttled:
             # Waiting for warm-up budget: not an attempt, and the wait is not lifetime.
-            await db.executemany(
+            db.executemany(
                 "UPDATE recipients SET state = CASE WHEN state = 'hold' THEN 'hold' ELSE 'queued' END,"
                 " next_attempt_at = ?, last_reply = ?, throttled_since = ?, updated_at = ?, lease_until = NULL"
                 " WHERE id = ? AND state IN ('active', 'hold')",
                 [(o.next_attempt_at, o.reply, o.at, o.at, o.rcpt_id) for o in throttled])
         if held:
-            await db.executemany(
+            db.executemany(
                 "UPDATE recipients SET state = 'hold', hold_reason = 'suspended', last_reply = ?, updated_at = ?,"
                 " lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
                 [(o.reply, o.at, o.rcpt_id) for o in held])
         if final:
-            await db.executemany(
+            db.executemany(
                 "UPDATE recipients SET state = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?,"
                 " updated_at = ?, lease_until = NULL, body = NULL WHERE id = ? AND state IN ('active', 'hold')",
                 [(o.result, o.reply, o.bounce_class, int(o.attempted), o.at, o.rcpt_id) for o in final])
         if deferred:
             # A message put on hold while its attempt was in flight stays on hold.
-            await db.executemany(
+            db.executemany(
                 "UPDATE recipients SET state = CASE WHEN state = 'hold' THEN 'hold' ELSE 'queued' END,"
                 " next_attempt_at = ?, last_reply = ?, bounce_class = ?, attempts = attempts + ?, updated_at = ?,"
                 " lease_until = NULL WHERE id = ? AND state IN ('active', 'hold')",
@@ -129,7 +126,7 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
         attempted = [o for o in outcomes if o.attempted or o.result in FINAL_STATES]
         if attempted:
             # The recipient may have been deleted by `queue delete` meanwhile: then nothing to record.
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO attempts (recipient_id, at, result, relay, tls, code, enhanced, reply, bounce_class,"
                 " duration, sender_domain, provider) SELECT ?,?,?,?,?,?,?,?,?,?,?,?"
                 " WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
@@ -138,15 +135,15 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
         changes = [(o.result, o.at, o.provider, _event_data(o), o.rcpt_id) for o in outcomes
                    if o.result in events.OUTCOME_EVENTS]
         if changes:
-            await db.executemany(events.INSERT_FOR_RECIPIENT, changes)
+            db.executemany(events.INSERT_FOR_RECIPIENT, changes)
         if auto is not None:
-            await _auto_block(db, outcomes, auto)
+            _auto_block(db, outcomes, auto)
         if dsns:
-            await insert_messages(db, dsns)
+            insert_messages(db, dsns)
         done = sorted({o.message_id for o in final})
         if done:
             # Finished messages keep their rows (status history) but not their bodies.
-            await db.executemany(
+            db.executemany(
                 "UPDATE messages SET body = x'' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients r"
                 " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired'))",
                 [(m,) for m in done])
@@ -161,13 +158,13 @@ def _event_data(o: Outcome) -> str:
                        attempted=o.attempted, next_attempt_at=retry)
 
 
-async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
+def _auto_block(db: sqlite3.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
     """Recipient faults only: a hard `invalid_address` bounce blocks the address globally; with
     auto_block_full_inbox, N `mailbox_full` failures within the window block it for a while.
     Reputation-class failures (our IP or domain) never add entries."""
     invalid = [o for o in outcomes if o.result == "bounced" and o.bounce_class == "invalid_address"]
     if invalid:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO blocklist (address, type, origin_account_id, reason, created_at, expires_at)"
             " SELECT r.address, 'invalid', m.account_id, ?, ?, ? FROM recipients r JOIN messages m"
             " ON m.id = r.message_id WHERE r.id = ? AND m.mail_from != '' AND NOT EXISTS (SELECT 1 FROM blocklist b"
@@ -175,7 +172,7 @@ async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: A
             [(o.reply, o.at, o.at + auto.invalid_days * 86400.0, o.rcpt_id, o.at) for o in invalid])
     full = [o for o in outcomes if o.bounce_class == "mailbox_full" and o.result != "delivered"]
     if auto.full_inbox and full:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO blocklist (address, type, origin_account_id, reason, created_at, expires_at)"
             " SELECT r.address, 'full_inbox', m.account_id, ?, ?, ? FROM recipients r JOIN messages m"
             " ON m.id = r.message_id WHERE r.id = ?"
@@ -191,69 +188,54 @@ async def _auto_block(db: aiosqlite.Connection, outcomes: list[Outcome], auto: A
 def prune(before: float, now: float, chunk: int = 5000, events_before: float | None = None) -> Job:
     """Forget sends older than `before` and expired blocklist entries, a chunk at a time so
     that one job never holds the writer long (acceptance shares it)."""
-    async def job(db: aiosqlite.Connection) -> int:
-        cur = await db.execute("DELETE FROM sends WHERE rowid IN (SELECT rowid FROM sends WHERE at < ? LIMIT ?)",
-                               (before, chunk))
-        removed = cur.rowcount
-        await cur.close()
-        cur = await db.execute("DELETE FROM blocklist WHERE id IN (SELECT id FROM blocklist WHERE expires_at"
-                               " IS NOT NULL AND expires_at <= ? LIMIT ?)", (now, chunk))
-        removed += cur.rowcount
-        await cur.close()
+    def job(db: sqlite3.Connection) -> int:
+        removed = db.execute("DELETE FROM sends WHERE rowid IN (SELECT rowid FROM sends WHERE at < ? LIMIT ?)",
+                             (before, chunk)).rowcount
+        removed += db.execute("DELETE FROM blocklist WHERE id IN (SELECT id FROM blocklist WHERE expires_at"
+                              " IS NOT NULL AND expires_at <= ? LIMIT ?)", (now, chunk)).rowcount
         if events_before is not None:
-            cur = await db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)",
-                                   (events_before, chunk))
-            removed += cur.rowcount
-            await cur.close()
+            removed += db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)",
+                                  (events_before, chunk)).rowcount
         return removed
     return job
 
 
 def reclaim(now: float, everything: bool) -> Job:
     """Expired leases go back to queued (all of them at start: nothing can be in flight then)."""
-    async def job(db: aiosqlite.Connection) -> int:
-        cur = await db.execute("UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'active'"
-                               " AND (? OR lease_until <= ?)", (1 if everything else 0, now))
-        count = cur.rowcount
-        await cur.close()
-        return count
+    def job(db: sqlite3.Connection) -> int:
+        return int(db.execute("UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'active'"
+                              " AND (? OR lease_until <= ?)", (1 if everything else 0, now)).rowcount)
     return job
 
 
 def defer_domains(domains: list[str], until: float, reply: str, now: float) -> Job:
     """A dead destination: push its waiting recipients past `until` in one statement."""
-    async def job(db: aiosqlite.Connection) -> int:
+    def job(db: sqlite3.Connection) -> int:
         marks = ",".join("?" * len(domains))
-        cur = await db.execute(f"UPDATE recipients SET next_attempt_at = ?, last_reply = ? WHERE state = 'queued'"
-                               f" AND domain IN ({marks}) AND next_attempt_at < ?", (until, reply, *domains, until))
-        count = cur.rowcount
-        await cur.close()
-        return count
+        return int(db.execute(f"UPDATE recipients SET next_attempt_at = ?, last_reply = ? WHERE state = 'queued'"
+                              f" AND domain IN ({marks}) AND next_attempt_at < ?", (until, reply, *domains, until))
+                   .rowcount)
     return job
 
 
-async def counts(db: aiosqlite.Connection, now: float) -> tuple[dict[str, int], float]:
-    """Recipients per state, and the age of the oldest unfinished message."""
-    result: dict[str, int] = {}
-    async with db.execute("SELECT state, count(*) FROM recipients GROUP BY state") as cur:
-        for state, n in await cur.fetchall():
-            result[state] = n
+def counts(db: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
+    """Recipients per state, and the age of the oldest unfinished message (a reader's query:
+    it scans an index, so callers run it off the event loop)."""
+    result: dict[str, int] = {state: n for state, n in db.execute("SELECT state, count(*) FROM recipients"
+                                                                  " GROUP BY state")}
     # Throttled is a shown state (queued + throttled_since); a partial index counts it.
-    async with db.execute("SELECT count(*) FROM recipients WHERE state = 'queued' AND throttled_since IS NOT NULL"
-                          ) as cur:
-        row = await cur.fetchone()
+    row = db.execute("SELECT count(*) FROM recipients WHERE state = 'queued' AND throttled_since IS NOT NULL"
+                     ).fetchone()
     result["throttled"] = int(row[0]) if row else 0
     result["queued"] = result.get("queued", 0) - result["throttled"]
     oldest: Any = None
     for state in ("queued", "active", "hold"):
-        async with db.execute("SELECT min(message_id) FROM recipients WHERE state = ?", (state,)) as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT min(message_id) FROM recipients WHERE state = ?", (state,)).fetchone()
         if row and row[0] and (oldest is None or row[0] < oldest):
             oldest = row[0]
     age = 0.0
     if oldest is not None:
-        async with db.execute("SELECT created_at FROM messages WHERE id = ?", (oldest,)) as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT created_at FROM messages WHERE id = ?", (oldest,)).fetchone()
         if row:
             age = max(0.0, now - row[0])
     return result, age

@@ -13,8 +13,6 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-import aiosqlite
-
 from smtprelay.accounts import RefusedError
 from smtprelay.queue import warmup as W
 from smtprelay.queue.store import Job
@@ -44,9 +42,9 @@ def save(throttle: "Throttle", now: float) -> Job | None:
     rows = [(p.sender_domain, p.provider, p.day, p.day_date, p.used, p.withheld, p.frozen, p.paused_until,
              p.pause_reason, p.backoff_step, now) for p in pairs]
 
-    async def job(db: aiosqlite.Connection) -> None:
+    def job(db: sqlite3.Connection) -> None:
         if rows:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO warmup (sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
                 " paused_until, pause_reason, backoff_step, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (sender_domain, provider) DO UPDATE SET day = excluded.day,"
@@ -55,23 +53,23 @@ def save(throttle: "Throttle", now: float) -> Job | None:
                 " pause_reason = excluded.pause_reason, backoff_step = excluded.backoff_step,"
                 " updated_at = excluded.updated_at", rows)
         if hours:
-            await db.executemany("INSERT INTO provider_hours (provider, hour, used) VALUES (?,?,?) ON CONFLICT"
+            db.executemany("INSERT INTO provider_hours (provider, hour, used) VALUES (?,?,?) ON CONFLICT"
                                  " (provider) DO UPDATE SET hour = excluded.hour, used = excluded.used", hours)
         if requests:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO domain_requests (sender_domain, hour, requests, blocklisted) VALUES (?,?,?,?)"
                 " ON CONFLICT (sender_domain, hour) DO UPDATE SET requests = excluded.requests,"
                 " blocklisted = excluded.blocklisted", requests)
         for domain, why in suspensions:
-            await db.execute("UPDATE domains SET suspended_at = ?, suspended_reason = ? WHERE name = ?",
+            db.execute("UPDATE domains SET suspended_at = ?, suspended_reason = ? WHERE name = ?",
                              (now, why, domain))
             # Its queued mail is held until an operator resumes the domain.
-            await db.execute(
+            db.execute(
                 "UPDATE recipients SET state = 'hold', hold_reason = 'suspended', last_reply = ?"
                 " WHERE state = 'queued' AND message_id IN (SELECT id FROM messages WHERE sender_domain = ?)",
                 (f"held: sending for {domain} is suspended", domain))
         if transitions:
-            await db.executemany("INSERT INTO events (type, at, sender_domain, provider, data) VALUES (?,?,?,?,?)",
+            db.executemany("INSERT INTO events (type, at, sender_domain, provider, data) VALUES (?,?,?,?,?)",
                                  [event_row(t) for t in transitions])
     return job
 
@@ -85,66 +83,58 @@ def event_row(t: "Transition") -> tuple[str, float, str, str | None, str]:
 def clear_override(sender_domain: str, provider: str, day: int, now: float) -> Job:
     """The scheduler took over an operator's day: clear it, and let the domain's throttled mail be
     looked at now (a larger budget should not wait for midnight; what still does not fit waits again)."""
-    async def job(db: aiosqlite.Connection) -> None:
-        await db.execute("UPDATE warmup SET day = ?, day_override = NULL WHERE sender_domain = ? AND provider = ?"
+    def job(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE warmup SET day = ?, day_override = NULL WHERE sender_domain = ? AND provider = ?"
                          " AND day_override = ?", (day, sender_domain, provider, day))
-        await db.execute("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND throttled_since IS NOT"
+        db.execute("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND throttled_since IS NOT"
                          " NULL AND message_id IN (SELECT id FROM messages WHERE sender_domain = ?)",
                          (now, sender_domain))
     return job
 
 
-async def generation(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT value FROM meta WHERE key = 'warmup_generation'") as cur:
-        row = await cur.fetchone()
+def generation(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'warmup_generation'").fetchone()
     return int(row[0]) if row else 0
 
 
-async def load(db: aiosqlite.Connection, throttle: "Throttle", now: float) -> None:
+def load(db: sqlite3.Connection, throttle: "Throttle", now: float) -> None:
     """Everything the throttle needs after a start: pairs, hours, 24 h of reputation counts."""
-    async with db.execute("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
-                          " paused_until, pause_reason, backoff_step FROM warmup") as cur:
-        for r in await cur.fetchall():
-            throttle.load_pair(W.PairState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
-    async with db.execute("SELECT provider, hour, used FROM provider_hours") as cur:
-        for provider, hour, used in await cur.fetchall():
-            throttle.load_hour(provider, hour, used)
+    for r in db.execute("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
+                        " paused_until, pause_reason, backoff_step FROM warmup"):
+        throttle.load_pair(W.PairState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+    for provider, hour, used in db.execute("SELECT provider, hour, used FROM provider_hours"):
+        throttle.load_hour(provider, hour, used)
     since = now - 86400
-    async with db.execute("SELECT sender_domain, provider, result, bounce_class, at FROM attempts"
-                          " WHERE at > ? AND sender_domain IS NOT NULL ORDER BY at", (since,)) as cur:
-        for r in await cur.fetchall():
-            throttle.load_attempt(r[0], r[1], r[2], r[3], r[4])
-    async with db.execute("SELECT q.sender_domain, q.hour, q.requests, q.blocklisted FROM domain_requests q"
-                          " LEFT JOIN domains d ON d.name = q.sender_domain WHERE q.hour > ?"
-                          " AND (d.resumed_at IS NULL OR q.hour * 3600 >= d.resumed_at)",
-                          (W.hour_index(now) - 24,)) as cur:
-        for r in await cur.fetchall():
-            throttle.load_requests(r[0], r[1], r[2], r[3])
-    throttle.suspended = await suspended(db)
+    for r in db.execute("SELECT sender_domain, provider, result, bounce_class, at FROM attempts"
+                        " WHERE at > ? AND sender_domain IS NOT NULL ORDER BY at", (since,)):
+        throttle.load_attempt(r[0], r[1], r[2], r[3], r[4])
+    for r in db.execute("SELECT q.sender_domain, q.hour, q.requests, q.blocklisted FROM domain_requests q"
+                        " LEFT JOIN domains d ON d.name = q.sender_domain WHERE q.hour > ?"
+                        " AND (d.resumed_at IS NULL OR q.hour * 3600 >= d.resumed_at)", (W.hour_index(now) - 24,)):
+        throttle.load_requests(r[0], r[1], r[2], r[3])
+    throttle.suspended = suspended(db)
 
 
-async def suspended(db: aiosqlite.Connection) -> dict[str, str]:
-    async with db.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL") as cur:
-        return {r[0]: r[1] or "suspended" for r in await cur.fetchall()}
+def suspended(db: sqlite3.Connection) -> dict[str, str]:
+    return {r[0]: r[1] or "suspended" for r in
+            db.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL")}
 
 
-async def overrides(db: aiosqlite.Connection) -> list[tuple[str, str, int]]:
-    async with db.execute("SELECT sender_domain, provider, day_override FROM warmup"
-                          " WHERE day_override IS NOT NULL") as cur:
-        return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+def overrides(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return [(r[0], r[1], r[2]) for r in db.execute("SELECT sender_domain, provider, day_override FROM warmup"
+                                                   " WHERE day_override IS NOT NULL")]
 
 
-async def complaints_since(db: aiosqlite.Connection, after_id: int) -> list[tuple[int, str, str, float]]:
-    async with db.execute("SELECT id, sender_domain, address, at FROM feedback WHERE id > ? AND kind = 'complaint'"
-                          " ORDER BY id LIMIT 10000", (after_id,)) as cur:
-        return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+def complaints_since(db: sqlite3.Connection, after_id: int) -> list[tuple[int, str, str, float]]:
+    return [(r[0], r[1], r[2], r[3]) for r in db.execute(
+        "SELECT id, sender_domain, address, at FROM feedback WHERE id > ? AND kind = 'complaint'"
+        " ORDER BY id LIMIT 10000", (after_id,))]
 
 
-async def last_feedback_id(db: aiosqlite.Connection, since: float) -> int:
+def last_feedback_id(db: sqlite3.Connection, since: float) -> int:
     """Complaints older than 24 h do not count; start just before the first recent one."""
-    async with db.execute("SELECT coalesce(min(id) - 1, (SELECT coalesce(max(id), 0) FROM feedback))"
-                          " FROM feedback WHERE at > ?", (since,)) as cur:
-        row = await cur.fetchone()
+    row = db.execute("SELECT coalesce(min(id) - 1, (SELECT coalesce(max(id), 0) FROM feedback))"
+                     " FROM feedback WHERE at > ?", (since,)).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 

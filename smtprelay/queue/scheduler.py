@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-
-import aiosqlite
 
 from smtprelay.clock import Clock
 from smtprelay.config import Config, DeliveryTls
@@ -66,7 +65,7 @@ class Scheduler(WarmupSeam):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._flush_generation = -1
         self._last_reclaim = 0.0
         self._last_gauges = -GAUGES_EVERY
@@ -74,14 +73,16 @@ class Scheduler(WarmupSeam):
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
         """Recover interrupted work; after this, `scan()` may be called (tests drive it directly)."""
-        self._reader = await aiosqlite.connect(schema.database_path(self.config.server.data_dir))
+        # Small indexed reads (a body, a generation number) are done here, on the loop: in WAL
+        # mode they never wait for the writer, and a thread hop would cost more than the read.
+        self._reader = schema.reader(self.config.server.data_dir)
         returned = await self.store.run(jobs.reclaim(self.clock.now(), everything=True))
         if returned:
             log.warning("recovered %d recipient(s) whose delivery was interrupted; they are queued again", returned)
         self._last_reclaim = self.clock.monotonic()
         now = self.clock.now()
-        await ledger.load(self._reader, self.throttle, now)
-        self._feedback_id = await ledger.last_feedback_id(self._reader, now - 86400)
+        ledger.load(self._reader, self.throttle, now)
+        self._feedback_id = ledger.last_feedback_id(self._reader, now - 86400)
         await self._check_warmup()
 
     async def start(self) -> None:
@@ -117,7 +118,7 @@ class Scheduler(WarmupSeam):
             if pending:
                 await asyncio.wait(pending, timeout=5)
         if self._reader is not None:
-            await self._reader.close()
+            self._reader.close()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -165,8 +166,7 @@ class Scheduler(WarmupSeam):
 
     async def _check_flush(self) -> None:
         assert self._reader is not None
-        async with self._reader.execute("SELECT value FROM meta WHERE key = 'flush_generation'") as cur:
-            row = await cur.fetchone()
+        row = self._reader.execute("SELECT value FROM meta WHERE key = 'flush_generation'").fetchone()
         generation = int(row[0]) if row else 0
         if generation != self._flush_generation:
             if self._flush_generation != -1:
@@ -324,8 +324,7 @@ class Scheduler(WarmupSeam):
         assert self._reader is not None
         sql, arg = (("SELECT body FROM messages WHERE id = ?", message_id) if rcpt_id is None else
                     ("SELECT body FROM recipients WHERE id = ? AND body IS NOT NULL", rcpt_id))
-        async with self._reader.execute(sql, (arg,)) as cur:
-            row = await cur.fetchone()
+        row = self._reader.execute(sql, (arg,)).fetchone()
         return None if row is None else bytes(row[0])
 
     async def _connect_failed(self, dest: Destination, batch: list[Work], failure: ConnectFailure) -> None:
@@ -455,8 +454,15 @@ class Scheduler(WarmupSeam):
                               header_message_id=message_id)]
 
     async def _update_gauges(self, now: float) -> None:
-        assert self._reader is not None
-        counts, oldest = await jobs.counts(self._reader, now)
+        data_dir = self.config.server.data_dir
+
+        def read() -> tuple[dict[str, int], float]:
+            conn = schema.reader(data_dir)    # an index scan: in a thread, on its own connection
+            try:
+                return jobs.counts(conn, now)
+            finally:
+                conn.close()
+        counts, oldest = await asyncio.to_thread(read)
         for state in ("queued", "throttled", "active", "hold", "delivered", "bounced", "expired"):
             self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
         self.metrics.queue_oldest_age_seconds.set(oldest)

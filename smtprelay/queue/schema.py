@@ -334,6 +334,14 @@ def _split(script: str) -> list[str]:
     return statements
 
 
+def reader(data_dir: Path) -> sqlite3.Connection:
+    """A connection for reads in a process whose writer already migrated the store. In WAL
+    mode readers never wait for the writer."""
+    conn = sqlite3.connect(database_path(data_dir), isolation_level=None, check_same_thread=False, timeout=1.0)
+    conn.execute("PRAGMA busy_timeout = 1000")
+    return conn
+
+
 def connect(data_dir: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open the store synchronously (CLI, readers), creating and migrating it if needed."""
     data_dir.mkdir(parents=True, exist_ok=True)
