@@ -1,10 +1,12 @@
-"""Wiring of the running relay: start/stop order and signals.
+"""Wiring of the running relay (the back end process): start/stop order and signals.
 
-Start: config → store (migrations) → trusted accounts → credential table → TLS →
-listeners → HTTP. SIGHUP reloads relay.toml and applies what can change live
-([limits], [auth], [log]); it logs which changed sections need a restart. SIGTERM (or
-SIGINT) drains: stop accepting connections, let sessions finish for up to
-`server.shutdown_grace`, commit what is pending, exit.
+Start: config → store (migrations) → trusted accounts → gate (caps, limits, blocklist) →
+scheduler and webhooks → TLS files → listening sockets → front-end workers (each with a
+channel to the gate and the shared sockets) → HTTP. SIGHUP reloads relay.toml, applies
+what can change live and passes it on to the workers; it logs which changed sections need
+a restart. SIGTERM (or SIGINT) drains: the workers stop accepting and let messages being
+received finish for up to `server.shutdown_grace` (committing through the gate), then the
+scheduler lets deliveries in flight finish, then the store commits what is pending.
 
 Owns: the process lifecycle. Must never: hold policy or SQL of its own.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -20,11 +23,11 @@ import uvloop
 from aiohttp import web
 
 from smtprelay import __version__, logs
-from smtprelay.accounts import AccountService, catalog_version, evaluate_levels, load_account_rows, load_logins
+from smtprelay.accounts import AccountService, catalog_version, evaluate_levels, load_account_rows
 from smtprelay.blocklist.service import blocklist_version, load_view
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
-from smtprelay.domains.service import DomainService, load_senders
+from smtprelay.domains.service import DomainService
 from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
@@ -34,26 +37,29 @@ from smtprelay.events import types as events
 from smtprelay.events.webhooks import Dispatcher
 from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
-from smtprelay.smtp.handler import FrontEnd
-from smtprelay.smtp.server import RelaySMTP
-from smtprelay.smtp.tls import certificate_expiry, certificate_paths, server_context
+from smtprelay.smtp.gate import Gate
+from smtprelay.smtp.pool import WorkerPool, bind
+from smtprelay.smtp.tls import certificate_expiry, certificate_paths
 
 log = logging.getLogger("smtprelay")
 
-CATALOG_REFRESH_SECONDS = 1.0  # revocations and domain changes reach the server within 2 s
+CATALOG_REFRESH_SECONDS = 1.0  # account limits and blocklist changes reach the gate within 2 s
 
 
 class Relay:
-    def __init__(self, config_path: Path, config: Config, clock: Clock | None = None):
+    def __init__(self, config_path: Path, config: Config, clock: Clock | None = None, log_format: str | None = None):
         self.config_path = config_path
         self.config = config
         self.clock = clock or SystemClock()
+        self.log_format = log_format
         self.metrics = Metrics()
         self._stop = asyncio.Event()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._sockets: dict[str, socket.socket] = {}
         self._reader: sqlite3.Connection | None = None
         self._http: web.AppRunner | None = None
+        self._catalog_version = -1
         self._blocklist_version = -1
+        self.pool: WorkerPool | None = None
 
     async def run(self) -> None:
         config = self.config
@@ -64,32 +70,35 @@ class Relay:
                                result="success" if ok else "failure").inc())
         await store.open()
         self.store = store
-        self.frontend = FrontEnd(config, store, self.metrics, self.clock)
-        self.frontend.tracking_secret = tracking.load_key(config)
+        self.gate = Gate(config, store, self.metrics, self.clock)
+        tracking.load_key(config)   # created here once, before the workers read it
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
         await self.scheduler.start()
         self.webhooks = Dispatcher(config.webhooks, store, schema.database_path(config.server.data_dir), self.clock,
                                    self.metrics)
         await self.webhooks.start()
         store.on_enqueued = self.scheduler.wake
-        self.frontend.on_request = self.scheduler.throttle.note_request
+        self.gate.on_request = self.scheduler.throttle.note_request
         await self._refresh_catalog()
         await self._load_sends()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
         maintenance = asyncio.create_task(self._maintenance_loop(), name="maintenance")
         rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
         try:
-            await self._start_listeners()
+            await self._start_workers()
             await self._start_http()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
-            log.info("smtprelay %s ready: %s; http on %s:%d", __version__,
+            log.info("smtprelay %s ready: %s; %d worker(s); http on %s:%d", __version__,
                      ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners),
-                     config.http.address, config.http.port)
+                     config.server.worker_count, config.http.address, config.http.port)
             await self._stop.wait()
-            await self._drain()
+            log.info("shutting down: no new connections; up to %ss for messages being received",
+                     int(self.config.server.shutdown_grace))
+            if self.pool is not None:
+                await self.pool.stop(self.config.server.shutdown_grace)
             await self._flush_events()
             await self.scheduler.stop(self.config.server.shutdown_grace)
             await self.webhooks.stop()
@@ -97,9 +106,10 @@ class Relay:
             refresher.cancel()
             rechecker.cancel()
             maintenance.cancel()
-            self.frontend.sign_pool.shutdown(wait=True)
-            for server in self._servers:
-                server.close()
+            if self.pool is not None and not self._stop.is_set():
+                await self.pool.stop(0)
+            for sock in self._sockets.values():
+                sock.close()
             if self._http is not None:
                 await self._http.cleanup()
             await store.close()
@@ -123,28 +133,20 @@ class Relay:
                                        check_same_thread=False, timeout=self.config.server.store_busy_timeout)
 
     async def _refresh_catalog(self) -> None:
-        """Reload credentials, sender domains, addresses and DKIM keys when the catalog changed."""
-        table = self.frontend.credentials
-        senders = self.frontend.senders
+        """What the gate reads of the catalog: account limits and reputation levels, the blocklist."""
         reader = self._reader
-        data_dir = self.config.server.data_dir
+        gate = self.gate
         assert reader is not None
-
-        frontend = self.frontend
         now = self.clock.now()
 
         def load_if_changed() -> None:
             version = catalog_version(reader)
-            if version != table.version:
-                logins, accounts = load_logins(reader)
-                domains, addresses = load_senders(reader, data_dir)
-                senders.replace(domains, addresses)  # builds the signers (parses keys) off the loop
-                frontend.account_rows = load_account_rows(reader)
-                frontend.tracking_accounts, frontend.tracking_domains = tracking.load_settings(reader)
-                table.replace(logins, accounts, version)
+            if version != self._catalog_version:
+                gate.account_rows = load_account_rows(reader)
+                self._catalog_version = version
             version = blocklist_version(reader)
             if version != self._blocklist_version:
-                frontend.blocklist = load_view(reader, now)
+                gate.blocklist = load_view(reader, now)
                 self._blocklist_version = version
 
         await asyncio.to_thread(load_if_changed)
@@ -154,21 +156,21 @@ class Relay:
             await asyncio.sleep(CATALOG_REFRESH_SECONDS)
             try:
                 await self._refresh_catalog()
-                self.frontend.lockout.prune()
+                self.gate.lockout.prune()
             except sqlite3.Error as exc:
                 log.error("could not refresh credentials from the store: %s", exc)
             await self._flush_events()
 
     async def _flush_events(self) -> None:
         """Write the front end's `rejected` events (kept for the next try if the store fails)."""
-        rows = self.frontend.pending_events
+        rows = self.gate.pending_events
         if not rows:
             return
-        self.frontend.pending_events = []
+        self.gate.pending_events = []
         try:
             await self.store.run(events.insert_job(rows))
         except StoreUnavailable:
-            self.frontend.pending_events = rows + self.frontend.pending_events
+            self.gate.pending_events = rows + self.gate.pending_events
 
     async def _load_sends(self) -> None:
         """The last 24 h of accepted recipients, so caps and quotas survive a restart."""
@@ -177,7 +179,7 @@ class Relay:
         since = self.clock.now() - 86400
         rows = await asyncio.to_thread(lambda: reader.execute(
             "SELECT account_id, address, at FROM sends WHERE at > ? ORDER BY at", (since,)).fetchall())
-        self.frontend.send_limits.load(rows)
+        self.gate.send_limits.load(rows)
 
     async def _maintenance_loop(self) -> None:
         """Every minute: judge finished days for reputation levels, forget old sends, drop
@@ -194,7 +196,7 @@ class Relay:
                 changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:
                     log.warning("account %s: reputation level %d → %d (%s)", account, old, new, why)
-                self.frontend.send_limits.prune()
+                self.gate.send_limits.prune()
             except sqlite3.OperationalError as exc:
                 log.warning("maintenance postponed (%s); trying again in a minute", exc)
             except Exception:
@@ -230,31 +232,23 @@ class Relay:
             conn.close()
         return [r.status for r in results if r.status != r.previous]
 
-    async def _start_listeners(self) -> None:
+    async def _start_workers(self) -> None:
+        """Bind every listener here, once, and hand the sockets to the front-end workers."""
         config = self.config
-        context = None
+        tls_files = None
         if any(l.tls is not TlsMode.NONE for l in config.listeners):
-            cert, key = certificate_paths(config)
-            context = server_context(cert, key)
-            self.metrics.tls_certificate_expiry.set(certificate_expiry(cert))
-        loop = asyncio.get_running_loop()
+            tls_files = certificate_paths(config)
+            self.metrics.tls_certificate_expiry.set(certificate_expiry(tls_files[0]))
         for listener in config.listeners:
-            listener_context = context if listener.tls is not TlsMode.NONE else None
-
-            def factory(listener=listener, ctx=listener_context) -> RelaySMTP:
-                return RelaySMTP(self.frontend, listener, ctx)
-
-            server = await loop.create_server(
-                factory, host=listener.address, port=listener.port, reuse_address=True,
-                ssl=listener_context if listener.tls is TlsMode.IMPLICIT else None,
-                ssl_handshake_timeout=30 if listener.tls is TlsMode.IMPLICIT else None, backlog=1024)
-            self._servers.append(server)
+            self._sockets[listener.name] = bind(listener.address, listener.port)
+        self.pool = WorkerPool(self.config_path, config, self._sockets, tls_files, self.gate, self.log_format)
+        await self.pool.start()
 
     async def _start_http(self) -> None:
         from smtprelay.http import tracking as tracking_http
 
         def endpoints(app: web.Application) -> None:
-            tracking_http.add_routes(app, lambda: self.config, self.store, self.frontend.tracking_secret,
+            tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
                                      schema.database_path(self.config.server.data_dir), self.clock.now)
         app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path,
                         endpoints)
@@ -265,8 +259,9 @@ class Relay:
 
     def health(self) -> dict[str, object]:
         ok = self.store.healthy
+        workers = self.pool.alive if self.pool is not None else 0
         return {"status": "ok" if ok else "degraded", "store": "ok" if ok else "failing",
-                "sessions": len(self.frontend.sessions), "version": __version__}
+                "sessions": self.gate.sessions, "workers": workers, "version": __version__}
 
     def reload(self) -> None:
         try:
@@ -275,31 +270,15 @@ class Relay:
             log.error("reload refused, keeping the running configuration: %s", "; ".join(exc.problems))
             return
         applied, restart = reload_report(self.config, new)
-        self.frontend.apply(new)
+        self.gate.apply(new)
+        if self.pool is not None:
+            self.pool.reload(new)
         self.scheduler.apply(new)
         self.webhooks.config = new.webhooks
         logs.set_level(new.log.level)
         self.config = new
         log.info("reload: applied %s%s", ", ".join(applied) or "no changes",
                  f"; changed but needs a restart: {', '.join(restart)}" if restart else "")
-
-    async def _drain(self) -> None:
-        sessions = self.frontend.sessions
-        log.info("shutting down: no new connections; up to %ss for %d message(s) being received",
-                 int(self.config.server.shutdown_grace), sum(1 for s in sessions if s.in_data))
-        for server in self._servers:
-            server.close()
-        deadline = self.clock.monotonic() + self.config.server.shutdown_grace
-        while True:
-            # Idle sessions close at once; a session receiving DATA may finish it.
-            for session in [s for s in sessions if not s.in_data]:
-                session.refuse_and_close("421 4.3.2 Service shutting down")
-            if not sessions or self.clock.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
-        for session in list(sessions):
-            session.refuse_and_close("421 4.3.2 Service shutting down")
-
 
 def serve(config_path: Path, log_format: str | None = None) -> int:
     try:
@@ -310,7 +289,7 @@ def serve(config_path: Path, log_format: str | None = None) -> int:
         return 2
     logs.setup(config.log.level, log_format or config.log.format)
     try:
-        uvloop.run(Relay(config_path, config).run())   # libuv's loop: less CPU per socket event
+        uvloop.run(Relay(config_path, config, log_format=log_format).run())   # libuv's loop: less CPU per socket event
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

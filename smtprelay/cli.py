@@ -378,7 +378,26 @@ def run_for_api(argv: list[str], config_path: str) -> tuple[int, Any]:
     return status, args.sink[0] if args.sink else None
 
 
+def _worker(argv: Sequence[str]) -> int:
+    """`smtprelay _worker`: a front-end process, started by `serve` (never by hand) with its
+    channel and the listening sockets as inherited file descriptors."""
+    parser = argparse.ArgumentParser(prog="smtprelay _worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--channel", type=int, required=True)
+    parser.add_argument("--listener", action="append", default=[], metavar="NAME=FD")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=None)
+    args = parser.parse_args(argv)
+    from smtprelay.smtp import worker
+    listeners = {name: int(fd) for name, _, fd in (item.partition("=") for item in args.listener)}
+    tls_files = (Path(args.tls[0]), Path(args.tls[1])) if args.tls else None
+    return worker.run(Path(args.config), args.channel, listeners, tls_files, args.log_format)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:
+        return _worker(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,16 @@ class ServerConfig:
     # SPF verification evaluates the published policy for every address in public_ips.
     spf_include: str | None = None
     public_ips: tuple[str, ...] = ()
+    # SMTP front-end processes sharing the listeners (0: one per CPU core).
+    workers: int = 0
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "relay.db"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,7 +118,7 @@ class DkimConfig:
     algorithms: tuple[DkimAlgorithm, ...] = (DkimAlgorithm.RSA_SHA256,)
     rsa_bits: int = 2048
     rotation_overlap: float = 7 * 86400.0
-    signing_threads: int = 2
+    signing_threads: int = 0     # 0: sign on the worker's own loop (each worker has a core)
 
 
 class DeliveryTls(str, enum.Enum):

@@ -37,6 +37,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         store_busy_timeout=s.duration("store_busy_timeout", 5.0),
         spf_include=s.string("spf_include", None, _HOSTNAME, "a host name like \"_spf.example.net\""),
         public_ips=s._get("public_ips", (), lambda raw: tuple(_ip_text(x) for x in _list(raw))),
+        workers=s._get("workers", 0, _workers),
     )
     s.finish()
 
@@ -118,7 +119,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         algorithms=dk._get("algorithms", (DkimAlgorithm.RSA_SHA256,), _parse_algorithms),
         rsa_bits=dk._get("rsa_bits", 2048, lambda raw: _one_of_int(raw, (1024, 2048, 3072, 4096))),
         rotation_overlap=dk.duration("rotation_overlap", 7 * 86400.0),
-        signing_threads=dk.positive_int("signing_threads", 2),
+        signing_threads=dk.positive_int("signing_threads", 0, allow_zero=True),
     )
     dk.finish()
 
@@ -266,6 +267,14 @@ def _parse_delivery(raw: Any, base: Path, problems: list[str]) -> DeliveryConfig
         problems.append("delivery.initial_concurrency: must not exceed delivery.max_concurrency, "
                         f"got {config.initial_concurrency}")
     return config
+
+
+def _workers(raw: object) -> int:
+    if raw == "auto":
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1 or raw > 256:
+        raise ValueError('must be "auto" (one per CPU core) or a number of processes from 1 to 256')
+    return raw
 
 
 def _table(section: _Section, name: str) -> dict[str, Any]:

@@ -2,17 +2,17 @@
 PIPELINING, 1870 SIZE, 2034 enhanced status codes).
 
 Owns: the conversation — reading command lines and message data from the socket, the
-order of commands, syntax, replies, timeouts, TLS upgrades, AUTH exchanges, the connection
-caps (421 before the greeting) and the AUTH lockout (421 and close). What a command means
-for the relay (which sender, which recipient, what happens to the message) is asked of the
-FrontEnd (smtp.handler), which answers with reply lines.
+order of commands, syntax, replies, timeouts, TLS upgrades, AUTH exchanges. What a command
+means for the relay (may this client connect, which sender, which recipient, what happens
+to the message) is asked of the FrontEnd (smtp.handler), which answers with reply lines,
+at once or later (when the back end's gate has spoken: the greeting waits for the
+connection caps, RCPT for the recipient's limits, the end of DATA for the commit).
 
 Why not aiosmtpd: it reads through a StreamReader and a coroutine per command, about 1 ms
 of CPU per message on our 2-core machine, more than everything else the relay does. Here
 command lines are handled synchronously straight from the receive buffer (pipelined
 commands cost nothing extra) and the end of DATA is found by searching whole chunks, not
-line by line. Only the end of DATA (DKIM signing and the durable commit) is asynchronous;
-input that arrives meanwhile waits in the buffer.
+line by line. While an answer is awaited the session is BUSY and input waits in the buffer.
 
 Must never: make policy decisions, block the event loop, or reply 250 to DATA before the
 FrontEnd says the message is committed.
@@ -25,7 +25,7 @@ import enum
 import logging
 import ssl
 from base64 import b64decode
-from typing import TYPE_CHECKING, Callable, cast
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 from smtprelay.config import ListenerConfig, TlsMode
 from smtprelay.policy.address import AddressError, parse_address, split_smtp_argument
@@ -103,31 +103,47 @@ class RelaySMTP(asyncio.Protocol):
         self._data_size = 0
         self._data_tail = b""
         self._data_state = DataState.NOMINAL
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[Any] | None = None
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
-        fe = self.frontend
-        refused = fe.limiter.acquire(self.client_ip)
-        fe.connection_opened(self, refused)
-        if refused is not None:
-            what = "your address" if refused == "per_client" else "all clients"
-            self._mode = Mode.CLOSED
-            self.transport.write(f"421 4.7.0 {self.hostname} Too many connections from {what}; try again later\r\n"
-                                 .encode())
-            self.transport.close()
-            return
-        self._slot_held = True
         self.trusted = self.listener.is_trusted(self.client_ip)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:                     # implicit TLS
             self.tls_version = ssl_object.version()
+        # The connection caps are counted across all workers: the greeting waits for the gate.
+        self._mode = Mode.BUSY
+        self.frontend.open(self).add_done_callback(self._admitted)
+
+    def _admitted(self, decision: asyncio.Future[str | None]) -> None:
+        fe = self.frontend
+        refused = "unavailable" if decision.exception() is not None else decision.result()
+        if self.transport is None:           # the client left before the gate answered
+            if refused is None:
+                self.state = fe.new_session_state(self)
+                fe.closed(self)
+            return
+        if refused is not None:
+            self._mode = Mode.CLOSED
+            if refused == "unavailable":
+                reply = f"421 4.3.2 {self.hostname} Service not available, try again later"
+            else:
+                what = "your address" if refused == "per_client" else "all clients"
+                reply = f"421 4.7.0 {self.hostname} Too many connections from {what}; try again later"
+            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
+            return
+        self._slot_held = True
         self.state = fe.new_session_state(self)
+        fe.opened(self)
         self._arm(fe.config.limits.command_timeout)
         self.transport.write(f"220 {self.hostname} ESMTP smtprelay\r\n".encode())
+        self._mode = Mode.COMMAND
+        if self._buffer:
+            self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._mode = Mode.CLOSED
@@ -136,8 +152,7 @@ class RelaySMTP(asyncio.Protocol):
             self._timer = None
         if self._slot_held:
             self._slot_held = False
-            self.frontend.limiter.release(self.client_ip)
-            self.frontend.connection_closed(self)
+            self.frontend.closed(self)
         self.transport = None
 
     def eof_received(self) -> bool:
@@ -244,6 +259,33 @@ class RelaySMTP(asyncio.Protocol):
         self._flush()
         if len(buffer) < BUFFER_PAUSE:
             self._resume_reading()
+
+    def _answer(self, reply: str | Awaitable[str]) -> None:
+        """Reply now, or when the answer arrives (the gate's, or the end of a message);
+        meanwhile input waits in the buffer."""
+        if isinstance(reply, str):
+            self._reply(reply)
+            return
+        self._wait(reply, self._reply)
+
+    def _wait(self, answer: Awaitable[Any], then: Callable[[Any], None]) -> None:
+        self._mode = Mode.BUSY
+        self._flush()
+        self._task = asyncio.ensure_future(answer)     # a reference, so the task is not collected
+        self._task.add_done_callback(lambda done: self._resume(done, then))
+
+    def _resume(self, done: asyncio.Future[Any], then: Callable[[Any], None]) -> None:
+        if self._mode is Mode.CLOSED:
+            return
+        if done.cancelled() or done.exception() is not None:
+            if not done.cancelled():
+                log.error("[%s]: %r", self.client_ip, done.exception())
+            self._reply("451 4.3.0 Error: local problem; try again later")
+        else:
+            then(done.result())
+        if self._mode is Mode.BUSY:
+            self._mode = Mode.COMMAND
+        self._process()
 
     def _reply(self, line: str) -> None:
         self._out.append(line.encode("utf-8", "replace") + b"\r\n")
@@ -436,7 +478,7 @@ class RelaySMTP(asyncio.Protocol):
         if rest:
             self._reply("555 5.5.4 RCPT TO parameters not recognized or not implemented")
             return
-        self._reply(self.frontend.rcpt(self, address))
+        self._answer(self.frontend.rcpt(self, address))
 
     def _data(self, arg: str) -> None:
         if self._needs_helo() or self._needs_auth():
@@ -486,8 +528,7 @@ class RelaySMTP(asyncio.Protocol):
         if len(content) > TEXT_LINE_MAX and max(map(len, content.split(b"\r\n"))) > TEXT_LINE_MAX:
             self._message_refused(TOO_LONG_LINE)
             return
-        self._flush()
-        self._task = asyncio.ensure_future(self._finish(content))
+        self._answer(self.frontend.message(self, content))
 
     def _take(self, data: bytes) -> None:
         if self._data_state is not DataState.NOMINAL or not data:
@@ -515,20 +556,6 @@ class RelaySMTP(asyncio.Protocol):
         self._data_parts = []
         self._reply(reply)
         self._mode = Mode.COMMAND      # the _process loop goes on with what follows
-
-    async def _finish(self, content: bytes) -> None:
-        try:
-            reply = await self.frontend.message(self, content)
-        except Exception:   # never leave the client without an answer
-            log.exception("[%s]: the message could not be handled", self.client_ip)
-            reply = "451 4.3.0 Error: local problem while handling the message"
-        finally:
-            self._task = None
-        if self._mode is Mode.CLOSED:
-            return
-        self._reply(reply)
-        self._mode = Mode.COMMAND
-        self._process()
 
     # -- STARTTLS ------------------------------------------------------------------------------------
     def _starttls(self, arg: str) -> None:
@@ -578,13 +605,7 @@ class RelaySMTP(asyncio.Protocol):
 
     # -- AUTH --------------------------------------------------------------------------------------
     def _auth_command(self, arg: str) -> None:
-        fe = self.frontend
         assert self.state is not None
-        if fe.lockout.locked(self.client_ip):
-            fe.metrics.auth_attempts.labels(result="locked_out").inc()
-            self._reply(LOCKED_OUT)
-            self._close()
-            return
         if not self.greeted:
             self._reply("503 5.5.1 Error: send EHLO first")
             return
@@ -651,7 +672,10 @@ class RelaySMTP(asyncio.Protocol):
         else:
             assert username is not None
             login, password = username, decoded
-        reply, close = self.frontend.authenticate(self, mechanism, login, password)
+        self._wait(self.frontend.authenticate(self, mechanism, login, password), self._authenticated)
+
+    def _authenticated(self, outcome: tuple[str, bool]) -> None:
+        reply, close = outcome
         self._reply(reply)
         if close:
             self._close()

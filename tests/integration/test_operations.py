@@ -96,7 +96,7 @@ def test_json_log_format(make_relay) -> None:  # type: ignore[no-untyped-def]
         s.sendmail("app@apps.example", ["b@example.org"], b"From: app@apps.example\r\nSubject: j\r\n\r\nhi\r\n")
     relay.stop()
     lines = [json.loads(line) for line in relay.log().splitlines() if line.strip()]
-    queued = [doc for doc in lines if doc.get("queue_id")]
+    queued = [doc for doc in lines if doc.get("queue_id") and "nrcpt" in doc]   # the acceptance line
     assert len(queued) == 1 and queued[0]["account"] == "apps" and queued[0]["nrcpt"] == 1
     assert queued[0]["message"].startswith(queued[0]["queue_id"] + ": client=[127.0.0.1]")
 

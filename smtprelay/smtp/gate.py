@@ -1,0 +1,201 @@
+"""The gate: the front end's state that must be exact across all worker processes, kept by
+the back end and answered over the workers' channels.
+
+Owns: the connection caps (total and per client address), the AUTH lockout, the sending
+limits (per-recipient hourly reservations, rolling quota, per-second rate), the blocklist
+check at RCPT and the sender-domain reputation notes it feeds the scheduler's throttle,
+the `rejected` events, every front-end metric, and the hand-over of accepted messages to
+the queue store. All of it runs on the back end's event loop without awaiting between a
+check and its update, which is what makes 50 sessions on two workers get exactly 10 slots
+of a recipient hourly cap of 10.
+
+What each worker holds (open connections, reservation tokens) is tracked per channel, so a
+worker that dies gives its connections and reservations back.
+
+Must never: talk SMTP (the workers do), or block the loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from smtprelay.clock import Clock
+from smtprelay.config import Config
+from smtprelay.events import types as events
+from smtprelay.http.metrics import Metrics
+from smtprelay.policy import verdict as V
+from smtprelay.policy.blocklist import BlocklistView
+from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
+from smtprelay.policy.reputation import AccountRow, effective_limits
+from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
+
+log = logging.getLogger("smtprelay.smtp")
+
+MAX_PENDING_EVENTS = 100_000   # if the store is down for long, refusals beyond this are not recorded
+OPS = frozenset({"open_connection", "close_connection", "auth", "rcpt", "release", "rejected", "enqueue"})
+
+
+@dataclass
+class Peer:
+    """What one worker holds: its open connections (by client address) and reservations."""
+    name: str
+    connections: dict[str, int] = field(default_factory=dict)
+    tokens: set[int] = field(default_factory=set)
+
+
+class Gate:
+    def __init__(self, config: Config, store: QueueStore, metrics: Metrics, clock: Clock):
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
+        self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+        self.send_limits = SendLimiter(clock, config.limits.recipient_hourly_cap)
+        self.blocklist = BlocklistView([], set())
+        self.account_rows: dict[int, AccountRow] = {}
+        self.reservations: dict[int, Reservation] = {}
+        self._next_token = 0
+        # Told of every recipient request (sender domain, refused by the blocklist?): the
+        # scheduler's throttle judges sender-domain reputation from it.
+        self.on_request: Callable[[str, bool], None] | None = None
+        # `rejected` events, written by the app within a second (refusals change no stored state).
+        self.pending_events: list[tuple[Any, ...]] = []
+        self.sessions = 0
+
+    def apply(self, config: Config) -> None:
+        """Take over the reloadable parts of a new configuration (SIGHUP)."""
+        self.config = config
+        self.limiter.max_total = config.limits.max_connections
+        self.limiter.max_per_client = config.limits.max_connections_per_client
+        self.lockout.configure(config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+        self.send_limits.hourly_cap = config.limits.recipient_hourly_cap
+
+    def account_limits(self, account_id: int) -> AccountLimits:
+        row = self.account_rows.get(account_id)
+        if row is None:
+            return AccountLimits(self.config.limits.account_daily_quota, self.config.limits.account_rate_per_second)
+        return effective_limits(row, self.config)
+
+    # -- calls from a worker (peer is that worker's bookkeeping) -----------------------------
+    def handle(self, peer: Peer, op: str, args: tuple[Any, ...]) -> Any:
+        if op not in OPS:
+            raise ValueError(f"unknown operation {op}")
+        return getattr(self, op)(peer, *args)
+
+    def open_connection(self, peer: Peer, ip: str, listener: str) -> str | None:
+        """None: go ahead; else the cap that refuses it ("per_client" or "total")."""
+        refused = self.limiter.acquire(ip)
+        if refused is not None:
+            self.metrics.smtp_connections_refused.labels(reason=refused).inc()
+            log.warning("warning: [%s]: connection refused: too many connections (%s cap)", ip,
+                        refused.replace("_", "-"))
+            return refused
+        peer.connections[ip] = peer.connections.get(ip, 0) + 1
+        self.sessions += 1
+        self.metrics.smtp_connections.labels(listener=listener).inc()
+        self.metrics.smtp_sessions_active.inc()
+        return None
+
+    def close_connection(self, peer: Peer, ip: str) -> None:
+        count = peer.connections.get(ip, 0)
+        if count <= 0:
+            return
+        if count == 1:
+            del peer.connections[ip]
+        else:
+            peer.connections[ip] = count - 1
+        self.limiter.release(ip)
+        self.sessions -= 1
+        self.metrics.smtp_sessions_active.dec()
+
+    def auth(self, peer: Peer, ip: str, valid: bool) -> str:
+        """The lockout's word on an AUTH attempt whose credentials were `valid`: "ok", "failed",
+        "locked" (refused without looking: the address is locked out) or "locked_now"."""
+        if self.lockout.locked(ip):
+            self.metrics.auth_attempts.labels(result="locked_out").inc()
+            return "locked"
+        if valid:
+            self.lockout.success(ip)
+            self.metrics.auth_attempts.labels(result="success").inc()
+            return "ok"
+        self.metrics.auth_attempts.labels(result="failure").inc()
+        return "locked_now" if self.lockout.failure(ip) else "failed"
+
+    def rcpt(self, peer: Peer, ip: str, account_id: int, mail_from: str, sender_domain: str,
+             address: str) -> tuple[str, int | None]:
+        """The reply to RCPT, and the reservation token when it is accepted."""
+        now = self.clock.now()
+        verdict = self.blocklist.check(address, account_id, sender_domain, now)
+        if self.on_request is not None:
+            self.on_request(sender_domain, verdict is not None)
+        if verdict is not None:
+            return self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address), None
+        reserved = self.send_limits.reserve(account_id, address, self.account_limits(account_id))
+        if isinstance(reserved, V.Verdict):
+            return self.reject(ip, account_id, mail_from, "RCPT", reserved, [address], rcpt=address), None
+        self._next_token += 1
+        self.reservations[self._next_token] = reserved
+        peer.tokens.add(self._next_token)
+        return V.RCPT_OK.reply, self._next_token
+
+    def release(self, peer: Peer, tokens: list[int]) -> None:
+        found = [self.reservations.pop(t) for t in tokens if t in self.reservations]
+        peer.tokens.difference_update(tokens)
+        if found:
+            self.send_limits.release(found)
+
+    def rejected(self, peer: Peer, ip: str, account_id: int | None, mail_from: str, stage: str, reply: str,
+                 reason: str, recipients: list[str]) -> None:
+        """A refusal the worker decided itself (MAIL, the message content, too many recipients)."""
+        code, status, text = reply.split(" ", 2)
+        self.reject(ip, account_id, mail_from, stage, V.Verdict(int(code), status, text, reason), recipients,
+                    rcpt=recipients[0] if stage == "RCPT" and recipients else "")
+
+    def enqueue(self, peer: Peer, message: QueuedMessage, tokens: list[int], sign_seconds: float,
+                ip: str) -> asyncio.Future[str]:
+        """Commit the message (group commit); the answer is the reply to send after DATA."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        reserved = [self.reservations.pop(t) for t in tokens if t in self.reservations]
+        peer.tokens.difference_update(tokens)
+        self.metrics.dkim_sign_seconds.observe(sign_seconds)
+
+        def done(commit: asyncio.Future[Any]) -> None:
+            if commit.exception() is None:
+                self.send_limits.commit(reserved, message.created_at)
+                self.metrics.messages_accepted.inc()
+                answer.set_result(f"250 2.0.0 Ok: queued as {message.id}")
+                return
+            self.send_limits.release(reserved)
+            if not isinstance(commit.exception(), StoreUnavailable):
+                log.error("enqueue failed: %r", commit.exception())
+            answer.set_result(self.reject(ip, message.account_id, message.mail_from, "END-OF-MESSAGE",
+                                          V.STORE_UNAVAILABLE, list(message.recipients)))
+        self.store.submit(message).add_done_callback(done)
+        return answer
+
+    def lost(self, peer: Peer) -> None:
+        """The worker is gone: its connections are closed and its reservations returned."""
+        for ip, count in list(peer.connections.items()):
+            for _ in range(count):
+                self.close_connection(peer, ip)
+        self.release(peer, list(peer.tokens))
+
+    # -- refusals ---------------------------------------------------------------------------------
+    def reject(self, ip: str, account_id: int | None, mail_from: str, stage: str, verdict: V.Verdict,
+               recipients: list[str], rcpt: str = "") -> str:
+        self.metrics.recipients_rejected.labels(reason=verdict.reason).inc()
+        if account_id is not None and len(self.pending_events) < MAX_PENDING_EVENTS:
+            now = self.clock.now()
+            detail = events.data(stage=stage, smtp_response=verdict.reply, rule=verdict.reason,
+                                 **{"from": mail_from or None})
+            sender_domain = mail_from.rpartition("@")[2].lower() or None
+            for address in recipients or [""]:
+                self.pending_events.append(("rejected", now, account_id, None, address or None, sender_domain,
+                                            address.rpartition("@")[2].lower() or None, None, None, detail))
+        to = f" to=<{rcpt}>" if rcpt else ""
+        log.info("NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, ip, verdict.reply, mail_from, to)
+        return verdict.reply
