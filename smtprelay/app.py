@@ -67,7 +67,8 @@ class Relay:
         self._prepare_store()
         store = QueueStore(config.server.data_dir, config.server.store_busy_timeout, config.server.max_store_bytes,
                            on_commit=lambda ok: self.metrics.store_commits.labels(
-                               result="success" if ok else "failure").inc())
+                               result="success" if ok else "failure").inc(),
+                           commit_window=config.server.commit_window)
         await store.open()
         self.store = store
         self.gate = Gate(config, store, self.metrics, self.clock)

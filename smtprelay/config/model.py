@@ -40,6 +40,8 @@ class ServerConfig:
     public_ips: tuple[str, ...] = ()
     # SMTP front-end processes sharing the listeners (0: one per CPU core).
     workers: int = 0
+    # Under load, a commit may wait this long for more messages to share its fsync (0: never).
+    commit_window: float = 0.005
 
     @property
     def database_path(self) -> Path:

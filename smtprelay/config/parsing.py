@@ -38,6 +38,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         spf_include=s.string("spf_include", None, _HOSTNAME, "a host name like \"_spf.example.net\""),
         public_ips=s._get("public_ips", (), lambda raw: tuple(_ip_text(x) for x in _list(raw))),
         workers=s._get("workers", 0, _workers),
+        commit_window=s.duration("commit_window", 0.005, allow_zero=True),
     )
     s.finish()
 

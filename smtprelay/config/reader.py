@@ -112,11 +112,11 @@ class _Section:
             return raw
         return self._get(name, default, convert)
 
-    def duration(self, name: str, default: float) -> float:
+    def duration(self, name: str, default: float, allow_zero: bool = False) -> float:
         def convert(raw: Any) -> float:
             value = parse_duration(raw)
-            if value <= 0:
-                raise ValueError("must be a positive duration")
+            if value < 0 or (value == 0 and not allow_zero):
+                raise ValueError("must be a positive duration" + (' (or "0s")' if allow_zero else ""))
             return value
         return self._get(name, default, convert)
 
