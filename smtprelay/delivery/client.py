@@ -82,6 +82,7 @@ class _ReplyProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # uvloop's transports are not subclasses
+        self.loop = asyncio.get_running_loop()   # kept: each lookup costs a getpid() system call
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -141,7 +142,7 @@ class _ReplyProtocol(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self._paused and self.error is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self.loop.create_future()
             await self._drained
 
     async def read(self, count: int = 1) -> list[Reply]:
@@ -150,7 +151,7 @@ class _ReplyProtocol(asyncio.Protocol):
             if self.error is not None:
                 raise SessionError(self.error)
             self._want = count
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self.loop.create_future()
             try:
                 await self._waiter
             finally:

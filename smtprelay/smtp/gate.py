@@ -65,6 +65,7 @@ class Gate:
         # `rejected` events, written by the app within a second (refusals change no stored state).
         self.pending_events: list[tuple[Any, ...]] = []
         self.sessions = 0
+        self.loop = asyncio.get_running_loop()   # built on the back end's loop; kept (getpid per lookup)
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -158,7 +159,7 @@ class Gate:
     def enqueue(self, peer: Peer, message: QueuedMessage, tokens: list[int], sign_seconds: float,
                 ip: str) -> asyncio.Future[str]:
         """Commit the message (group commit); the answer is the reply to send after DATA."""
-        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[str] = self.loop.create_future()
         reserved = [self.reservations.pop(t) for t in tokens if t in self.reservations]
         peer.tokens.difference_update(tokens)
         self.metrics.dkim_sign_seconds.observe(sign_seconds)

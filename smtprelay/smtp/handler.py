@@ -100,6 +100,7 @@ class FrontEnd:
         self.config = config
         self.link = link
         self.clock = clock
+        self.loop = asyncio.get_running_loop()   # built on the worker's loop; kept (getpid per lookup)
         self.credentials = CredentialTable()
         self.senders = SenderTable()
         # Signing runs on this worker's loop by default: each worker has a core of its own, and
@@ -229,7 +230,7 @@ class FrontEnd:
         if len(state.recipients) >= self.config.limits.max_recipients:
             return self.reject(state, "RCPT", V.TOO_MANY_RECIPIENTS, [address])
         assert state.account_id is not None  # MAIL refuses anyone without an account
-        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[str] = self.loop.create_future()
 
         def done(asked: asyncio.Future[tuple[str, int | None]]) -> None:
             if asked.exception() is not None:
@@ -336,5 +337,5 @@ class FrontEnd:
     async def _sign(self, signer: Signer, body: bytes) -> bytes:
         if self.sign_pool is None:
             return signer.sign(body)
-        return await asyncio.get_running_loop().run_in_executor(self.sign_pool, signer.sign, body)
+        return await self.loop.run_in_executor(self.sign_pool, signer.sign, body)
 

@@ -78,7 +78,7 @@ class RelaySMTP(asyncio.Protocol):
         self.frontend = frontend
         self.listener = listener
         self.hostname = config.server.hostname
-        self.loop = asyncio.get_running_loop()
+        self.loop = frontend.loop
         self._starttls_context = tls_context if listener.tls is TlsMode.STARTTLS else None
         self._auth_needs_tls = config.auth.require_tls and listener.tls is not TlsMode.IMPLICIT
         self.transport: asyncio.Transport | None = None

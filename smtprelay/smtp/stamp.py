@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime
 import email.utils
 import re
-import secrets
 from dataclasses import dataclass
 
 from smtprelay.policy.content import header_block, header_values
+from smtprelay.queue.ids import token
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_\[\]:]")
 
@@ -55,7 +55,7 @@ def stamp(content: bytes, trace: Trace) -> tuple[bytes, str]:
     if existing:
         message_id = existing[0].decode("ascii", "replace")
     else:
-        message_id = f"<{trace.queue_id}.{secrets.token_hex(6)}@{trace.hostname}>"
+        message_id = f"<{trace.queue_id}.{token(48)}@{trace.hostname}>"
         lines.append(f"Message-ID: {message_id}")
     if not header_values(headers, b"date"):
         lines.append(f"Date: {date}")
