@@ -184,6 +184,14 @@ class Relay:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text` (lines are written within a loop turn of the event)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{text!r} not logged within {timeout} s:\n{log[-3000:]}"
+            time.sleep(0.02)   # polling a child's log file; nothing to inject
+        return log
+
     def http_get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:

@@ -40,8 +40,11 @@ def test_total_connection_cap(make_relay) -> None:  # type: ignore[no-untyped-de
             socks.append(socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=10,
                                                   source_address=(source, 0)))
         greetings = [s.recv(200) for s in socks]
-        assert [g[:3] for g in greetings] == [b"220", b"220", b"220", b"220", b"421"]
-        assert b"Too many connections from all clients" in greetings[4]
+        # Two workers accept in parallel, so which connection the gate sees last is not fixed;
+        # how many are let in is (the per-client cap of 3 cannot refuse any of these).
+        assert sorted(g[:3] for g in greetings) == [b"220", b"220", b"220", b"220", b"421"]
+        refused = next(g for g in greetings if g.startswith(b"421"))
+        assert b"Too many connections from all clients" in refused
     finally:
         for s in socks:
             s.close()
@@ -57,7 +60,7 @@ def test_idle_client_is_disconnected_after_command_timeout(make_relay) -> None: 
         while chunk := s.recv(200):
             rest += chunk
     assert rest == b"" or rest.startswith(b"421")
-    assert "disconnect from [127.0.0.1]" in relay.log()
+    relay.wait_for_log("disconnect from [127.0.0.1]")
 
 
 def test_data_phase_has_its_own_timeout(make_relay) -> None:  # type: ignore[no-untyped-def]
