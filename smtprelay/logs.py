@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -37,7 +38,8 @@ class TextFormatter(logging.Formatter):
     """Postfix-like text lines; the date is formatted once per second, not once per line."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s smtprelay[%(process)d]: %(levelname)s %(message)s")
+        # The pid is written in once: looking it up per line is a system call.
+        super().__init__(f"%(asctime)s smtprelay[{os.getpid()}]: %(levelname)s %(message)s")
         self._second = -1
         self._stamp = ""
 
@@ -120,6 +122,12 @@ class LoopBufferedHandler(logging.Handler):
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
+    # Nothing we print needs the caller's file and line, the thread or the process name, and
+    # the logging module would look each up for every line (a stack walk; a getpid() call).
+    logging._srcfile = None   # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
     handler = LoopBufferedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -51,6 +51,7 @@ class MxResolver:
         self.config = config
         self.resolver = resolver or make_resolver(config.dns, dns.asyncresolver.Resolver)
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
+        self._literal_routes: dict[object, NextHop] = {}    # routes to an IP address never change
 
     async def next_hop(self, domain: str) -> NextHop | Unroutable:
         route = self.config.delivery.route_for(domain)
@@ -92,9 +93,14 @@ class MxResolver:
         return NextHop(key, tuple(hosts), None)
 
     async def _route(self, route: Route) -> NextHop | Unroutable:
+        known = self._literal_routes.get(route)
+        if known is not None:
+            return known
         try:
             ipaddress.ip_address(route.host)
-            addresses: tuple[str, ...] | Unroutable = (route.host,)
+            hop = NextHop(f"route:{route.host}:{route.port}", (Host(route.host, (route.host,), route.port),), route.tls)
+            self._literal_routes[route] = hop
+            return hop
         except ValueError:
             addresses = await self._addresses(route.host)
         if isinstance(addresses, Unroutable):

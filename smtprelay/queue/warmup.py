@@ -43,8 +43,21 @@ def _zone(name: str) -> datetime.tzinfo:
     return datetime.timezone.utc if name == "UTC" else zoneinfo.ZoneInfo(name)
 
 
+_DAYS: dict[str, tuple[float, float, str]] = {}   # time zone → the last day asked for: start, end, name
+
+
 def local_day(ts: float, timezone: str) -> str:
-    return datetime.datetime.fromtimestamp(ts, _zone(timezone)).date().isoformat()
+    """The local calendar day of `ts` ("2026-12-02"); asked once or more per delivery, so the
+    current day's bounds are kept and most calls are two comparisons."""
+    known = _DAYS.get(timezone)
+    if known is not None and known[0] <= ts < known[1]:
+        return known[2]
+    zone = _zone(timezone)
+    today = datetime.datetime.fromtimestamp(ts, zone).date()
+    start = datetime.datetime.combine(today, datetime.time(), zone).timestamp()
+    end = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time(), zone).timestamp()
+    _DAYS[timezone] = (start, end, today.isoformat())
+    return today.isoformat()
 
 
 def next_day_start(ts: float, timezone: str) -> float:

@@ -156,9 +156,10 @@ class Gate:
         self.reject(ip, account_id, mail_from, stage, V.Verdict(int(code), status, text, reason), recipients,
                     rcpt=recipients[0] if stage == "RCPT" and recipients else "")
 
-    def enqueue(self, peer: Peer, message: QueuedMessage, tokens: list[int], sign_seconds: float,
+    def enqueue(self, peer: Peer, fields: tuple[Any, ...], tokens: list[int], sign_seconds: float,
                 ip: str) -> asyncio.Future[str]:
         """Commit the message (group commit); the answer is the reply to send after DATA."""
+        message = QueuedMessage(*fields)
         answer: asyncio.Future[str] = self.loop.create_future()
         reserved = [self.reservations.pop(t) for t in tokens if t in self.reservations]
         peer.tokens.difference_update(tokens)

@@ -274,7 +274,8 @@ class FrontEnd:
             message, sign_seconds = prepared
             committing = True
             try:
-                reply: str = await self.link.call("enqueue", message, tokens, sign_seconds, state.client_ip)
+                reply: str = await self.link.call("enqueue", message.fields(), tokens, sign_seconds,
+                                                  state.client_ip)
             except (ChannelClosed, RemoteError) as exc:
                 log.error("%s: the back end did not take the message: %s", message.id, exc)
                 return BACKEND_GONE
