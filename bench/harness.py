@@ -147,11 +147,13 @@ def tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+def machine_busy() -> tuple[float, float, float]:
+    """(busy, total, stolen) jiffies of all CPUs, from /proc/stat. Stolen: time the virtual
+    machine's host gave to someone else; a run with much of it measured a slower machine."""
     parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = parts[3] + parts[4]
-    return sum(parts) - idle, sum(parts)
+    steal = parts[7] if len(parts) > 7 else 0
+    return sum(parts) - idle - steal, sum(parts), steal
 
 
 # -- load and receiver ------------------------------------------------------------------------------
@@ -319,6 +321,23 @@ class Report:
 
 
 SCRATCH = Path(os.environ.get("SMTPRELAY_BENCH_DIR", "/var/lib/smtprelay-bench"))
+
+
+def relay_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set section.key=value` options (value in TOML syntax) as relay.toml overrides."""
+    import tomllib
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (eq and dot and section and name):
+            raise SystemExit(f"--set {item}: expected section.key=value, e.g. server.commit_window=\"2ms\"")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value     # a bare string
+        overrides.setdefault(section, {})[name] = parsed
+    return overrides
 
 
 def scratch(prefix: str) -> Path:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from anchor import OpenDkim, Postfix
-from harness import (Report, Series, Sink, ensure_packages, free_port, machine_busy, remove, scratch, smtp_source,
-                     tree_cpu)
+from harness import (Report, Series, Sink, ensure_packages, free_port, machine_busy, relay_settings, remove, scratch,
+                     smtp_source, tree_cpu)
 from relay_setup import DOMAIN, SENDER, BenchRelay
 
 SYSTEMS = ("postfix", "postfix+opendkim", "smtprelay")
@@ -34,6 +34,7 @@ class Run:
     accept_rate: float     # messages per second, until smtp-source got the last 250
     cpu: dict[str, float]  # CPU seconds per process tree during the timed part
     busy: float            # share of all cores busy during the timed part
+    stolen: float          # share of all cores taken by the VM host (steal) during the timed part
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,9 +45,9 @@ class Started:
         self.port, self.trees, self.stop, self.extra = port, trees, stop, extra
 
 
-def start_system(name: str, workdir: Path, sink: Sink) -> Started:
+def start_system(name: str, workdir: Path, sink: Sink, settings: list[str]) -> Started:
     if name == "smtprelay":
-        relay = BenchRelay(workdir, sink.port).start()
+        relay = BenchRelay(workdir, sink.port, relay_settings(settings)).start()
         return Started(relay.smtp_port, {"smtprelay": relay.pid}, relay.stop,
                        lambda: {"relay_peak_rss_mb": _peak_rss(relay.pid)})
     milter = OpenDkim(workdir, DOMAIN) if name == "postfix+opendkim" else None
@@ -96,7 +97,7 @@ def measure(name: str, args: argparse.Namespace) -> Run:
     sink = Sink(workdir)
     system = None
     try:
-        system = start_system(name, workdir, sink)
+        system = start_system(name, workdir, sink, args.set)
         offer(system.port, sink, args.warmup, args.sessions, args.size, timeout=600)
         cpu_before = {tree: tree_cpu(pid) for tree, pid in {**system.trees, "smtp-sink": sink.proc.pid}.items()}
         busy_before = machine_busy()
@@ -106,8 +107,10 @@ def measure(name: str, args: argparse.Namespace) -> Run:
         cpu = {tree: tree_cpu(pid) - cpu_before[tree] for tree, pid in
                {**system.trees, "smtp-sink": sink.proc.pid}.items()}
         cpu["smtp-source"] = source_cpu
-        busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
-        return Run(args.messages / elapsed, args.messages / accepted, cpu, busy, system.extra())
+        total = max(1, busy_after[1] - busy_before[1])
+        busy = (busy_after[0] - busy_before[0]) / total
+        stolen = (busy_after[2] - busy_before[2]) / total
+        return Run(args.messages / elapsed, args.messages / accepted, cpu, busy, stolen, system.extra())
     finally:
         if system is not None:
             system.stop()
@@ -125,6 +128,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--timeout", type=float, default=1800, help="give up on a run after this many seconds")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a relay.toml setting for smtprelay's runs, e.g. --set server.workers=3")
     p.add_argument("--keep", action="store_true", help="keep the scratch directories (logs, stores)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = p.parse_args()
@@ -136,6 +141,8 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # children inherit it
     report = Report("throughput", save=not args.no_save)
+    if args.set:
+        report.line(f"# smtprelay settings: {', '.join(args.set)}")
     report.line(f"# {args.messages} messages of {args.size} bytes from {args.sessions} smtp-source sessions "
                 f"(one connection per message), after {args.warmup} not timed; {args.rounds} round(s)")
     runs: dict[str, list[Run]] = {s: [] for s in systems}
@@ -145,7 +152,7 @@ def main() -> int:
             runs[name].append(run)
             cpu = ", ".join(f"{tree} {seconds:.1f} s" for tree, seconds in run.cpu.items())
             report.line(f"round {number} {name}: {run.rate:.0f} msgs/s end to end ({run.accept_rate:.0f} accepted); "
-                        f"CPU {cpu}; machine {run.busy * 100:.0f}% busy"
+                        f"CPU {cpu}; machine {run.busy * 100:.0f}% busy, {run.stolen * 100:.0f}% stolen"
                         + "".join(f"; {k} {v:.0f}" for k, v in run.extra.items()))
     rows = []
     for name in systems:
