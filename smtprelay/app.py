@@ -79,6 +79,7 @@ class Relay:
                                    self.metrics)
         await self.webhooks.start()
         store.on_enqueued = self.scheduler.wake
+        store.deferred_until = self.scheduler.dead.deferred_until
         self.gate.on_request = self.scheduler.throttle.note_request
         await self._refresh_catalog()
         await self._load_sends()
@@ -174,12 +175,14 @@ class Relay:
             self.gate.pending_events = rows + self.gate.pending_events
 
     async def _load_sends(self) -> None:
-        """The last 24 h of accepted recipients, so caps and quotas survive a restart."""
+        """The last 24 h of accepted recipients per account and minute, so quotas survive a
+        restart (the hourly cap reads its history from the store as it goes)."""
         reader = self._reader
         assert reader is not None
         since = self.clock.now() - 86400
         rows = await asyncio.to_thread(lambda: reader.execute(
-            "SELECT account_id, address, at FROM sends WHERE at > ? ORDER BY at", (since,)).fetchall())
+            "SELECT account_id, CAST(at / 60 AS INTEGER) AS minute, count(*) FROM sends WHERE at > ?"
+            " GROUP BY account_id, minute ORDER BY minute", (since,)).fetchall())
         self.gate.send_limits.load(rows)
 
     async def _maintenance_loop(self) -> None:

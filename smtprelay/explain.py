@@ -20,6 +20,7 @@ from smtprelay.policy.limits import SendLimiter
 from smtprelay.policy.reputation import effective_limits
 from smtprelay.policy.sender import check_sender
 from smtprelay.policy.verdict import Verdict
+from smtprelay.queue.store import SendsHistory
 
 
 def explain(conn: sqlite3.Connection, config: Config, account_name: str, mail_from: str, rcpt: str, now: float,
@@ -54,10 +55,10 @@ def explain(conn: sqlite3.Connection, config: Config, account_name: str, mail_fr
 
     row = load_account_rows(conn)[account.id]
     limits = effective_limits(row, config)
-    limiter = SendLimiter(FakeClock(start=now), config.limits.recipient_hourly_cap)
-    limiter.load([(a, r, at) for a, r, at in conn.execute(
-        "SELECT account_id, address, at FROM sends WHERE account_id = ? AND at > ? ORDER BY at",
-        (account.id, now - 86400))])
+    limiter = SendLimiter(FakeClock(start=now), config.limits.recipient_hourly_cap, SendsHistory(conn))
+    limiter.load([(a, minute, n) for a, minute, n in conn.execute(
+        "SELECT account_id, CAST(at / 60 AS INTEGER) AS minute, count(*) FROM sends WHERE account_id = ? AND at > ?"
+        " GROUP BY minute ORDER BY minute", (account.id, now - 86400))])
     usage = limiter.usage(account.id, recipient, limits)
     policies.append({"policy": "recipient hourly cap", "used": usage.hourly_used, "cap": usage.hourly_cap,
                      "remaining": max(usage.hourly_cap - usage.hourly_used, 0),

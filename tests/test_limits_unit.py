@@ -8,7 +8,7 @@ from smtprelay.blocklist.service import canonical
 from smtprelay.clock import FakeClock
 from smtprelay.config import parse
 from smtprelay.policy.blocklist import BlocklistView, Entry
-from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
+from smtprelay.policy.limits import AccountLimits, MemoryHistory, Reservation, SendLimiter
 from smtprelay.policy.reputation import DayStats, judge_day
 from smtprelay.queue import schema
 
@@ -17,7 +17,7 @@ ROOMY = AccountLimits(daily_quota=1000, rate_per_second=1000)
 
 def test_hourly_cap_reserve_commit_release_and_rollover() -> None:
     clock = FakeClock()
-    limiter = SendLimiter(clock, hourly_cap=10)
+    limiter = SendLimiter(clock, 10, MemoryHistory())
     held = [limiter.reserve(1, "x@y.example", ROOMY) for _ in range(10)]
     assert all(isinstance(r, Reservation) for r in held)
     refused = limiter.reserve(1, "x@y.example", ROOMY)
@@ -31,7 +31,7 @@ def test_hourly_cap_reserve_commit_release_and_rollover() -> None:
     assert limiter.usage(1, "x@y.example", ROOMY).hourly_used == 8
     clock.advance(1800)                            # the committed sends leave the rolling hour
     assert limiter.usage(1, "x@y.example", ROOMY).hourly_used == 1
-    refused_retry = SendLimiter(clock, 1)
+    refused_retry = SendLimiter(clock, 1, MemoryHistory())
     refused_retry.commit([refused_retry.reserve(1, "a@b.example", ROOMY)], clock.now())  # type: ignore[list-item]
     msg = refused_retry.reserve(1, "a@b.example", ROOMY).reply  # type: ignore[union-attr]
     when = datetime.datetime.fromtimestamp(clock.now() + 3600, datetime.timezone.utc).strftime("%H:%M")
@@ -40,18 +40,20 @@ def test_hourly_cap_reserve_commit_release_and_rollover() -> None:
 
 def test_daily_quota_is_rolling_24h_and_counts_recipients() -> None:
     clock = FakeClock()
-    limiter = SendLimiter(clock, hourly_cap=100)
+    limiter = SendLimiter(clock, 100, MemoryHistory())
     quota = AccountLimits(daily_quota=3, rate_per_second=1000)
     limiter.commit([limiter.reserve(1, f"r{i}@x.example", quota) for i in range(3)], clock.now())  # type: ignore[misc]
     refused = limiter.reserve(1, "r9@x.example", quota)
     assert refused.reply.startswith("454 4.7.0 Throttling failure: Daily message quota exceeded")  # type: ignore[union-attr]
-    clock.advance(86400)
+    clock.advance(86400 - 1)                      # still inside the rolling 24 h
+    assert not isinstance(limiter.reserve(1, "r9@x.example", quota), Reservation)
+    clock.advance(61)                             # counted by whole minutes: out at most 60 s late
     assert isinstance(limiter.reserve(1, "r9@x.example", quota), Reservation)
 
 
 def test_token_bucket_rate() -> None:
     clock = FakeClock()
-    limiter = SendLimiter(clock, hourly_cap=1000)
+    limiter = SendLimiter(clock, 1000, MemoryHistory())
     rate = AccountLimits(daily_quota=10**6, rate_per_second=20)
     results = [limiter.reserve(1, f"r{i}@x.example", rate) for i in range(21)]
     assert sum(isinstance(r, Reservation) for r in results) == 20

@@ -1,25 +1,34 @@
 """Sending limits: the per-recipient hourly cap, the rolling 24 h account quota, and the
 per-second rate (token bucket).
 
-Owns: in-memory counters of the single front end, exact under concurrency because every
-decision happens on the event loop without awaiting in between. A recipient takes a
-*reservation* at RCPT; the reservation is committed when the message is queued and
-released when the transaction fails, is reset, or the client goes away. Committed sends
-are also written to the `sends` table in the enqueue transaction, and reloaded at start.
+Owns: the decisions and the counters of transactions in flight, exact under concurrency
+because every decision happens on the back end's event loop without awaiting in between.
+A recipient takes a *reservation* at RCPT; the reservation is committed when the message is
+queued and released when the transaction fails, is reset, or the client goes away.
 
-Must never: do I/O. Takes an injected clock.
+Memory follows the accounts, not the recipients (issue 8: a million distinct recipients in
+an hour took ~1 GB as one deque per recipient):
+- committed sends to one recipient are read through `SendHistory` (the store's `sends`
+  rows, written in the enqueue transaction, indexed by account and address);
+- the rolling daily quota counts committed sends per account in one-minute buckets (at most
+  1440 per account), so a send leaves the 24 h window at the end of its minute: never
+  early, at most 60 s late.
+
+Must never: do I/O itself (the history is injected). Takes an injected clock.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from smtprelay.clock import Clock
 from smtprelay.policy.verdict import Verdict, temporary
 
 HOUR = 3600.0
 DAY = 86400.0
+MINUTE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,38 +53,61 @@ class Usage:
     quota_reset_at: float | None
 
 
+class SendHistory(Protocol):
+    def recent(self, account_id: int, address: str, since: float) -> tuple[int, float | None]:
+        """Committed sends by `account_id` to `address` after `since`: how many, and the oldest."""
+
+    def committed(self, reservations: list[Reservation], at: float) -> None:
+        """These sends were committed (the store's history wrote them itself: nothing to do)."""
+
+
+class MemoryHistory:
+    """A SendHistory kept in memory (tests, and `explain` on rows read from the store)."""
+
+    def __init__(self) -> None:
+        self._sends: dict[tuple[int, str], list[float]] = {}
+
+    def add(self, account_id: int, address: str, at: float) -> None:
+        self._sends.setdefault((account_id, address), []).append(at)
+
+    def committed(self, reservations: list[Reservation], at: float) -> None:
+        for r in reservations:
+            self.add(r.account_id, r.address, at)
+
+    def recent(self, account_id: int, address: str, since: float) -> tuple[int, float | None]:
+        times = [t for t in self._sends.get((account_id, address), ()) if t > since]
+        return len(times), (min(times) if times else None)
+
+
 class SendLimiter:
-    def __init__(self, clock: Clock, hourly_cap: int):
+    def __init__(self, clock: Clock, hourly_cap: int, history: SendHistory):
         self.clock = clock
         self.hourly_cap = hourly_cap
-        self._hourly: dict[tuple[int, str], deque[float]] = {}
-        self._daily: dict[int, deque[float]] = {}
+        self.history = history
+        self._daily: dict[int, deque[list[int]]] = {}        # account → [minute, sends] oldest first
+        self._daily_total: Counter[int] = Counter()          # account → sends in those minutes
         self._reserved_rcpt: Counter[tuple[int, str]] = Counter()
         self._reserved_acct: Counter[int] = Counter()
         self._buckets: dict[int, tuple[float, float]] = {}   # tokens, monotonic time of last refill
 
-    def load(self, sends: list[tuple[int, str, float]]) -> None:
-        """Committed sends of the last 24 h, oldest first (from the store at start)."""
-        now = self.clock.now()
-        for account_id, address, at in sends:
-            if at > now - DAY:
-                self._daily.setdefault(account_id, deque()).append(at)
-            if at > now - HOUR:
-                self._hourly.setdefault((account_id, address), deque()).append(at)
+    def load(self, per_minute: list[tuple[int, int, int]]) -> None:
+        """Committed sends of the last 24 h as (account, minute, count), oldest first (at start)."""
+        for account_id, minute, count in per_minute:
+            self._add(account_id, minute, count)
 
     # -- decisions ---------------------------------------------------------------------------
     def reserve(self, account_id: int, address: str, limits: AccountLimits) -> Reservation | Verdict:
         now = self.clock.now()
         key = (account_id, address)
-        hourly = self._prune(self._hourly, key, now - HOUR)
-        if len(hourly) + self._reserved_rcpt[key] >= self.hourly_cap:
-            retry = _when(hourly[0] + HOUR) if hourly else "a few minutes"
+        sent, oldest = self.history.recent(account_id, address, now - HOUR)
+        if sent + self._reserved_rcpt[key] >= self.hourly_cap:
+            retry = _when(oldest + HOUR) if oldest is not None else "a few minutes"
             return temporary(450, "4.7.1", f"Recipient {address} has already been sent {self.hourly_cap} messages "
                                            f"by this account in the last hour; try again after {retry}",
                              "recipient_hourly_cap")
-        daily = self._prune(self._daily, account_id, now - DAY)
-        if len(daily) + self._reserved_acct[account_id] >= limits.daily_quota:
-            retry = _when(daily[0] + DAY) if daily else "later"
+        daily, first_minute = self._daily_used(account_id, now)
+        if daily + self._reserved_acct[account_id] >= limits.daily_quota:
+            retry = _when((first_minute + 1) * MINUTE + DAY) if first_minute is not None else "later"
             return temporary(454, "4.7.0", f"Throttling failure: Daily message quota exceeded "
                                            f"({limits.daily_quota} recipients per 24 hours; next slot after {retry})",
                              "account_daily_quota")
@@ -87,10 +119,13 @@ class SendLimiter:
         return Reservation(account_id, address)
 
     def commit(self, reservations: list[Reservation], at: float) -> None:
+        """The message is queued: its sends count. (The recipient's send is already in the
+        history: the enqueue transaction wrote it.)"""
+        minute = int(at // MINUTE)
         for r in reservations:
             self._unreserve(r)
-            self._hourly.setdefault((r.account_id, r.address), deque()).append(at)
-            self._daily.setdefault(r.account_id, deque()).append(at)
+            self._add(r.account_id, minute, 1)
+        self.history.committed(reservations, at)
 
     def release(self, reservations: list[Reservation]) -> None:
         for r in reservations:
@@ -98,24 +133,47 @@ class SendLimiter:
 
     def usage(self, account_id: int, address: str, limits: AccountLimits) -> Usage:
         now = self.clock.now()
-        hourly = self._prune(self._hourly, (account_id, address), now - HOUR)
-        daily = self._prune(self._daily, account_id, now - DAY)
-        return Usage(len(hourly) + self._reserved_rcpt[(account_id, address)], self.hourly_cap,
-                     hourly[0] + HOUR if hourly else None,
-                     len(daily) + self._reserved_acct[account_id], limits.daily_quota,
-                     daily[0] + DAY if daily else None)
+        sent, oldest = self.history.recent(account_id, address, now - HOUR)
+        daily, first_minute = self._daily_used(account_id, now)
+        return Usage(sent + self._reserved_rcpt[(account_id, address)], self.hourly_cap,
+                     oldest + HOUR if oldest is not None else None,
+                     daily + self._reserved_acct[account_id], limits.daily_quota,
+                     (first_minute + 1) * MINUTE + DAY if first_minute is not None else None)
 
     def prune(self) -> None:
-        """Drop empty windows so memory follows the active recipients, not all of history."""
+        """Drop minutes that left the 24 h window, and accounts with none left."""
         now = self.clock.now()
-        for key in list(self._hourly):
-            if not self._prune(self._hourly, key, now - HOUR) and not self._reserved_rcpt[key]:
-                del self._hourly[key]
         for account_id in list(self._daily):
-            if not self._prune(self._daily, account_id, now - DAY):
+            self._daily_used(account_id, now)
+            if not self._daily[account_id]:
                 del self._daily[account_id]
+                self._daily_total.pop(account_id, None)
 
     # -- internals ---------------------------------------------------------------------------
+    def _add(self, account_id: int, minute: int, count: int) -> None:
+        self._daily_total[account_id] += count
+        minutes = self._daily.setdefault(account_id, deque())
+        if minutes and minutes[-1][0] == minute:
+            minutes[-1][1] += count
+        elif minutes and minutes[-1][0] > minute:    # out of order (a clock step): keep it sorted
+            for entry in minutes:
+                if entry[0] == minute:
+                    entry[1] += count
+                    return
+            minutes.append([minute, count])
+            self._daily[account_id] = deque(sorted(minutes))
+        else:
+            minutes.append([minute, count])
+
+    def _daily_used(self, account_id: int, now: float) -> tuple[int, int | None]:
+        """Sends in the rolling 24 h (by whole minutes) and the oldest minute still counted."""
+        minutes = self._daily.get(account_id)
+        if not minutes:
+            return 0, None
+        while minutes and (minutes[0][0] + 1) * MINUTE <= now - DAY:
+            self._daily_total[account_id] -= minutes.popleft()[1]
+        return self._daily_total[account_id], (minutes[0][0] if minutes else None)
+
     def _unreserve(self, r: Reservation) -> None:
         key = (r.account_id, r.address)
         self._reserved_rcpt[key] -= 1
@@ -124,15 +182,6 @@ class SendLimiter:
         self._reserved_acct[r.account_id] -= 1
         if self._reserved_acct[r.account_id] <= 0:
             del self._reserved_acct[r.account_id]
-
-    @staticmethod
-    def _prune(table: dict, key: object, cutoff: float) -> deque[float]:  # type: ignore[type-arg]
-        times = table.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= cutoff:
-            times.popleft()
-        return times
 
     def _take_token(self, account_id: int, rate: float) -> bool:
         now = self.clock.monotonic()

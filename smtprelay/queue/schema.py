@@ -281,6 +281,15 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX tracking_owner ON tracking_settings (account_id, coalesce(domain, ''));
     {catalog_triggers}
     """.replace("{catalog_triggers}", _bump_triggers("tracking_settings")),
+    # 8: scale (issue 8): the per-recipient hourly cap reads its history from `sends` instead
+    # of holding every recipient of the last hour in memory; `queue list --domain` walks one
+    # domain's messages of one state in id order and stops at its limit (the same index still
+    # serves the dead-destination deferral by domain and state).
+    """
+    CREATE INDEX sends_recipient ON sends (account_id, address, at);
+    DROP INDEX recipients_domain;
+    CREATE INDEX recipients_domain ON recipients (domain, state, message_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

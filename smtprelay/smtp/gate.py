@@ -29,7 +29,8 @@ from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
 from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
 from smtprelay.policy.reputation import AccountRow, effective_limits
-from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+from smtprelay.queue import schema
+from smtprelay.queue.store import QueuedMessage, QueueStore, SendsHistory, StoreUnavailable
 from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
 
 log = logging.getLogger("smtprelay.smtp")
@@ -54,7 +55,8 @@ class Gate:
         self.clock = clock
         self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
         self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
-        self.send_limits = SendLimiter(clock, config.limits.recipient_hourly_cap)
+        self.send_limits = SendLimiter(clock, config.limits.recipient_hourly_cap,
+                                       SendsHistory(schema.reader(config.server.data_dir)))
         self.blocklist = BlocklistView([], set())
         self.account_rows: dict[int, AccountRow] = {}
         self.reservations: dict[int, Reservation] = {}
