@@ -329,8 +329,12 @@ def _describe(exc: BaseException) -> str:
         return "conversation timed out"
     if isinstance(exc, SessionError):
         return str(exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return "Connection refused"
     if isinstance(exc, ConnectionError):
         return "lost connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     return f"{type(exc).__name__}: {exc}"
 
 

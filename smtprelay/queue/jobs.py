@@ -208,13 +208,20 @@ def reclaim(now: float, everything: bool) -> Job:
     return job
 
 
+DEFER_CHUNK = 2000
+
+
 def defer_domains(domains: list[str], until: float, reply: str, now: float) -> Job:
-    """A dead destination: push its waiting recipients past `until` in one statement."""
+    """A dead destination: push up to DEFER_CHUNK of its waiting recipients past `until`
+    (oldest first); the caller repeats while a full chunk was moved, one commit each."""
     def job(db: sqlite3.Connection) -> int:
         marks = ",".join("?" * len(domains))
-        return int(db.execute(f"UPDATE recipients SET next_attempt_at = ?, last_reply = ? WHERE state = 'queued'"
-                              f" AND domain IN ({marks}) AND next_attempt_at < ?", (until, reply, *domains, until))
-                   .rowcount)
+        return int(db.execute(
+            # A recipient that was tried keeps the reply it got; the others say why they wait.
+            f"UPDATE recipients SET next_attempt_at = ?, last_reply = coalesce(last_reply, ?) WHERE id IN"
+            f" (SELECT id FROM recipients WHERE domain IN ({marks}) AND state = 'queued' AND next_attempt_at < ?"
+            f" LIMIT {DEFER_CHUNK})",
+            (until, reply, *domains, until)).rowcount)
     return job
 
 

@@ -35,6 +35,7 @@ from smtprelay.queue.jobs import Outcome, Work
 from smtprelay.queue.providers import provider_for
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
 from smtprelay.queue.admission import WarmupSeam
+from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination
 from smtprelay.queue.throttle import Throttle
 
@@ -56,6 +57,7 @@ class Scheduler(WarmupSeam):
         self.resolver = resolver or MxResolver(config)
         self.transport = transport or SmtpTransport(config.delivery, config.server.hostname)
         self.throttle = Throttle(config, clock, metrics)
+        self.dead = DeadDestinations()
         self._warmup_generation = -1
         self._feedback_id = 0
         self.destinations: dict[str, Destination] = {}
@@ -172,6 +174,7 @@ class Scheduler(WarmupSeam):
             if self._flush_generation != -1:
                 for dest in self.destinations.values():
                     dest.dead_until, dest.failures = 0.0, 0
+                self.dead.forget()
                 log.info("queue flush: dead destinations are tried again")
             self._flush_generation = generation
 
@@ -218,6 +221,8 @@ class Scheduler(WarmupSeam):
                 per_conn = min(per_conn, shaping.max_messages_per_connection or per_conn)
             dest = Destination(key, hop, policy, {domain}, max_conc, per_conn, min(cfg.initial_concurrency, max_conc),
                                provider=owner)
+            dest.dead_until = self.dead.until(key)   # still suspended from an earlier life
+            dest.dead_reason = self.dead.why(key)
             self.destinations[key] = dest
         else:
             dest.hop = hop  # fresher DNS answer
@@ -335,7 +340,7 @@ class Scheduler(WarmupSeam):
             self.throttle.observe(decided, now)
             await self._finish(batch, decided, None, None, 0.0, now, body=None)
             return
-        dest.failures += 1
+        dest.failures = self.dead.failed(dest.key, now, self.config.delivery.retry_schedule[0] * 2)
         dest.window = max(1, dest.window - 1)
         if failure.reply is not None:  # e.g. "421 too many connections" at the greeting: a backoff signal
             klass = classify(failure.reply)[1]
@@ -345,13 +350,18 @@ class Scheduler(WarmupSeam):
         await self._finish(batch, [(w, Result.DEFERRED, reply, BounceClass.OTHER) for w in batch], None, None, 0.0,
                            now, body=None, text=failure.reason)
         if dest.failures >= self.config.delivery.dead_after_failures and dest.dead_until <= now:
-            dest.dead_until = now + self.config.delivery.retry_schedule[0]
+            reason = f"delivery temporarily suspended: {failure.reason}"
+            dest.dead_until = self.dead.suspend(dest.key, sorted(dest.domains), now,
+                                                self.config.delivery.retry_schedule, failure.reason)
             dest.dead_reason = failure.reason
             log.warning("destination %s marked dead until %s after %d failure(s): %s", dest.key,
                         time.strftime("%H:%M:%S", time.gmtime(dest.dead_until)), dest.failures, failure.reason)
             await self._suspend(dest.take_all(), dest, now)
-            await self.store.run(jobs.defer_domains(sorted(dest.domains), dest.dead_until,
-                                                    f"delivery temporarily suspended: {failure.reason}", now))
+            # Its waiting mail is pushed past the suspension a chunk per commit, so the loop and
+            # the commits of everyone else never wait for a million-row statement.
+            while await self.store.run(jobs.defer_domains(sorted(dest.domains), dest.dead_until, reason, now)) \
+                    >= jobs.DEFER_CHUNK and not self._stopping:
+                pass
 
     async def _suspend(self, works: list[Work], dest: Destination, now: float) -> None:
         """Defer without trying: the destination is dead. No attempt is counted."""
@@ -378,6 +388,7 @@ class Scheduler(WarmupSeam):
         elif any(o is Result.DELIVERED for _, o, _, _ in decided):
             dest.failures = 0
             dest.window = min(dest.max_concurrency, dest.window + 1)
+            self.dead.alive(dest.key, sorted(dest.domains))
         if self.throttle.observe(decided, now):   # a provider's reputation reply: back off, halve concurrency
             dest.window = max(1, dest.window // 2)
         self.metrics.delivery_duration_seconds.observe(duration)
