@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from smtprelay.accounts import RefusedError
-from smtprelay.domains.dnscheck import RecordCheck
 from smtprelay.domains.records import DnsRecord, zone_lines
 from smtprelay.domains.service import DomainInfo, DomainService
+
+if TYPE_CHECKING:
+    from smtprelay.domains.dnscheck import RecordCheck
 
 Emit = Callable[[argparse.Namespace, Any, Callable[[], None]], None]
 Open = Callable[[argparse.Namespace], Any]

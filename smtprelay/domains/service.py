@@ -16,15 +16,18 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtprelay.accounts import AccountService, RefusedError
 from smtprelay.config import Config, DkimAlgorithm
 from smtprelay.dkim import keys as dkim_keys
 from smtprelay.dkim.signer import SigningKey
 from smtprelay.domains import status as S
-from smtprelay.domains.dnscheck import RecordCheck, check_all
 from smtprelay.domains.records import DnsRecord, PublicKey, expected_records
 from smtprelay.policy.address import AddressError, parse_address
+
+if TYPE_CHECKING:
+    from smtprelay.domains.dnscheck import RecordCheck
 
 log = logging.getLogger("smtprelay.domains")
 
@@ -153,6 +156,7 @@ class DomainService:
     def verify(self, name: str) -> Verification:
         self._retire_expired()
         info = self.get_domain(name)
+        from smtprelay.domains.dnscheck import check_all   # dnspython and pyspf: only where DNS is checked
         checks = check_all(expected_records(info.name, list(info.keys), self.config), self.config)
         required = [c for c in checks if c.record.required]
         failed = [c for c in required if not c.passed]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import email
-import email.policy
 import hashlib
 import hmac
 import html
@@ -28,7 +26,6 @@ import quopri
 import re
 import sqlite3
 from dataclasses import dataclass
-from email.generator import BytesGenerator
 from typing import TYPE_CHECKING, Any
 
 from smtprelay.policy.content import remove_headers
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
 
 _HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"'\s>]+)\2""", re.I)
 _BODY_END = re.compile(r"</body\s*>", re.I)
-_POLICY = email.policy.compat32.clone(linesep="\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +101,12 @@ def personalize(content: bytes, settings: Settings, base_url: str, secret: bytes
     base = base_url.rstrip("/")
     out = content
     if settings.opens or settings.clicks:
-        msg = email.message_from_bytes(content, policy=_POLICY)
+        # The email package (its policies alone are megabytes) is loaded only where tracking is on.
+        import email
+        import email.policy
+        from email.generator import BytesGenerator
+        policy = email.policy.compat32.clone(linesep="\r\n")
+        msg = email.message_from_bytes(content, policy=policy)
         changed = False
         for part in msg.walk():
             if part.get_content_type() != "text/html" or part.get_content_disposition() == "attachment":
@@ -127,7 +128,7 @@ def personalize(content: bytes, settings: Settings, base_url: str, secret: bytes
                 changed = True
         if changed:
             buf = io.BytesIO()
-            BytesGenerator(buf, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(msg)
+            BytesGenerator(buf, mangle_from_=False, maxheaderlen=0, policy=policy).flatten(msg)
             out = buf.getvalue()
     if settings.unsubscribe:
         token = make_token(secret, "u", queue_id, recipient)

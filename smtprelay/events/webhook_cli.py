@@ -12,7 +12,6 @@ import urllib.parse
 from typing import Any, Callable
 
 from smtprelay.accounts import AccountService, RefusedError
-from smtprelay.events import webhooks as W
 
 Emit = Callable[[argparse.Namespace, Any, Callable[[], None]], None]
 Open = Callable[[argparse.Namespace], Any]
@@ -49,6 +48,7 @@ def set_hook(conn: sqlite3.Connection, url: str, account: str | None, address: s
         conn.execute("DELETE FROM webhooks WHERE account_id = ? AND address IS ?", (account_id, sender))
         conn.execute("INSERT INTO webhooks (account_id, address, url, created_at) VALUES (?,?,?,?)",
                      (account_id, sender, check_url(url), now))
+        from smtprelay.events import webhooks as W   # aiohttp: not for every CLI command
         secret, created = W.ensure_secret(conn, account_id, now)
         conn.execute("COMMIT")
     except BaseException:
@@ -105,8 +105,10 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         account_id, name, _ = owner(conn, args.account, None)
         now = time.time()
         if args.rotate:
+            from smtprelay.events import webhooks as W
             secret = W.rotate_secret(conn, account_id, now, config.webhooks.secret_overlap)
         else:
+            from smtprelay.events import webhooks as W
             secret, _ = W.ensure_secret(conn, account_id, now)
         emit(args, {"account": name, "secret": secret, "rotated": args.rotate},
              lambda: print(f"{name}: {secret}" + ("  (the previous secret keeps signing for "
