@@ -32,7 +32,7 @@ SINK_DOMAIN = "sink.test"
 
 class BenchRelay:
     def __init__(self, workdir: Path, sink_port: int | None, overrides: dict[str, dict[str, Any]] | None = None,
-                 warm: bool = True):
+                 warm: tuple[str, ...] = (SINK_DOMAIN,)):
         self.dir = workdir
         self.data_dir = workdir / "var"
         self.config_path = workdir / "relay.toml"
@@ -64,16 +64,16 @@ class BenchRelay:
             raise RuntimeError(f"smtprelay {' '.join(args)}: {out.stderr.strip()}")
         return json.loads(out.stdout) if out.stdout.strip() else None
 
-    def _prepare(self, warm: bool) -> None:
+    def _prepare(self, warm: tuple[str, ...]) -> None:
         self.cli("account", "add", "bench", "--daily-quota", "100000000", "--rate", "1000000")
         records = self.cli("domain", "add", "bench", DOMAIN)
         self.dns.publish(records_from_cli(records))
         verified = self.cli("domain", "verify", DOMAIN)
         assert verified["status"] == "verified", verified
         self.cli("address", "add", SENDER)
-        if warm:
+        for provider in warm:
             # An already-warm domain being imported (README "Warm-up"): the last day + 1.
-            self.cli("warmup", "set-day", DOMAIN, SINK_DOMAIN, "31")
+            self.cli("warmup", "set-day", DOMAIN, provider, "31")
         credential = self.cli("credential", "add", "bench")
         self.username, self.password = credential["username"], credential["password"]
 

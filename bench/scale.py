@@ -1,0 +1,196 @@
+"""Scale: a million recipients queued for a destination that is down.
+
+The relay routes `down.test` to a closed port on 127.0.0.1 (connection refused: the
+destination is dead) and `up.test` to the benchmark's smtp-sink. Then:
+
+1. enqueue rate on the empty store: smtp-source offers single-recipient 4 KB messages for
+   `down.test` (20 sessions), accepted msgs/s;
+2. fill: smtp-source submits the rest of `--recipients` recipients for `down.test` (50 per
+   message, every address distinct), all through SMTP, with the scheduler deferring them as
+   it finds the destination dead;
+3. at that depth: the same enqueue probe again; resident memory of every relay process;
+   `smtprelay queue list --domain down.test` and `--domain up.test` (wall time of the CLI);
+   and how long a message for `up.test` takes from its 250 to the sink — the scheduler must
+   find the one ready recipient of another domain behind a million waiting ones.
+
+    .venv/bin/python bench/scale.py [--recipients 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import smtplib
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from harness import (Report, Sink, ensure_packages, free_port, relay_settings, remove, scratch, smtp_source, tree_pids)
+from relay_setup import ROOT, SENDER, BenchRelay
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: private pages plus a share of those mapped by several processes
+    (libpython and the C extensions, mapped by every relay process)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def processes(root: int, measure: Callable[[int], float] = rss_mb) -> dict[str, float]:
+    """Memory of the relay's processes by role (RSS by default)."""
+    found = {}
+    for pid in tree_pids(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except FileNotFoundError:
+            continue
+        role = "worker" if "_worker" in cmd else "back end" if " serve " in cmd else None
+        if role is not None:
+            found[f"{role} {pid}"] = measure(pid)
+    return found
+
+
+def probe(relay: BenchRelay, messages: int, sessions: int) -> float:
+    """Accepted single-recipient messages per second (smtp-source, one connection each)."""
+    started = time.monotonic()
+    proc = smtp_source(relay.smtp_port, messages, sessions, 4096, sender=SENDER, recipient="probe@down.test")
+    _, err = proc.communicate()
+    if proc.returncode != 0 or err.strip():
+        raise RuntimeError(f"smtp-source: {err.decode(errors='replace')[:300]}")
+    return messages / (time.monotonic() - started)
+
+
+def depth(relay: BenchRelay) -> tuple[int, dict[str, int]]:
+    db = sqlite3.connect(relay.data_dir / "relay.db", timeout=30)
+    try:
+        states = dict(db.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall())
+    finally:
+        db.close()
+    return sum(v for k, v in states.items() if k in ("queued", "active", "hold")), states
+
+
+def cli_seconds(relay: BenchRelay, *args: str) -> tuple[float, int]:
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "smtprelay", *args, "--config", str(relay.config_path), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    took = time.monotonic() - started
+    if out.returncode != 0:
+        raise RuntimeError(f"smtprelay {' '.join(args)}: {out.stderr.strip()}")
+    doc = json.loads(out.stdout)
+    return took, len(doc) if isinstance(doc, list) else len(doc.get("messages", doc))
+
+
+def next_ready(relay: BenchRelay, sink: Sink, tries: int) -> list[float]:
+    """Seconds from the 250 of a message for up.test to the sink counting it."""
+    times = []
+    for i in range(tries):
+        before = sink.count
+        with smtplib.SMTP("127.0.0.1", relay.smtp_port, local_hostname="probe.bench", timeout=60) as s:
+            s.sendmail(SENDER, [f"next{i}@up.test"], f"From: {SENDER}\r\nSubject: next {i}\r\n\r\nhello\r\n")
+        started = time.monotonic()
+        if not sink.wait_for(before + 1, 300):
+            raise RuntimeError("the message for up.test did not arrive within 300 s")
+        times.append(time.monotonic() - started)
+        time.sleep(0.5)
+    return times
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipients", type=int, default=1_000_000, help="queue depth to reach (default 1 000 000)")
+    p.add_argument("--per-message", type=int, default=50, help="recipients per message while filling")
+    p.add_argument("--probe", type=int, default=5000, help="messages in each enqueue-rate probe")
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args()
+    ensure_packages()
+    report = Report("scale", save=not args.no_save)
+    if args.set:
+        report.line(f"# smtprelay settings: {', '.join(args.set)}")
+    workdir = scratch("scale")
+    sink = Sink(workdir)
+    dead_port = free_port()          # nothing listens here: connection refused
+    settings = {"limits": {"max_recipients": max(50, args.per_message), "account_rate_per_second": 1_000_000.0},
+                "delivery": {"routes": {"down.test": f"127.0.0.1:{dead_port}", "up.test": f"127.0.0.1:{sink.port}"}}}
+    for section, values in relay_settings(args.set).items():
+        settings.setdefault(section, {}).update(values)
+    relay = None
+    try:
+        relay = BenchRelay(workdir, None, settings, warm=("down.test", "up.test")).start()
+        report.line(f"# {args.recipients} recipients for a dead destination (connection refused), filled through "
+                    f"SMTP with {args.per_message} per message; probes of {args.probe} single-recipient 4 KB messages")
+        empty_rate = probe(relay, args.probe, args.sessions)
+        report.line(f"enqueue rate at depth ~0: {empty_rate:.0f} msgs/s")
+        rss_start = processes(relay.pid)
+        queued, _ = depth(relay)
+        messages = max(0, (args.recipients - queued) // args.per_message)
+        started = time.monotonic()
+        fill = smtp_source(relay.smtp_port, messages, args.sessions, 1024, sender=SENDER, recipient="r@down.test",
+                           recipients_per_message=args.per_message)
+        _, err = fill.communicate()
+        if fill.returncode != 0 or err.strip():
+            raise RuntimeError(f"fill: smtp-source: {err.decode(errors='replace')[:300]}")
+        fill_seconds = time.monotonic() - started
+        queued, states = depth(relay)
+        report.line(f"fill: {messages} messages, {messages * args.per_message} recipients in {fill_seconds:.0f} s "
+                    f"({messages * args.per_message / fill_seconds:.0f} recipients/s); queue now {queued} ({states})")
+        full_rate = probe(relay, args.probe, args.sessions)
+        report.line(f"enqueue rate at depth {queued}: {full_rate:.0f} msgs/s = {full_rate / empty_rate * 100:.0f}% of "
+                    f"the rate at depth ~0")
+        rss = processes(relay.pid)
+        pss = processes(relay.pid, pss_mb)
+        total, pss_total = sum(rss.values()), sum(pss.values())
+        report.line(f"resident memory at depth {queued}: RSS {total:.0f} MB in all ("
+                    + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()) + f"), PSS {pss_total:.0f} MB in all; "
+                    f"RSS at start {sum(rss_start.values()):.0f} MB ("
+                    + ", ".join(f"{k} {v:.0f} MB" for k, v in rss_start.items()) + ")")
+        down_s, down_n = cli_seconds(relay, "queue", "list", "--domain", "down.test")
+        up_s, up_n = cli_seconds(relay, "queue", "list", "--domain", "up.test")
+        report.line(f"queue list --domain down.test: {down_s:.2f} s ({down_n} messages listed); "
+                    f"--domain up.test: {up_s:.2f} s ({up_n})")
+        ready = next_ready(relay, sink, 5)
+        report.line(f"a message for up.test, from its 250 to the sink: median {statistics.median(ready):.2f} s "
+                    f"(" + ", ".join(f"{t:.2f}" for t in ready) + ")")
+        report.data.update({"recipients": queued, "states": states, "fill_seconds": fill_seconds,
+                            "enqueue_empty": empty_rate, "enqueue_full": full_rate, "rss_mb": rss,
+                            "rss_total_mb": total, "pss_mb": pss, "pss_total_mb": pss_total,
+                            "rss_start_mb": rss_start, "queue_list_down_s": down_s, "queue_list_up_s": up_s,
+                            "next_ready_s": ready})
+        report.line()
+        report.table(["figure", "value", "target"], [
+            ["memory with the queue full: PSS of all processes", f"{pss_total:.0f} MB", "≤ 150 MB"],
+            ["  RSS: back end / each worker", " / ".join(f"{v:.0f}" for v in rss.values()) + " MB", ""],
+            ["enqueue rate at 1 M / at 0", f"{full_rate / empty_rate * 100:.0f}%", "≥ 90%"],
+            ["queue list --domain (the dead one)", f"{down_s:.2f} s", ""],
+            ["next ready recipient of another domain", f"{statistics.median(ready):.2f} s", ""],
+        ])
+    finally:
+        if relay is not None:
+            relay.stop()
+        sink.stop()
+        if not args.keep:
+            remove(workdir)
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""DKIM: time per signature through the relay's own signer (smtprelay.dkim.signer), for
+RSA-2048, Ed25519 and both at once, on messages of 1, 4 and 64 KB (relaxed/relaxed, the
+headers the relay signs). Keys are made here with the relay's own key generator. Every
+signature of a run is checked once at the end by dkimpy's verifier (not timed).
+
+    .venv/bin/python bench/signing.py [--count 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from harness import ROOT, Report, percentile
+
+sys.path.insert(0, str(ROOT))
+from smtprelay.config import DkimAlgorithm  # noqa: E402
+from smtprelay.dkim import keys  # noqa: E402
+from smtprelay.dkim.signer import Signer, SigningKey  # noqa: E402
+
+
+def message(size: int) -> bytes:
+    head = (b"From: News <news@bench.example>\r\nTo: friend@sink.test\r\nSubject: a newsletter\r\n"
+            b"Date: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bench.1@bench.example>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=2000, help="signatures per case (default 2000)")
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args()
+    report = Report("signing", save=not args.no_save)
+    report.line(f"# the relay's signer, one thread, {args.count} signatures per case after 100 not timed")
+    made = {}
+    records = {}
+    for algorithm, selector in ((DkimAlgorithm.RSA_SHA256, "r1"), (DkimAlgorithm.ED25519_SHA256, "e1")):
+        pair = keys.generate(algorithm, 2048)
+        made[algorithm] = SigningKey("bench.example", selector, algorithm, pair.private_pem)
+        records[f"{selector}._domainkey.bench.example.".encode()] = keys.dns_value(algorithm, pair.public_b64).encode()
+    cases = [("RSA-2048", [made[DkimAlgorithm.RSA_SHA256]]), ("Ed25519", [made[DkimAlgorithm.ED25519_SHA256]]),
+             ("RSA-2048 + Ed25519", list(made.values()))]
+    rows = []
+    checks = []
+    for name, signing_keys in cases:
+        signer = Signer(signing_keys)
+        for size in (1024, 4096, 65536):
+            body = message(size)
+            for _ in range(100):
+                signer.sign(body)
+            times = []
+            for _ in range(args.count):
+                started = time.perf_counter()
+                signed = signer.sign(body)
+                times.append(time.perf_counter() - started)
+            checks.append((name, size, signed, len(signing_keys)))
+            us = [t * 1e6 for t in times]
+            rows.append([name, f"{size // 1024} KB", f"{sum(us) / len(us):.0f}", f"{percentile(us, 50):.0f}",
+                         f"{percentile(us, 99):.0f}"])
+            report.data.setdefault("cases", []).append({"algorithms": name, "size": size, "mean_us": sum(us) / len(us),
+                                                        "p50_us": percentile(us, 50), "p99_us": percentile(us, 99)})
+    report.table(["algorithms", "message", "mean µs", "p50 µs", "p99 µs"], rows)
+    import dkim   # the tests' verifier (pip install .[test]), not the signer's code
+    failures = []
+    for name, size, signed, count in checks:
+        for index in range(count):
+            try:
+                ok = dkim.DKIM(signed).verify(idx=index, dnsfunc=lambda n, timeout=5: records.get(n))
+            except dkim.DKIMException:
+                ok = False
+            if not ok:
+                failures.append(f"{name} {size}")
+    report.line(f"verified by dkimpy: {'all' if not failures else 'FAILED ' + ', '.join(failures)}")
+    report.write()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
