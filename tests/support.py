@@ -73,7 +73,10 @@ class Relay:
         self.http_port = free_port()
         self.doc: dict[str, Any] = {
             "server": {"hostname": "relay.test", "data_dir": str(self.data_dir), "shutdown_grace": "5s",
-                       "store_busy_timeout": "500ms"},
+                       "store_busy_timeout": "500ms",
+                       # Two workers whatever the machine: sessions of one test meet on different
+                       # processes, so the gate's exactness across workers is what every test checks.
+                       "workers": 2},
             "listeners": [
                 {"name": "submission", "address": "127.0.0.1", "port": self.starttls_port, "tls": "starttls"},
                 {"name": "submissions", "address": "127.0.0.1", "port": self.implicit_port, "tls": "implicit"},

@@ -81,3 +81,19 @@ def test_reload_report() -> None:
     old = parse({"listeners": [LISTENER]})
     new = parse({"listeners": [{**LISTENER, "port": 2588}], "limits": {"max_recipients": 5}})
     assert reload_report(old, new) == (["limits"], ["listeners"])
+
+
+def test_workers_and_commit_window() -> None:
+    config = parse({"listeners": [LISTENER]})
+    assert config.server.workers == 0 and config.server.worker_count >= 1   # "auto"
+    assert config.server.commit_window == 0.005
+    config = parse({"server": {"workers": 3, "commit_window": "0s"}, "listeners": [LISTENER]})
+    assert (config.server.worker_count, config.server.commit_window) == (3, 0.0)
+    assert parse({"server": {"workers": "auto"}, "listeners": [LISTENER]}).server.workers == 0
+    for bad in (0, -1, "two", True, 1000):
+        with pytest.raises(ConfigError) as err:
+            parse({"server": {"workers": bad}, "listeners": [LISTENER]})
+        assert any(p.startswith("server.workers:") and '"auto"' in p for p in err.value.problems)
+    with pytest.raises(ConfigError) as err:
+        parse({"server": {"commit_window": "-5ms"}, "listeners": [LISTENER]})
+    assert any(p.startswith("server.commit_window:") for p in err.value.problems)

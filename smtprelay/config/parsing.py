@@ -274,7 +274,7 @@ def _workers(raw: object) -> int:
     if raw == "auto":
         return 0
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1 or raw > 256:
-        raise ValueError('must be "auto" (one per CPU core) or a number of processes from 1 to 256')
+        raise ValueError('must be "auto" (one per CPU core but one) or a number of processes from 1 to 256')
     return raw
 
 
