@@ -33,6 +33,7 @@ class Result:
     rate: float
     offered: int = 0
     end_of_data: list[float] = field(default_factory=list)
+    when: list[float] = field(default_factory=list)     # seconds since the start of the load, per sample
     transaction: list[float] = field(default_factory=list)
     late: int = 0
     errors: list[str] = field(default_factory=list)
@@ -103,6 +104,7 @@ async def offer(port: int, username: str, password: str, rate: float, seconds: f
                 result.errors.append(reply.decode(errors="replace").strip())
             else:
                 result.end_of_data.append(done - dot)
+                result.when.append(dot - begun)
                 result.transaction.append(done - started)
             idle.put_nowait(conn)
         except Exception as exc:     # a broken connection is an error of the run, reported
@@ -110,6 +112,7 @@ async def offer(port: int, username: str, password: str, rate: float, seconds: f
 
     count = int(rate * seconds)
     t0 = loop.time()
+    begun = time.perf_counter()
     for i in range(count):
         due = t0 + i / rate
         wait = due - loop.time()
@@ -140,6 +143,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=32, help="client connections (default 32)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a relay.toml setting for smtprelay's runs, e.g. --set server.workers=3")
+    p.add_argument("--samples", help="write every measurement (offered rate, seconds into the load, ms) to this CSV")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
@@ -174,6 +178,11 @@ def main() -> int:
                 "offered_per_second": rate, "measured": len(ms), "achieved_per_second": len(ms) / r.elapsed,
                 "end_of_data_ms": {q: percentile(ms, q) for q in (50, 90, 99, 99.9)}, "max_ms": max(ms),
                 "transaction_ms": {q: percentile(tx, q) for q in (50, 99)}, "late": r.late, "errors": r.errors[:20]})
+        if args.samples:
+            with open(args.samples, "w") as out:
+                out.write("offered_per_second,seconds,end_of_data_ms\n")
+                for r in results:
+                    out.writelines(f"{r.rate:.0f},{w:.4f},{x * 1000:.3f}\n" for w, x in zip(r.when, r.end_of_data))
         report.line()
         report.table(["offered msgs/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "txn p50 ms",
                       "txn p99 ms", "late sends", "errors"], rows)

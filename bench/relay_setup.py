@@ -47,7 +47,6 @@ class BenchRelay:
             ],
             "http": {"address": "127.0.0.1", "port": self.http_port},
             "dns": {"nameservers": [self.dns.nameserver], "timeout": "2s"},
-            "limits": {"max_connections_per_client": 200},
             "delivery": {"routes": {"*": f"127.0.0.1:{sink_port}"}} if sink_port else {},
         }
         for section, values in (overrides or {}).items():

@@ -89,25 +89,31 @@ BUSY_RETRY = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)   # then every 50 ms
 CHECKPOINT_SECONDS = 1.0
 CACHE_KIB = 16 * 1024     # the writer's page cache
 COMMIT_TARGET = 64        # items that make a batch worth committing at once
-COMMIT_EXPECTED = 4.0     # wait only if at least this many more items should arrive within the window
+COMMIT_EXPECTED = 8.0     # pressed only if at least this many more items should arrive within the window
+COMMIT_BUSY = 0.5         # ... and this process used at least half a core lately (else latency wins)
 
 
 class ArrivalRate:
-    """Items submitted per second, smoothed over recent commits."""
+    """Items submitted per second, and the share of a core this process used, both smoothed
+    over the last tenths of a second: together they say whether a commit should wait."""
 
     def __init__(self) -> None:
         self.per_second = 0.0
+        self.cpu_share = 0.0
         self._count = 0
         self._since = time.monotonic()
+        self._cpu_since = time.process_time()
 
     def note(self, items: int, _commit_seconds: float) -> None:
         self._count += items
         now = time.monotonic()
         elapsed = now - self._since
-        if elapsed >= 0.05:
-            current = self._count / elapsed
+        if elapsed >= 0.1:
+            cpu = time.process_time()
+            current, share = self._count / elapsed, (cpu - self._cpu_since) / elapsed
             self.per_second = current if self.per_second == 0 else 0.5 * self.per_second + 0.5 * current
-            self._count, self._since = 0, now
+            self.cpu_share = 0.5 * self.cpu_share + 0.5 * share
+            self._count, self._since, self._cpu_since = 0, now, cpu
 
 
 class QueueStore:
@@ -132,6 +138,7 @@ class QueueStore:
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-sync")
         self._rate = ArrivalRate()
         self._oldest = 0.0        # when the oldest pending item arrived (loop time)
+        self._pressed = False     # see _gather
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_window = commit_window     # server.commit_window: see _gather
 
@@ -215,15 +222,18 @@ class QueueStore:
                 return
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait for a fuller batch, but only under load, and never longer than `commit_window`
-        after the oldest pending item arrived: each commit writes every page it touched, so
-        under load ten messages per commit cost a third of the CPU and disk writes of one or
-        two (issue 8's measurements), while at low load nothing waits."""
+        """Wait for a fuller batch, but only when CPU is what limits throughput (this process
+        busy, many arrivals), and never longer than `commit_window` after the oldest pending
+        item arrived: each commit writes every page it touched, so under load ten messages per
+        commit cost a third of the CPU and disk writes of one or two (issue 8's measurements);
+        with CPU to spare, waiting would only add latency."""
         window = self.commit_window
-        if window <= 0 or self._closing or len(self._pending) >= COMMIT_TARGET:
+        # Pressed: CPU is what limits throughput (this process busy, many arrivals). Then commits
+        # wait for fuller batches and sync in the store's thread; otherwise latency wins.
+        self._pressed = (window > 0 and self._rate.cpu_share >= COMMIT_BUSY
+                         and self._rate.per_second * window >= COMMIT_EXPECTED)
+        if not self._pressed or self._closing or len(self._pending) >= COMMIT_TARGET:
             return
-        if self._rate.per_second * window < COMMIT_EXPECTED:
-            return   # too few arrivals expected to be worth the wait
         deadline = self._oldest + window
         while len(self._pending) < COMMIT_TARGET and not self._closing:
             left = deadline - loop.time()
@@ -292,10 +302,15 @@ class QueueStore:
                     insert_messages(db, messages, self.deferred_until)
                 for item, _ in batch:
                     results.append(None if isinstance(item, QueuedMessage) else item(db))
-                # The fsync happens in COMMIT: in the store's own thread (sqlite3 releases the GIL
-                # there), so the loop goes on receiving what becomes the next batch meanwhile.
-                assert self._loop is not None
-                await self._loop.run_in_executor(self._syncer, db.execute, "COMMIT")
+                # The fsync happens in COMMIT. Under CPU pressure it runs in the store's own thread
+                # (sqlite3 releases the GIL there), so the loop goes on receiving what becomes the
+                # next batch meanwhile. Otherwise here: the thread's answer waits for the GIL
+                # behind a busy loop, which tripled commit latency at 300 msgs/s (issue 8).
+                if self._pressed:
+                    assert self._loop is not None
+                    await self._loop.run_in_executor(self._syncer, db.execute, "COMMIT")
+                else:
+                    db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
