@@ -13,7 +13,7 @@ TOOLS := tests/tools/node_modules/.installed
 # package without installing it (no Prometheus daemon is set up or started).
 PROMTOOL := tests/tools/bin/promtool
 
-.PHONY: run test venv debs clean
+.PHONY: run test bench venv debs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -54,6 +54,14 @@ $(PROMTOOL):
 
 test: $(STAMP) debs $(TOOLS) $(PROMTOOL)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The benchmark suite (bench/README.md): installs Postfix, OpenDKIM and dnsmasq when missing
+# (as root; no daemon is enabled), runs every benchmark and keeps the raw output in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/signing.py
 
 clean:
 	rm -rf $(VENV) var *.egg-info
