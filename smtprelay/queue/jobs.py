@@ -230,9 +230,11 @@ def counts(db: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
     it scans an index, so callers run it off the event loop)."""
     result: dict[str, int] = {state: n for state, n in db.execute("SELECT state, count(*) FROM recipients"
                                                                   " GROUP BY state")}
-    # Throttled is a shown state (queued + throttled_since); a partial index counts it.
-    row = db.execute("SELECT count(*) FROM recipients WHERE state = 'queued' AND throttled_since IS NOT NULL"
-                     ).fetchone()
+    # Throttled is a shown state (queued + throttled_since); its partial index counts it. Named,
+    # because the planner prefers (state, next_attempt_at) and reads every queued row's table
+    # entry: 0.16 s at a million queued recipients instead of 0.1 ms.
+    row = db.execute("SELECT count(*) FROM recipients INDEXED BY recipients_throttled"
+                     " WHERE state = 'queued' AND throttled_since IS NOT NULL").fetchone()
     result["throttled"] = int(row[0]) if row else 0
     result["queued"] = result.get("queued", 0) - result["throttled"]
     oldest: Any = None
