@@ -22,7 +22,7 @@ from smtprelay.accounts import AccountService, RefusedError
 from smtprelay.config import Config, ConfigError, load
 from smtprelay.queue import schema
 from smtprelay.queue import admin as queue_admin
-from smtprelay.queue.store import STATES, list_queue, show_message
+from smtprelay.queue.listing import STATES, list_queue, show_message
 
 
 class UsageError(Exception):

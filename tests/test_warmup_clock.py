@@ -20,7 +20,8 @@ from smtprelay.queue import ledger
 from smtprelay.queue import warmup as W
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.scheduler import Scheduler
-from smtprelay.queue.store import QueuedMessage, QueueStore, list_queue
+from smtprelay.queue.listing import list_queue
+from smtprelay.queue.store import QueuedMessage, QueueStore
 from tests.dnsserver import DnsServer
 from tests.mailservers import Receiver
 

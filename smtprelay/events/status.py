@@ -8,7 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
-from smtprelay.queue.store import DISPLAY_STATE, show_message
+from smtprelay.queue.listing import DISPLAY_STATE, show_message
 
 
 def _events(conn: sqlite3.Connection, queue_id: str, recipient: str | None = None) -> list[dict[str, Any]]:
