@@ -32,7 +32,8 @@ from smtprelay.policy.sender import check_from_header, check_sender
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.store import QueuedMessage
 from smtprelay.smtp.channel import Channel, ChannelClosed, RemoteError
-from smtprelay.smtp.server import AUTH_INVALID, AUTH_OK, LOCKED_OUT, RelaySMTP
+from smtprelay.smtp.secure import AUTH_INVALID, AUTH_OK, LOCKED_OUT
+from smtprelay.smtp.server import RelaySMTP
 from smtprelay.smtp.stamp import Trace, stamp
 
 log = logging.getLogger("smtprelay.smtp")
