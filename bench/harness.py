@@ -110,6 +110,12 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), sum(int(x) for x in fields[11:15]) / TICK
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds one process has used so far (0 if it is gone)."""
+    found = _stat(pid)
+    return found[1] if found is not None else 0.0
+
+
 def tree_pids(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
