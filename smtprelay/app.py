@@ -97,6 +97,12 @@ class Relay:
                      ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners),
                      config.server.worker_count, config.http.address, config.http.port)
             await self._stop.wait()
+            # No new connections: the workers close their copies of the listening sockets, then
+            # the back end its own (kept until now to start replacement workers).
+            if self.pool is not None:
+                await self.pool.close_listeners()
+            for sock in self._sockets.values():
+                sock.close()
             log.info("shutting down: no new connections; up to %ss for messages being received",
                      int(self.config.server.shutdown_grace))
             if self.pool is not None:

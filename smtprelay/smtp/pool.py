@@ -44,6 +44,7 @@ class Slot:
     delay: float = RESTART_DELAY[0]
     ready: asyncio.Future[None] | None = None
     exited: asyncio.Future[int] | None = None
+    closed: asyncio.Future[None] | None = None     # its listeners are closed (it is stopping)
     restart: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -112,12 +113,14 @@ class WorkerPool:
         slot.proc, slot.peer, slot.started = proc, peer, time.monotonic()
         slot.ready = loop.create_future()
         slot.exited = loop.create_future()
-        ready, exited = slot.ready, slot.exited
+        slot.closed = loop.create_future()
+        ready, exited, closed = slot.ready, slot.exited, slot.closed
 
         def handle(op: str, args: tuple[Any, ...]) -> Any:
-            if op == "ready":
-                if not ready.done():
-                    ready.set_result(None)
+            if op in ("ready", "closed"):
+                done = ready if op == "ready" else closed
+                if not done.done():
+                    done.set_result(None)
                 return None
             return self.gate.handle(peer, op, args)
 
@@ -157,15 +160,27 @@ class WorkerPool:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGHUP)
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM every worker; they stop accepting and let messages being received finish
-        (their commits still go through the gate meanwhile), then exit."""
+    async def close_listeners(self) -> None:
+        """SIGTERM every worker: each closes its copies of the listening sockets at once (and
+        says so), then lets messages being received finish. Returns when every live worker
+        has closed them (or after a few seconds); the back end then closes its own copies, and
+        only then does the port refuse connections."""
         self._stopping = True
         for slot in self.slots:
             if slot.restart is not None:
                 slot.restart.cancel()
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGTERM)
+        waiting = [s.closed for s in self.slots if s.closed is not None and not s.closed.done()
+                   and s.exited is not None and not s.exited.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=5.0)
+
+    async def stop(self, grace: float) -> None:
+        """Stop every worker (close_listeners first if not done): messages being received may
+        finish (their commits still go through the gate meanwhile), then they exit."""
+        if not self._stopping:
+            await self.close_listeners()
         waiting = [s.exited for s in self.slots if s.exited is not None and not s.exited.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=grace + 10)

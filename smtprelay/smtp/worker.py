@@ -142,6 +142,8 @@ class Worker:
         sessions = self.frontend.sessions
         for server in self._servers:
             server.close()
+        if not self._backend_lost:
+            self.frontend.link.notify("closed")   # the back end waits for this before it says so
         if self._backend_lost:   # nothing can be committed any more
             for session in list(sessions):
                 session.refuse_and_close("421 4.3.2 Service shutting down")
