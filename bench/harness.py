@@ -357,5 +357,15 @@ def scratch(prefix: str) -> Path:
     return path
 
 
+def tear_down(*running: Any, workdir: Path, keep: bool) -> None:
+    """Stop what a benchmark started (anything with .stop(); None is skipped), then remove its
+    scratch directory unless --keep."""
+    for thing in running:
+        if thing is not None:
+            thing.stop()
+    if not keep:
+        remove(workdir)
+
+
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

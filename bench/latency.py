@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from harness import Report, Sink, ensure_packages, percentile, relay_settings, remove, scratch
+from harness import Report, Sink, ensure_packages, percentile, relay_settings, scratch, tear_down
 from relay_setup import SENDER, BenchRelay
 
 BODY_LINE = b"x" * 76 + b"\r\n"
@@ -190,11 +190,7 @@ def main() -> int:
             for error in r.errors[:5]:
                 report.line(f"error at {r.rate:.0f} msgs/s: {error}")
     finally:
-        if relay is not None:
-            relay.stop()
-        sink.stop()
-        if not args.keep:
-            remove(workdir)
+        tear_down(relay, sink, workdir=workdir, keep=args.keep)
     report.write()
     return 1 if any(r.errors for r in results) else 0
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from anchor import OpenDkim, Postfix
-from harness import (Report, Series, Sink, ensure_packages, free_port, machine_busy, relay_settings, remove, scratch,
-                     smtp_source, tree_cpu)
+from harness import (Report, Series, Sink, ensure_packages, free_port, machine_busy, relay_settings, scratch,
+                     smtp_source, tear_down, tree_cpu)
 from relay_setup import DOMAIN, SENDER, BenchRelay
 
 SYSTEMS = ("postfix", "postfix+opendkim", "smtprelay")
@@ -112,11 +112,7 @@ def measure(name: str, args: argparse.Namespace) -> Run:
         stolen = (busy_after[2] - busy_before[2]) / total
         return Run(args.messages / elapsed, args.messages / accepted, cpu, busy, stolen, system.extra())
     finally:
-        if system is not None:
-            system.stop()
-        sink.stop()
-        if not args.keep:
-            remove(workdir)
+        tear_down(system, sink, workdir=workdir, keep=args.keep)
 
 
 def main() -> int:
