@@ -11,8 +11,9 @@ same transactions.
 Why synchronous, on the back end's event loop: through a thread (aiosqlite), every
 statement is a hop that must win the GIL back from the busy loop; a commit of ten messages
 and ten jobs took 33 ms that way (issue 8's measurements) and throughput stalled at the
-commit rate. Here a whole batch is a few hundred microseconds of C on the loop; only the
-COMMIT, which holds the fsync, runs in the store's one thread (one hop per batch), so the
+commit rate. Here a whole batch is a few hundred microseconds of C on the loop. The COMMIT,
+which holds the fsync, runs on the loop too unless the store is *pressed* (CPU limits
+throughput, see _gather): then it runs in the store's one thread (one hop per batch), so the
 loop keeps receiving what becomes the next batch while the disk syncs. Jobs must therefore
 stay short (chunked), and waiting for another process's write lock never blocks the loop:
 BEGIN is retried with asynchronous sleeps until `server.store_busy_timeout`.
@@ -94,7 +95,7 @@ class ArrivalRate:
         self._since = time.monotonic()
         self._cpu_since = time.process_time()
 
-    def note(self, items: int, _commit_seconds: float) -> None:
+    def note(self, items: int) -> None:
         self._count += items
         now = time.monotonic()
         elapsed = now - self._since
@@ -217,9 +218,8 @@ class QueueStore:
                     await self._restart_wal()
                 await self._gather(loop)
                 batch = self._take_batch()
-                started = loop.time()
                 await self._commit(batch)
-                self._rate.note(len(batch), loop.time() - started)
+                self._rate.note(len(batch))
                 await asyncio.sleep(0)   # let the sockets fill the next batch
             if self._closing and not self._pending:
                 return
