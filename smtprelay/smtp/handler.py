@@ -19,11 +19,12 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smtprelay.accounts import Login, check_password
 from smtprelay.clock import Clock
-from smtprelay.config import Config
-from smtprelay.dkim.signer import Signer
+from smtprelay.config import Config, ListenerConfig
+from smtprelay.dkim.signer import MalformedMessage, Signer
 from smtprelay.domains.service import SenderDomain
 from smtprelay.events import tracking
 from smtprelay.policy import verdict as V
@@ -32,13 +33,30 @@ from smtprelay.policy.sender import check_from_header, check_sender
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.store import QueuedMessage
 from smtprelay.smtp.channel import Channel, ChannelClosed, RemoteError
-from smtprelay.smtp.secure import AUTH_INVALID, AUTH_OK, LOCKED_OUT
-from smtprelay.smtp.server import RelaySMTP
+from smtprelay.smtp.commands import AUTH_INVALID, AUTH_OK, LOCKED_OUT
 from smtprelay.smtp.stamp import Trace, stamp
 
 log = logging.getLogger("smtprelay.smtp")
 
 BACKEND_GONE = "451 4.3.0 Error: the queue is not available right now; try again later"
+
+
+class Session(Protocol):
+    """One SMTP connection as the FrontEnd sees it, whichever protocol runs it
+    (smtp.submission on aiosmtpd, or smtp.server)."""
+    client_ip: str
+    listener: ListenerConfig
+    trusted: bool
+    hostname: str
+    tls_version: str | None
+    state: SessionState | None
+
+    @property
+    def in_data(self) -> bool:
+        """Receiving or finishing a message (shutdown lets these finish)."""
+
+    def refuse_and_close(self, reply: str) -> None:
+        """Write a final reply without waiting for the client, and close."""
 
 
 class CredentialTable:
@@ -108,7 +126,7 @@ class FrontEnd:
         # a thread would wait for the GIL after every RSA step (dkim.signing_threads > 0 opts in).
         threads = config.dkim.signing_threads
         self.sign_pool = ThreadPoolExecutor(threads, thread_name_prefix="dkim") if threads else None
-        self.sessions: set[RelaySMTP] = set()
+        self.sessions: set[Session] = set()
         # Tracking/unsubscribe settings (per account, per sender domain) and the token key.
         self.tracking_accounts: dict[int, tracking.Settings] = {}
         self.tracking_domains: dict[str, tracking.Settings] = {}
@@ -125,19 +143,19 @@ class FrontEnd:
         return found if found is not None else self.tracking_accounts.get(state.account_id, tracking.OFF)
 
     # -- the session, as the protocol reports it ----------------------------------------------
-    def new_session_state(self, server: RelaySMTP) -> SessionState:
+    def new_session_state(self, server: Session) -> SessionState:
         return SessionState(client_ip=server.client_ip, listener=server.listener.name, trusted=server.trusted)
 
-    def open(self, server: RelaySMTP) -> asyncio.Future[str | None]:
+    def open(self, server: Session) -> asyncio.Future[str | None]:
         """The gate's word on a new connection: None, or the cap that refuses it."""
         return self.link.call("open_connection", server.client_ip, server.listener.name)
 
-    def opened(self, server: RelaySMTP) -> None:
+    def opened(self, server: Session) -> None:
         self.sessions.add(server)
         log.info("connect from [%s] on %s%s", server.client_ip, server.listener.name,
                  " (trusted network)" if server.trusted else "")
 
-    def closed(self, server: RelaySMTP) -> None:
+    def closed(self, server: Session) -> None:
         """A connection the gate admitted has ended."""
         if server.state is not None:
             self.release(server.state)
@@ -157,17 +175,27 @@ class FrontEnd:
         state.mail_from = None
         state.recipients = []
 
-    def helo(self, server: RelaySMTP, name: str) -> None:
+    def helo(self, server: Session, name: str) -> None:
         assert server.state is not None
         server.state.helo = name
 
-    async def authenticate(self, server: RelaySMTP, mechanism: str, login: bytes,
+    def verify(self, login: bytes, password: bytes) -> tuple[str, Login | None]:
+        """The credentials against the in-memory table (no I/O: aiosmtpd's authenticator calls
+        this synchronously): the user name as given, and who it is if the password matches."""
+        username = login.decode("utf-8", "replace")
+        return username, self.credentials.verify(username, password.decode("utf-8", "replace"))
+
+    async def authenticate(self, server: Session, mechanism: str, login: bytes,
                            password: bytes) -> tuple[str, bool]:
         """Credentials are checked here (in memory); the lockout is the gate's. Returns the
         reply and whether to close after it."""
+        return await self.confirm(server, mechanism, *self.verify(login, password))
+
+    async def confirm(self, server: Session, mechanism: str, username: str,
+                      found: Login | None) -> tuple[str, bool]:
+        """The gate's lockout has the last word on checked credentials (a locked address gets
+        421 even with the right password). Returns the reply and whether to close after it."""
         assert server.state is not None
-        username = login.decode("utf-8", "replace")
-        found = self.credentials.verify(username, password.decode("utf-8", "replace"))
         ip = server.client_ip
         try:
             verdict = await self.link.call("auth", ip, found is not None)
@@ -194,7 +222,7 @@ class FrontEnd:
                          verdict.reason, recipients)
         return verdict.reply
 
-    def mail(self, server: RelaySMTP, address: str, options: list[str]) -> str:
+    def mail(self, server: Session, address: str, options: list[str]) -> str:
         state = server.state
         assert state is not None
         verdict: V.Verdict | None
@@ -223,7 +251,7 @@ class FrontEnd:
         state.mail_from = address
         return V.MAIL_OK.reply
 
-    def rcpt(self, server: RelaySMTP, address: str) -> str | asyncio.Future[str]:
+    def rcpt(self, server: Session, address: str) -> str | asyncio.Future[str]:
         state = server.state
         assert state is not None and state.mail_from is not None
         if address in state.recipients:
@@ -249,7 +277,7 @@ class FrontEnd:
                        address).add_done_callback(done)
         return answer
 
-    def refuse_message(self, server: RelaySMTP, reply: str) -> None:
+    def refuse_message(self, server: Session, reply: str) -> None:
         """The protocol refused the data itself (too big, a line too long): end the transaction."""
         state = server.state
         assert state is not None
@@ -258,7 +286,7 @@ class FrontEnd:
         self.reject(state, "END-OF-MESSAGE", V.reject(int(code), status, text, reason), list(state.recipients))
         self.reset(state)
 
-    async def message(self, server: RelaySMTP, raw: bytes) -> str:
+    async def message(self, server: Session, raw: bytes) -> str:
         """The end of DATA: checks, stamping, signing, the durable commit; the reply."""
         state = server.state
         assert state is not None
@@ -292,7 +320,7 @@ class FrontEnd:
                                                         "size": len(message.body), "nrcpt": len(recipients)}})
         return reply
 
-    async def _prepare(self, server: RelaySMTP, state: SessionState, raw: bytes, mail_from: str,
+    async def _prepare(self, server: Session, state: SessionState, raw: bytes, mail_from: str,
                        recipients: tuple[str, ...]) -> tuple[QueuedMessage, float] | str:
         """The message ready for the queue (and the seconds signing took), or a refusal reply."""
         limits = self.config.limits
@@ -320,16 +348,20 @@ class FrontEnd:
         settings = self.tracking_settings(state)
         bodies: tuple[bytes, ...] | None = None
         started = time.perf_counter()
-        if settings.any:
-            # One copy per recipient, each with its own tokens, made before signing.
-            cfg = self.config.tracking
-            assert cfg.base_url is not None
-            copies = [tracking.personalize(body, settings, cfg.base_url, self.tracking_secret, queue_id, rcpt,
-                                           cfg.unsubscribe_mailto) for rcpt in recipients]
-            bodies = tuple([await self._sign(signer, c) for c in copies])
-            body = bodies[0]
-        else:
-            body = await self._sign(signer, body)
+        try:
+            if settings.any:
+                # One copy per recipient, each with its own tokens, made before signing.
+                cfg = self.config.tracking
+                assert cfg.base_url is not None
+                copies = [tracking.personalize(body, settings, cfg.base_url, self.tracking_secret, queue_id, rcpt,
+                                               cfg.unsubscribe_mailto) for rcpt in recipients]
+                bodies = tuple([await self._sign(signer, c) for c in copies])
+                body = bodies[0]
+            else:
+                body = await self._sign(signer, body)
+        except MalformedMessage as exc:
+            verdict = V.reject(550, "5.6.0", f"Message header is malformed: {exc}"[:200], "malformed_header")
+            return self.reject(state, "END-OF-MESSAGE", verdict, list(recipients), mail_from=mail_from)
         sign_seconds = time.perf_counter() - started
         return QueuedMessage(
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=mail_from,

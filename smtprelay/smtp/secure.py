@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("smtprelay.smtp")
 
 HANDSHAKE_TIMEOUT = 30.0
-LOCKED_OUT = "421 4.7.0 Too many failed authentication attempts from your address; try again later"
-AUTH_OK = "235 2.7.0 Authentication successful"
-AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 USERNAME_CHALLENGE = "334 VXNlcm5hbWU6"   # "Username:"
 PASSWORD_CHALLENGE = "334 UGFzc3dvcmQ6"   # "Password:"
 

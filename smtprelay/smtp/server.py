@@ -28,7 +28,8 @@ import ssl
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 from smtprelay.config import ListenerConfig, TlsMode
-from smtprelay.policy.address import AddressError, parse_address, split_smtp_argument
+from smtprelay.smtp import commands as C
+from smtprelay.smtp.commands import BOGUS_LIMIT, COMMAND_LINE_MAX, MAIL_LINE_MAX, TOO_BIG
 from smtprelay.smtp.secure import Mode, SecureCommands
 
 if TYPE_CHECKING:
@@ -36,18 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtprelay.smtp")
 
-COMMAND_LINE_MAX = 512          # RFC 5321 4.5.3.1.4, including CRLF
-MAIL_LINE_MAX = 512 + 26        # plus what SIZE= may add (RFC 1870)
-TEXT_LINE_MAX = 1000            # a DATA line, without its CRLF (RFC 5321 allows 998 + a stuffed dot)
-BOGUS_LIMIT = 5                 # unknown commands before we hang up
 BUFFER_PAUSE = 256 * 1024       # stop reading from a client that is this far ahead of us
-
-TOO_LONG_LINE = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6 allows 1000 octets)"
-TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
-MAIL_SYNTAX = ("501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>] (the null sender is not accepted "
-               "for submission)")
-RCPT_SYNTAX = "501 5.5.4 Syntax: RCPT TO:<address>"
-BAD_ADDRESS = "553 5.1.3 Bad address syntax"
 
 
 class DataState(enum.Enum):
@@ -94,12 +84,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
     # -- connection lifecycle -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # uvloop's transports are not subclasses
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
-        self.trusted = self.listener.is_trusted(self.client_ip)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:                     # implicit TLS
-            self.tls_version = ssl_object.version()
+        self.client_ip, self.trusted, self.tls_version = C.connection_facts(transport, self.listener)
         # The connection caps are counted across all workers: the greeting waits for the gate.
         self._mode = Mode.BUSY
         self.frontend.open(self).add_done_callback(self._admitted)
@@ -114,12 +99,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
             return
         if refused is not None:
             self._mode = Mode.CLOSED
-            if refused == "unavailable":
-                reply = f"421 4.3.2 {self.hostname} Service not available, try again later"
-            else:
-                what = "your address" if refused == "per_client" else "all clients"
-                reply = f"421 4.7.0 {self.hostname} Too many connections from {what}; try again later"
-            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.write(C.refusal(self.hostname, refused).encode() + b"\r\n")
             self.transport.close()
             return
         self._slot_held = True
@@ -266,7 +246,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         if done.cancelled() or done.exception() is not None:
             if not done.cancelled():
                 log.error("[%s]: %r", self.client_ip, done.exception())
-            self._reply("451 4.3.0 Error: local problem; try again later")
+            self._reply(C.LOCAL_PROBLEM)
         else:
             then(done.result())
         if self._mode is Mode.BUSY:
@@ -313,14 +293,14 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
 
     def _needs_helo(self) -> bool:
         if not self.greeted:
-            self._reply("503 5.5.1 Error: send HELO/EHLO first")
+            self._reply(C.NEED_HELO)
             return True
         return False
 
     def _needs_auth(self) -> bool:
         assert self.state is not None
         if not self.trusted and self.state.login is None:
-            self._reply("530 5.7.0 Authentication required")
+            self._reply(C.AUTH_REQUIRED)
             return True
         return False
 
@@ -344,13 +324,9 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         self._reset_transaction()
         self.extended, self.greeted = True, True
         self.frontend.helo(self, arg)
-        lines = [self.hostname, "PIPELINING", f"SIZE {self.frontend.config.limits.max_message_bytes}", "8BITMIME",
-                 "ENHANCEDSTATUSCODES"]
-        if self._starttls_context is not None and self.tls_version is None:
-            lines.append("STARTTLS")
-        if self.tls_version is not None or not self._auth_needs_tls:
-            lines.append("AUTH LOGIN PLAIN")
-        lines.append("HELP")
+        lines = C.ehlo_lines(self.hostname, self.frontend.config.limits.max_message_bytes,
+                             self._starttls_context is not None and self.tls_version is None,
+                             self.tls_version is not None or not self._auth_needs_tls)
         self._out.append("".join(f"250-{x}\r\n" for x in lines[:-1]).encode() + f"250 {lines[-1]}\r\n".encode())
 
     def _noop(self, arg: str) -> None:
@@ -373,7 +349,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
     def _help(self, arg: str) -> None:
         if self._needs_auth():
             return
-        self._reply("214 2.0.0 Commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET STARTTLS VRFY")
+        self._reply(C.HELP)
 
     def _vrfy(self, arg: str) -> None:
         if self._needs_auth():
@@ -381,102 +357,47 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         if not arg:
             self._reply("501 5.5.4 Syntax: VRFY <address>")
             return
-        self._reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+        self._reply(C.VRFY)
 
     def _expn(self, arg: str) -> None:
         self._reply("502 5.5.1 EXPN not implemented")
 
     # -- the transaction ---------------------------------------------------------------------------
-    def _address(self, arg: str, keyword: str) -> tuple[str | None, str]:
-        """(address or None if malformed, parameters); address "" for the null path.
-        Strict parsing: policy and delivery must see the same address (policy.address)."""
-        text = arg[len(keyword):].strip()
-        try:
-            inner, rest = split_smtp_argument(text)
-            if inner == "":
-                return "", rest
-            return str(parse_address(inner)), rest
-        except AddressError as exc:
-            log.info("reject: bad address syntax from [%s]: %s: %s", self.client_ip, exc, text[:200])
-            return None, ""
-
     def _mail(self, arg: str) -> None:
         if self._needs_helo() or self._needs_auth():
             return
         assert self.state is not None
-        if arg[:5].upper() != "FROM:":
-            self._reply(MAIL_SYNTAX)
+        parsed = C.mail_argument(arg, self.extended, self.state.mail_from is not None,
+                                 self.frontend.config.limits.max_message_bytes, self.client_ip)
+        if isinstance(parsed, str):
+            self._reply(parsed)
             return
-        address, rest = self._address(arg, "FROM:")
-        if address is None:
-            self._reply(BAD_ADDRESS)
-            return
-        if not address or (rest and not self.extended):
-            self._reply(MAIL_SYNTAX)
-            return
-        if self.state.mail_from is not None:
-            self._reply("503 5.5.1 Error: nested MAIL command")
-            return
-        options = rest.upper().split()
-        params: dict[str, str] = {}
-        for option in options:
-            key, eq, value = option.partition("=")
-            if not key.isalnum() or (eq and not value):
-                self._reply(MAIL_SYNTAX)
-                return
-            params[key] = value
-        if params.pop("BODY", "7BIT") not in ("7BIT", "8BITMIME"):
-            self._reply("501 5.5.4 Error: BODY can only be one of 7BIT, 8BITMIME")
-            return
-        if "SMTPUTF8" in params:
-            self._reply("555 5.6.7 SMTPUTF8 is not supported")
-            return
-        size = params.pop("SIZE", None)
-        if size is not None:
-            if not size.isdigit():
-                self._reply(MAIL_SYNTAX)
-                return
-            if int(size) > self.frontend.config.limits.max_message_bytes:
-                self._reply(TOO_BIG)
-                return
-        if params:
-            self._reply("555 5.5.4 MAIL FROM parameters not recognized or not implemented")
-            return
-        self._reply(self.frontend.mail(self, address, options))
+        self._reply(self.frontend.mail(self, *parsed))
 
     def _rcpt(self, arg: str) -> None:
         if self._needs_helo() or self._needs_auth():
             return
         assert self.state is not None
         if self.state.mail_from is None:
-            self._reply("503 5.5.1 Error: need MAIL command")
+            self._reply(C.NEED_MAIL)
             return
-        if arg[:3].upper() != "TO:":
-            self._reply(RCPT_SYNTAX)
+        parsed = C.rcpt_argument(arg, self.extended, self.client_ip)
+        if isinstance(parsed, str):
+            self._reply(parsed)
             return
-        address, rest = self._address(arg, "TO:")
-        if address is None:
-            self._reply(BAD_ADDRESS)
-            return
-        if not address or (rest and not self.extended):
-            self._reply(RCPT_SYNTAX)
-            return
-        if rest:
-            self._reply("555 5.5.4 RCPT TO parameters not recognized or not implemented")
-            return
-        self._answer(self.frontend.rcpt(self, address))
+        self._answer(self.frontend.rcpt(self, parsed[0]))
 
     def _data(self, arg: str) -> None:
         if self._needs_helo() or self._needs_auth():
             return
         assert self.state is not None
         if not self.state.recipients:
-            self._reply("503 5.5.1 Error: need RCPT command")
+            self._reply(C.NEED_RCPT)
             return
         if arg:
             self._reply("501 5.5.4 Syntax: DATA")
             return
-        self._reply("354 End data with <CR><LF>.<CR><LF>")
+        self._reply(C.DATA_GO_AHEAD)
         self._mode = Mode.DATA
         self._data_parts = []
         self._data_size = 0
@@ -509,10 +430,9 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
             return
         raw = b"".join(self._data_parts)
         self._data_parts = []
-        # Dot-unstuffing (RFC 5321 4.5.2): with a CRLF in front, every line start is "\r\n".
-        content = (b"\r\n" + raw).replace(b"\r\n.", b"\r\n")[2:] if b"\r\n." in raw or raw[:1] == b"." else raw
-        if len(content) > TEXT_LINE_MAX and max(map(len, content.split(b"\r\n"))) > TEXT_LINE_MAX:
-            self._message_refused(TOO_LONG_LINE)
+        content = C.unstuff(raw)
+        if isinstance(content, str):
+            self._message_refused(content)
             return
         self._answer(self.frontend.message(self, content))
 
