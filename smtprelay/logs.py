@@ -134,6 +134,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosmtpd logs every command and peer at INFO on "mail.log"; our own lines say what
+    # happened, Postfix style (its warnings and errors still come through).
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

@@ -9,14 +9,26 @@ import pytest
 from tests.support import Relay
 
 
+PROTOCOLS = ["aiosmtpd", "native"]
+
+
 @pytest.fixture
-def make_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
+def protocol() -> str:
+    """The SMTP protocol the relay runs (server.protocol): the default. The protocol, security
+    and smuggling modules parametrise it over PROTOCOLS, so the same tests run against both."""
+    return "aiosmtpd"
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path, protocol: str) -> Iterator[Callable[..., Relay]]:
     """Build relays (not started); every relay started here is stopped by PID afterwards."""
     made: list[Relay] = []
 
     def make(overrides: dict[str, dict[str, Any]] | None = None, name: str = "r", **kw: Any) -> Relay:
         d = tmp_path / f"{name}{len(made)}"
         d.mkdir()
+        overrides = {**(overrides or {})}
+        overrides["server"] = {"protocol": protocol, **overrides.get("server", {})}
         relay = Relay(d, overrides, **kw)
         made.append(relay)
         return relay

@@ -20,6 +20,12 @@ class TlsMode(str, enum.Enum):
     NONE = "none"
 
 
+class Protocol(str, enum.Enum):
+    """The SMTP server protocol of the submission listeners (server.protocol)."""
+    AIOSMTPD = "aiosmtpd"     # aiosmtpd.smtp.SMTP subclass (smtp/submission.py), the default
+    NATIVE = "native"         # our own asyncio.Protocol (smtp/server.py), the faster option
+
+
 class BareNewline(str, enum.Enum):
     NORMALIZE = "normalize"
     REJECT = "reject"
@@ -42,6 +48,8 @@ class ServerConfig:
     workers: int = 0
     # Under load, a commit may wait this long for more messages to share its fsync (0: never).
     commit_window: float = 0.005
+    # The SMTP protocol implementation under the same FrontEnd: aiosmtpd (default) or native.
+    protocol: Protocol = Protocol.AIOSMTPD
 
     @property
     def database_path(self) -> Path:

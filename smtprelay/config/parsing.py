@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Config, DeliveryConfig,
+from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
                                     DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
@@ -39,6 +39,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         public_ips=s._get("public_ips", (), lambda raw: tuple(_ip_text(x) for x in _list(raw))),
         workers=s._get("workers", 0, _workers),
         commit_window=s.duration("commit_window", 0.005, allow_zero=True),
+        protocol=s.choice("protocol", Protocol.AIOSMTPD, Protocol),
     )
     s.finish()
 

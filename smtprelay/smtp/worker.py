@@ -18,6 +18,8 @@ import logging
 import signal
 import socket
 import sqlite3
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
@@ -25,13 +27,12 @@ import uvloop
 from smtprelay import logs
 from smtprelay.accounts import catalog_version, load_logins
 from smtprelay.clock import Clock, SystemClock
-from smtprelay.config import Config, ConfigError, TlsMode, load
+from smtprelay.config import Config, ConfigError, ListenerConfig, Protocol, TlsMode, load
 from smtprelay.domains.service import load_senders
 from smtprelay.events import tracking
 from smtprelay.queue import schema
 from smtprelay.smtp.channel import Channel
 from smtprelay.smtp.handler import FrontEnd
-from smtprelay.smtp.server import RelaySMTP
 from smtprelay.smtp.tls import server_context
 
 log = logging.getLogger("smtprelay.worker")
@@ -119,13 +120,22 @@ class Worker:
                 continue
             ctx = context if listener.tls is not TlsMode.NONE else None
 
-            def factory(listener=listener, ctx=ctx) -> RelaySMTP:  # type: ignore[no-untyped-def]
-                return RelaySMTP(self.frontend, listener, ctx)
-
+            factory = self._protocol_factory(listener, ctx)
             implicit = listener.tls is TlsMode.IMPLICIT
             server = await loop.create_server(factory, sock=socket.socket(fileno=fd), ssl=ctx if implicit else None,
                                               ssl_handshake_timeout=30 if implicit else None)
             self._servers.append(server)
+
+    def _protocol_factory(self, listener: ListenerConfig,
+                          ctx: ssl.SSLContext | None) -> Callable[[], asyncio.BaseProtocol]:
+        """The SMTP protocol of server.protocol for one listener (fixed until restart)."""
+        frontend = self.frontend
+        if self.config.server.protocol is Protocol.NATIVE:
+            from smtprelay.smtp.server import RelaySMTP
+            return lambda: RelaySMTP(frontend, listener, ctx)
+        from smtprelay.smtp.submission import RelayHandler, SubmissionSMTP
+        handler = RelayHandler(frontend)
+        return lambda: SubmissionSMTP(frontend, handler, listener, ctx)
 
     # -- signals --------------------------------------------------------------------------------
     def reload(self) -> None:

@@ -5,7 +5,13 @@ import smtplib
 import socket
 import time
 
+import pytest
+
+from tests.conftest import PROTOCOLS
 from tests.support import Relay, client_tls
+
+# Every test here runs against both SMTP protocols (server.protocol), the same assertions.
+pytestmark = pytest.mark.parametrize("protocol", PROTOCOLS)
 
 
 def test_1000_idle_connections_do_not_stop_another_client(relay: Relay) -> None:

@@ -9,7 +9,11 @@ import ssl
 
 import pytest
 
+from tests.conftest import PROTOCOLS
 from tests.support import Relay, client_tls, queued_id
+
+# Every test here runs against both SMTP protocols (server.protocol), the same assertions.
+pytestmark = pytest.mark.parametrize("protocol", PROTOCOLS)
 
 MESSAGE = (b"From: app@apps.example\r\nTo: b@example.org\r\nSubject: split\r\n\r\n"
            b"first line\r\n..a line that started with a dot\r\n.\r\n")   # stuffed: "." and ".a line..."

@@ -5,7 +5,11 @@ import socket
 
 import pytest
 
+from tests.conftest import PROTOCOLS
 from tests.support import Relay
+
+# Every test here runs against both SMTP protocols (server.protocol), the same assertions.
+pytestmark = pytest.mark.parametrize("protocol", PROTOCOLS)
 
 SEQUENCES = [b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n\x00.\r\n",
              b"\r\n.\r\r\n", b"\r\r\n.\r\r\n"]

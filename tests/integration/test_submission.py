@@ -8,7 +8,11 @@ import ssl
 
 import pytest
 
+from tests.conftest import PROTOCOLS
 from tests.support import Relay, client_tls, queued_id
+
+# Every test here runs against both SMTP protocols (server.protocol), the same assertions.
+pytestmark = pytest.mark.parametrize("protocol", PROTOCOLS)
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
 MSG_APP = b"From: app@apps.example\r\nTo: b@example.org\r\nSubject: hello\r\n\r\nbody line\r\n"
