@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
+from dns.resolver import Resolver
 
 from tests.dnsserver import DnsServer, records_from_cli
 from tests.support import ROOT, Relay, client_tls, free_port, queued_id
@@ -154,14 +156,59 @@ def test_signed_mail_verifies_independently_with_both_algorithms(make_relay, dns
     assert b"c=relaxed/relaxed" in header
     # From over-signed; Date and Message-ID were added by the relay and are signed too.
     signed = header.split(b" h=", 1)[1].split(b";", 1)[0]
-    assert [name.strip() for name in signed.split(b":")] == [
-        b"from", b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
+    assert sorted(name.strip() for name in signed.split(b":")) == [
+        b"content-type", b"date", b"from", b"from", b"message-id", b"mime-version", b"subject", b"to"]
     # Tampering is caught by the same verifier.
     tampered = body.replace(b"Hello.", b"Hello!")
     tampered_results = independent_verify(dns, tampered)
     assert len(tampered_results) == 2 and not any(line.startswith("pass") for line in tampered_results)
     assert all("body hash" in line for line in tampered_results), tampered_results
     assert relay.metric("smtprelay_dkim_sign_seconds_count") == 1
+
+
+SHAPES = {
+    "long folded headers": b"Subject: " + b"\r\n\t".join([b"word " * 15] * 6) + b"\r\nTo: " + b",\r\n ".join(
+        b"user%d@example.org" % i for i in range(40)) + b"\r\n\r\nbody\r\n",
+    "8-bit body": "Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+                  "\r\nGrüße aus Köln \t — ünïcödé\r\n".encode(),
+    "empty body": b"Subject: empty\r\n\r\n",
+    "trailing blank lines": b"Subject: t\r\n\r\nlast\r\n\r\n\r\n\r\n",
+    "body over 1 MB": b"Subject: big\r\n\r\n" + b"0123456789 abcdef  ghij\t\r\n" * 45_000,
+}
+
+
+@pytest.mark.parametrize("algorithms,expected", [
+    (["rsa-sha256"], ["rsa-sha256"]), (["ed25519-sha256"], ["ed25519-sha256"]),
+    (["rsa-sha256", "ed25519-sha256"], ["rsa-sha256", "ed25519-sha256"])], ids=["rsa", "ed25519", "dual"])
+def test_message_shapes_verify_with_mailauth_and_dkimpy(make_relay, dns: DnsServer, algorithms: list[str],  # type: ignore[no-untyped-def]
+                                                        expected: list[str]) -> None:
+    relay = domain_relay(make_relay, dns, dkim={"algorithms": algorithms})
+    relay.cli("domain", "add", "acme", "example.com")
+    relay.cli("address", "add", "news@example.com")
+    publish_domain(relay, dns, "example.com")
+    assert relay.cli("domain", "verify", "example.com", check=False).returncode == 0
+    relay.start()
+    host, port = dns.nameserver.split(":")
+    resolver = Resolver(configure=False)
+    resolver.nameservers, resolver.port = [host], int(port)
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        return b"".join(resolver.resolve(name.decode(), "TXT")[0].strings)
+
+    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=30) as s:
+        s.starttls(context=client_tls())
+        s.login(relay.user, relay.password)  # type: ignore[attr-defined]
+        for name, shape in SHAPES.items():
+            s.mail("news@example.com")
+            s.rcpt("friend@example.org")
+            code, reply = s.data(b"From: News <news@example.com>\r\n" + shape)
+            assert code == 250, (name, reply)
+            body = relay.body(queued_id(reply))
+            assert body.endswith(shape), name
+            results = independent_verify(dns, body)
+            assert [line.split()[:2] for line in results] == [["pass", a] for a in expected], (name, results)
+            count = body.split(b"\r\n\r\n", 1)[0].count(b"DKIM-Signature:")
+            assert [dkim.DKIM(body).verify(idx=i, dnsfunc=txt) for i in range(count)] == [True] * len(expected), name
 
 
 def test_sender_policy(make_relay, dns: DnsServer) -> None:  # type: ignore[no-untyped-def]
