@@ -17,7 +17,8 @@ import secrets
 import sqlite3
 import string
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from smtprelay.config import Config
@@ -186,10 +187,19 @@ class Login:
     account: str
 
 
-def load_account_rows(conn: sqlite3.Connection) -> dict[int, "AccountRow"]:
+ACCOUNT_ROWS_SQL = "SELECT id, name, daily_quota, rate_per_second, level FROM accounts"
+# Both versions the back end's catalog refresh polls, in one statement (one hop to its reader).
+VERSIONS_SQL = "SELECT key, value FROM meta WHERE key IN ('catalog_version', 'blocklist_version')"
+
+
+def account_rows(rows: Iterable[Any]) -> dict[int, "AccountRow"]:
+    """ACCOUNT_ROWS_SQL's rows as the gate keeps them."""
     from smtprelay.policy.reputation import AccountRow
-    return {r[0]: AccountRow(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(
-        "SELECT id, name, daily_quota, rate_per_second, level FROM accounts")}
+    return {r[0]: AccountRow(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def load_account_rows(conn: sqlite3.Connection) -> dict[int, "AccountRow"]:
+    return account_rows(conn.execute(ACCOUNT_ROWS_SQL))
 
 
 def evaluate_levels(conn: sqlite3.Connection, config: "Config", now: float) -> list[tuple[str, int, int, str]]:

@@ -23,14 +23,15 @@ import uvloop
 from aiohttp import web
 
 from smtprelay import __version__, logs
-from smtprelay.accounts import AccountService, catalog_version, evaluate_levels, load_account_rows
-from smtprelay.blocklist.service import blocklist_version, load_view
+from smtprelay.accounts import ACCOUNT_ROWS_SQL, VERSIONS_SQL, AccountService, account_rows, evaluate_levels
+from smtprelay.blocklist.service import ALLOWED_SQL, VIEW_SQL, blocklist_view
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
 from smtprelay.domains.service import DomainService
 from smtprelay.http.metrics import Metrics
 from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
+from smtprelay.queue.readers import StoreReader
 from smtprelay.queue.scheduler import Scheduler
 from smtprelay.events import tracking
 from smtprelay.events import types as events
@@ -55,7 +56,7 @@ class Relay:
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._sockets: dict[str, socket.socket] = {}
-        self._reader: sqlite3.Connection | None = None
+        self._reader: StoreReader | None = None
         self._http: web.AppRunner | None = None
         self._catalog_version = -1
         self._blocklist_version = -1
@@ -71,6 +72,7 @@ class Relay:
                            commit_window=config.server.commit_window)
         await store.open()
         self.store = store
+        self._reader = await StoreReader.open(config.server.data_dir)
         self.gate = Gate(config, store, self.metrics, self.clock)
         tracking.load_key(config)   # created here once, before the workers read it
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
@@ -122,7 +124,7 @@ class Relay:
                 await self._http.cleanup()
             await store.close()
             if self._reader is not None:
-                self._reader.close()
+                await self._reader.close()
             log.info("smtprelay stopped")
 
     def _prepare_store(self) -> None:
@@ -137,27 +139,22 @@ class Relay:
                                  listener.trusted_account, listener.name)
         finally:
             conn.close()
-        self._reader = sqlite3.connect(schema.database_path(self.config.server.data_dir), isolation_level=None,
-                                       check_same_thread=False, timeout=self.config.server.store_busy_timeout)
 
     async def _refresh_catalog(self) -> None:
         """What the gate reads of the catalog: account limits and reputation levels, the blocklist."""
         reader = self._reader
         gate = self.gate
         assert reader is not None
-        now = self.clock.now()
-
-        def load_if_changed() -> None:
-            version = catalog_version(reader)
-            if version != self._catalog_version:
-                gate.account_rows = load_account_rows(reader)
-                self._catalog_version = version
-            version = blocklist_version(reader)
-            if version != self._blocklist_version:
-                gate.blocklist = load_view(reader, now)
-                self._blocklist_version = version
-
-        await asyncio.to_thread(load_if_changed)
+        versions = {key: int(value) for key, value in await reader.rows(VERSIONS_SQL)}
+        version = versions.get("catalog_version", 0)
+        if version != self._catalog_version:
+            gate.account_rows = account_rows(await reader.rows(ACCOUNT_ROWS_SQL))
+            self._catalog_version = version
+        version = versions.get("blocklist_version", 0)
+        if version != self._blocklist_version:
+            entries = await reader.rows(VIEW_SQL, (self.clock.now(),))
+            gate.blocklist = blocklist_view(entries, await reader.rows(ALLOWED_SQL))
+            self._blocklist_version = version
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -186,9 +183,8 @@ class Relay:
         reader = self._reader
         assert reader is not None
         since = self.clock.now() - 86400
-        rows = await asyncio.to_thread(lambda: reader.execute(
-            "SELECT account_id, CAST(at / 60 AS INTEGER) AS minute, count(*) FROM sends WHERE at > ?"
-            " GROUP BY account_id, minute ORDER BY minute", (since,)).fetchall())
+        rows = await reader.rows("SELECT account_id, CAST(at / 60 AS INTEGER) AS minute, count(*) FROM sends"
+                                 " WHERE at > ? GROUP BY account_id, minute ORDER BY minute", (since,))
         self.gate.send_limits.load(rows)
 
     async def _maintenance_loop(self) -> None:
@@ -258,8 +254,9 @@ class Relay:
         from smtprelay.http import tracking as tracking_http
 
         def endpoints(app: web.Application) -> None:
+            assert self._reader is not None
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
-                                     schema.database_path(self.config.server.data_dir), self.clock.now)
+                                     self._reader, self.clock.now)
         app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path,
                         endpoints)
         self._http = web.AppRunner(app, access_log=None)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import sqlite3
 from dataclasses import asdict, dataclass
-from typing import Callable, TextIO
+from collections.abc import Iterable
+from typing import Any, Callable, TextIO
 
 from smtprelay.accounts import AccountService, RefusedError
 from smtprelay.policy.address import AddressError, parse_address
@@ -35,11 +36,17 @@ _COLUMNS = ("id, address, type, account_id, sender_domain, origin_account_id, re
             " expires_at")
 
 
+VIEW_SQL = f"SELECT {_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?"   # (now,)
+ALLOWED_SQL = "SELECT account_id, address FROM allowlist"
+
+
+def blocklist_view(entries: Iterable[Any], allowed: Iterable[Any]) -> BlocklistView:
+    """The rows of VIEW_SQL and ALLOWED_SQL as the gate checks them."""
+    return BlocklistView([_entry(r) for r in entries], {(r[0], r[1]) for r in allowed})
+
+
 def load_view(conn: sqlite3.Connection, now: float) -> BlocklistView:
-    entries = [_entry(r) for r in conn.execute(
-        f"SELECT {_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?", (now,))]
-    allowed = {(r[0], r[1]) for r in conn.execute("SELECT account_id, address FROM allowlist")}
-    return BlocklistView(entries, allowed)
+    return blocklist_view(conn.execute(VIEW_SQL, (now,)), conn.execute(ALLOWED_SQL))
 
 
 def blocklist_version(conn: sqlite3.Connection) -> int:

@@ -5,8 +5,9 @@ one-click clients POST `List-Unsubscribe=One-Click`).
 Owns: presentation. A forged or damaged token gets 404 and is never followed. Opens and
 clicks become events through the store's writer (one INSERT … SELECT: the recipient's
 message supplies account, domains and tag); an open or click from a known machine user agent
-or within `tracking.machine_window` of the delivery is flagged `machine`. Unsubscribing goes
-through blocklist.service.record_feedback (feedback row, `reject` entry for that sender
+or within `tracking.machine_window` of the delivery is flagged `machine`. Unsubscribing looks the
+message up on the back end's reader (aiosqlite) and goes through the writer to
+blocklist.service.record_feedback (feedback row, `reject` entry for that sender
 domain, `unsubscribed` event), the same function complaints use.
 
 Must never: redirect anywhere a token does not name, or block the event loop.
@@ -18,14 +19,14 @@ import base64
 import html
 import logging
 import sqlite3
-from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
 
 from smtprelay.config import Config
 from smtprelay.events import tracking
-from smtprelay.queue.store import Job, QueueStore
+from smtprelay.queue.readers import StoreReader
+from smtprelay.queue.store import Job, QueueStore, StoreUnavailable
 
 log = logging.getLogger("smtprelay.tracking")
 
@@ -47,8 +48,18 @@ def _job(kind: str, queue_id: str, recipient: str, url: str, agent: str, machine
     return job
 
 
+def _unsubscribe_job(account_id: int | None, sender_domain: str, queue_id: str, recipient: str, at: float) -> Job:
+    def job(db: sqlite3.Connection) -> None:
+        from smtprelay.blocklist.service import record_feedback
+        already = db.execute("SELECT 1 FROM feedback WHERE kind = 'unsubscribe' AND address = ? AND"
+                             " sender_domain = ?", (recipient, sender_domain)).fetchone()
+        if already is None:   # a second click is not a second unsubscribe
+            record_feedback(db, at, account_id, sender_domain, recipient, "unsubscribe", queue_id=queue_id)
+    return job
+
+
 def add_routes(app: web.Application, config: Callable[[], Config], store: QueueStore, secret: bytes,
-               db_path: Path, now: Callable[[], float]) -> None:
+               reader: StoreReader, now: Callable[[], float]) -> None:
     def record(request: web.Request, kind: str, queue_id: str, recipient: str, url: str = "") -> None:
         agent = request.headers.get("User-Agent", "")
         cfg = config().tracking
@@ -84,9 +95,14 @@ def add_routes(app: web.Application, config: Callable[[], Config], store: QueueS
                     f"<p>Stop mail to {html.escape(recipient)} from this sender?</p>"
                     f"<button type=submit name=confirm value=1>Unsubscribe</button></form>")
             return web.Response(text=page, content_type="text/html", headers=NO_STORE)
-        sender_domain = await asyncio.to_thread(_unsubscribe, db_path, queue_id, recipient, now())
-        if sender_domain is None:
+        row = await reader.row("SELECT account_id, sender_domain FROM messages WHERE id = ?", (queue_id,))
+        if row is None or row[1] is None:
             return web.Response(status=404, text="this message is no longer known\n", headers=NO_STORE)
+        sender_domain = str(row[1])
+        try:
+            await store.run(_unsubscribe_job(row[0], sender_domain, queue_id, recipient, now()))
+        except StoreUnavailable:
+            return web.Response(status=503, text="please try again in a minute\n", headers=NO_STORE)
         log.info("%s: to=<%s>, unsubscribed from %s", queue_id, recipient, sender_domain)
         return web.Response(text=f"<!doctype html><meta charset=utf-8><p>{html.escape(recipient)} will get no more "
                                  f"mail from {html.escape(sender_domain)}.</p>", content_type="text/html",
@@ -96,22 +112,3 @@ def add_routes(app: web.Application, config: Callable[[], Config], store: QueueS
     app.router.add_get("/t/c/{token}", clicked)
     app.router.add_get("/u/{token}", unsubscribe)
     app.router.add_post("/u/{token}", unsubscribe)
-
-
-def _unsubscribe(db_path: Path, queue_id: str, recipient: str, at: float) -> str | None:
-    from smtprelay.blocklist.service import record_feedback
-    from smtprelay.queue import schema
-    conn = schema.connect(db_path.parent)
-    try:
-        row = conn.execute("SELECT account_id, sender_domain FROM messages WHERE id = ?", (queue_id,)).fetchone()
-        if row is None or row[1] is None:
-            return None
-        already = conn.execute("SELECT 1 FROM feedback WHERE kind = 'unsubscribe' AND address = ? AND"
-                               " sender_domain = ?", (recipient, row[1])).fetchone()
-        if already is None:   # a second click is not a second unsubscribe
-            conn.execute("BEGIN IMMEDIATE")
-            record_feedback(conn, at, row[0], row[1], recipient, "unsubscribe", queue_id=queue_id)
-            conn.execute("COMMIT")
-        return str(row[1])
-    finally:
-        conn.close()

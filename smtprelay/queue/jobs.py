@@ -7,6 +7,7 @@ index with a LIMIT, so it costs the same at depth 0 and at depth 1 M.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -225,26 +226,28 @@ def defer_domains(domains: list[str], until: float, reply: str, now: float) -> J
     return job
 
 
-def counts(db: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
-    """Recipients per state, and the age of the oldest unfinished message (a reader's query:
-    it scans an index, so callers run it off the event loop)."""
-    result: dict[str, int] = {state: n for state, n in db.execute("SELECT state, count(*) FROM recipients"
-                                                                  " GROUP BY state")}
-    # Throttled is a shown state (queued + throttled_since); its partial index counts it. Named,
-    # because the planner prefers (state, next_attempt_at) and reads every queued row's table
-    # entry: 0.16 s at a million queued recipients instead of 0.1 ms.
-    row = db.execute("SELECT count(*) FROM recipients INDEXED BY recipients_throttled"
-                     " WHERE state = 'queued' AND throttled_since IS NOT NULL").fetchone()
-    result["throttled"] = int(row[0]) if row else 0
+# Recipients per state, the throttled ones, and the arrival time of the oldest unfinished
+# message, in one statement (the back end's reader answers it in one hop). Throttled is a shown
+# state (queued + throttled_since) counted through its partial index, named because the planner
+# prefers (state, next_attempt_at) and reads every queued row's table entry: 0.16 s at a million
+# queued recipients instead of 0.1 ms. The oldest: min(message_id) per state through
+# (state, message_id) — queue ids sort by arrival.
+COUNTS_SQL = """
+SELECT (SELECT json_group_object(state, n) FROM (SELECT state, count(*) AS n FROM recipients GROUP BY state)),
+       (SELECT count(*) FROM recipients INDEXED BY recipients_throttled
+         WHERE state = 'queued' AND throttled_since IS NOT NULL),
+       (SELECT created_at FROM messages WHERE id = (SELECT min(m) FROM (
+           SELECT min(message_id) AS m FROM recipients WHERE state = 'queued'
+           UNION ALL SELECT min(message_id) FROM recipients WHERE state = 'active'
+           UNION ALL SELECT min(message_id) FROM recipients WHERE state = 'hold')))
+"""
+
+
+def counts(row: tuple[Any, ...], now: float) -> tuple[dict[str, int], float]:
+    """COUNTS_SQL's row → recipients per shown state, and the age of the oldest unfinished
+    message (an index scan as long as the queue: run it on a reader, off the event loop)."""
+    by_state, throttled, oldest_at = row
+    result: dict[str, int] = {state: int(n) for state, n in json.loads(by_state or "{}").items()}
+    result["throttled"] = int(throttled or 0)
     result["queued"] = result.get("queued", 0) - result["throttled"]
-    oldest: Any = None
-    for state in ("queued", "active", "hold"):
-        row = db.execute("SELECT min(message_id) FROM recipients WHERE state = ?", (state,)).fetchone()
-        if row and row[0] and (oldest is None or row[0] < oldest):
-            oldest = row[0]
-    age = 0.0
-    if oldest is not None:
-        row = db.execute("SELECT created_at FROM messages WHERE id = ?", (oldest,)).fetchone()
-        if row:
-            age = max(0.0, now - row[0])
-    return result, age
+    return result, 0.0 if oldest_at is None else max(0.0, now - oldest_at)

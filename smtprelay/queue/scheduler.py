@@ -37,6 +37,7 @@ from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, r
 from smtprelay.queue.admission import WarmupSeam
 from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination
+from smtprelay.queue.readers import StoreReader
 from smtprelay.queue.throttle import Throttle
 
 log = logging.getLogger("smtprelay.delivery")
@@ -67,7 +68,8 @@ class Scheduler(WarmupSeam):
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._reader: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None       # point look-ups on the loop
+        self._gauge_reader: StoreReader | None = None         # the gauges' index scans (aiosqlite)
         self._flush_generation = -1
         self._last_reclaim = 0.0
         self._last_gauges = -GAUGES_EVERY
@@ -122,6 +124,8 @@ class Scheduler(WarmupSeam):
                 await asyncio.wait(pending, timeout=5)
         if self._reader is not None:
             self._reader.close()
+        if self._gauge_reader is not None:
+            await self._gauge_reader.close()
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -470,15 +474,9 @@ class Scheduler(WarmupSeam):
                               header_message_id=message_id)]
 
     async def _update_gauges(self, now: float) -> None:
-        data_dir = self.config.server.data_dir
-
-        def read() -> tuple[dict[str, int], float]:
-            conn = schema.reader(data_dir)    # an index scan: in a thread, on its own connection
-            try:
-                return jobs.counts(conn, now)
-            finally:
-                conn.close()
-        counts, oldest = await asyncio.to_thread(read)
+        if self._gauge_reader is None:
+            self._gauge_reader = await StoreReader.open(self.config.server.data_dir)
+        counts, oldest = jobs.counts(await self._gauge_reader.row(jobs.COUNTS_SQL), now)
         for state in ("queued", "throttled", "active", "hold", "delivered", "bounced", "expired"):
             self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
         self.metrics.queue_oldest_age_seconds.set(oldest)
