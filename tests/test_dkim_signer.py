@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtprelay.config import DkimAlgorithm
-from smtprelay.dkim.signer import Signer, SigningKey
+from smtprelay.dkim.signer import RelaxedBody, Signer, SigningKey
 
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ED = ed25519.Ed25519PrivateKey.generate()
@@ -114,3 +114,10 @@ def test_header_selection_is_dkimpys_with_from_oversigned() -> None:
     names = [n.strip() for n in fields[b"h"].split(b":")]
     assert names == [b"from", b"to", b"subject", b"list-unsubscribe", b"list-unsubscribe-post", b"from"]
     assert fields[b"c"] == b"relaxed/relaxed" and fields[b"t"] == b"1700000000" and fields[b"d"] == b"example.com"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"b.", b" ", b"  ", b"\t", b"\r\n", b" \r\n", b"\t\r\n", b"\r\n\r\n", b"\r"]),
+                max_size=40).map(b"".join))
+def test_fast_relaxed_body_is_dkimpys(body: bytes) -> None:
+    assert RelaxedBody.canonicalize_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body)
