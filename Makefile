@@ -58,7 +58,8 @@ test: $(STAMP) debs $(TOOLS) $(PROMTOOL)
 # The benchmark suite (bench/README.md): installs Postfix, OpenDKIM and dnsmasq when missing
 # (as root; no daemon is enabled), runs every benchmark and keeps the raw output in bench/results/.
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/throughput.py --profile bench/results/profiles
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/signing.py

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -369,3 +369,54 @@ def tear_down(*running: Any, workdir: Path, keep: bool) -> None:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def processes(root: int, measure: Callable[[int], float]) -> dict[str, float]:
+    """A measure of each of the relay's processes (CPU, RSS, ...) by role and pid."""
+    found = {}
+    for pid in tree_pids(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except FileNotFoundError:
+            continue
+        role = "worker" if "_worker" in cmd else "back end" if " serve " in cmd else None
+        if role is not None:
+            found[f"{role} {pid}"] = measure(pid)
+    return found
+
+
+class Profiler:
+    """py-spy sampling every process of a tree until stop(), one py-spy per process (its
+    --subprocesses mode did not follow the relay's workers here); the raw collapsed stacks are
+    merged into `output`, each stack's first frame naming its process like --subprocesses does:
+    `process PID:"command line"`."""
+
+    def __init__(self, root: int, output: Path):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.output = output
+        self.parts: list[tuple[int, str, Path, subprocess.Popen[bytes]]] = []
+        spy = str(Path(sys.executable).parent / "py-spy")
+        for pid in tree_pids(root):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+            except FileNotFoundError:
+                continue
+            part = output.with_name(f"{output.name}.{pid}")
+            proc = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200", "--output", str(part),
+                                     "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.parts.append((pid, cmd, part, proc))
+        time.sleep(1.0)   # py-spy attaches before the load starts
+
+    def stop(self) -> None:
+        for _, _, _, proc in self.parts:
+            proc.send_signal(signal.SIGINT)   # py-spy writes its output on SIGINT
+        with self.output.open("w") as merged:
+            for pid, cmd, part, proc in self.parts:
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    stop_pid(proc.pid)
+                if part.exists():
+                    for line in part.read_text(errors="replace").splitlines():
+                        merged.write(f'process {pid}:"{cmd}";{line}\n')
+                    part.unlink()

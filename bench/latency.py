@@ -8,7 +8,9 @@ final dot. Measured: from writing the final dot to reading the reply (what the r
 on checks, signing and the synced commit), and the whole transaction from MAIL on. A send
 that had to wait for a free connection is counted as late, so a backlog cannot hide.
 
-    .venv/bin/python bench/latency.py [--rates 100,300] [--seconds 20]
+Each SMTP protocol (server.protocol: aiosmtpd, the default, and native) gets its own relay.
+
+    .venv/bin/python bench/latency.py [--rates 100,300] [--seconds 20] [--protocols aiosmtpd,native]
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Result:
     late: int = 0
     errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    protocol: str = ""
 
 
 class Connection:
@@ -143,6 +146,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=32, help="client connections (default 32)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a relay.toml setting for smtprelay's runs, e.g. --set server.workers=3")
+    p.add_argument("--protocols", default="aiosmtpd,native",
+                   help="server.protocol values to measure, one relay each (default aiosmtpd,native)")
     p.add_argument("--samples", help="write every measurement (offered rate, seconds into the load, ms) to this CSV")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--no-save", action="store_true")
@@ -154,43 +159,50 @@ def main() -> int:
         report.line(f"# smtprelay settings: {', '.join(args.set)}")
     report.line(f"# end-of-DATA reply latency, AUTH PLAIN over STARTTLS, {args.connections} connections, "
                 f"4 KB messages, open-loop arrivals; {args.seconds:.0f} s per load after {args.warmup:.0f} s")
-    workdir = scratch("latency")
-    sink = Sink(workdir)
-    relay = None
     rows, results = [], []
-    try:
-        relay = BenchRelay(workdir, sink.port, relay_settings(args.set)).start()
-        number = 0
-        for rate in rates:
-            uvloop.run(offer(relay.submission_port, relay.username, relay.password, rate, args.warmup,
-                             args.connections, number))
-            number += int(rate * args.warmup)
-            r = uvloop.run(offer(relay.submission_port, relay.username, relay.password, rate, args.seconds,
+    for protocol in [x for x in args.protocols.split(",") if x]:
+        workdir = scratch(f"latency-{protocol}")
+        sink = Sink(workdir)
+        relay = None
+        try:
+            settings = relay_settings([f"server.protocol={protocol}"] + args.set)
+            relay = BenchRelay(workdir, sink.port, settings).start()
+            number = 0
+            for rate in rates:
+                uvloop.run(offer(relay.submission_port, relay.username, relay.password, rate, args.warmup,
                                  args.connections, number))
-            number += r.offered
-            results.append(r)
-            ms = [x * 1000 for x in r.end_of_data]
-            tx = [x * 1000 for x in r.transaction]
-            rows.append([f"{rate:.0f}", f"{len(ms) / r.elapsed:.0f}", f"{percentile(ms, 50):.1f}",
-                         f"{percentile(ms, 99):.1f}", f"{percentile(ms, 99.9):.1f}", f"{max(ms):.1f}",
-                         f"{percentile(tx, 50):.1f}", f"{percentile(tx, 99):.1f}", str(r.late), str(len(r.errors))])
-            report.data.setdefault("loads", []).append({
-                "offered_per_second": rate, "measured": len(ms), "achieved_per_second": len(ms) / r.elapsed,
-                "end_of_data_ms": {q: percentile(ms, q) for q in (50, 90, 99, 99.9)}, "max_ms": max(ms),
-                "transaction_ms": {q: percentile(tx, q) for q in (50, 99)}, "late": r.late, "errors": r.errors[:20]})
-        if args.samples:
-            with open(args.samples, "w") as out:
-                out.write("offered_per_second,seconds,end_of_data_ms\n")
-                for r in results:
-                    out.writelines(f"{r.rate:.0f},{w:.4f},{x * 1000:.3f}\n" for w, x in zip(r.when, r.end_of_data))
-        report.line()
-        report.table(["offered msgs/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "txn p50 ms",
-                      "txn p99 ms", "late sends", "errors"], rows)
-        for r in results:
-            for error in r.errors[:5]:
-                report.line(f"error at {r.rate:.0f} msgs/s: {error}")
-    finally:
-        tear_down(relay, sink, workdir=workdir, keep=args.keep)
+                number += int(rate * args.warmup)
+                r = uvloop.run(offer(relay.submission_port, relay.username, relay.password, rate, args.seconds,
+                                     args.connections, number))
+                number += r.offered
+                r.protocol = protocol
+                results.append(r)
+                ms = [x * 1000 for x in r.end_of_data]
+                tx = [x * 1000 for x in r.transaction]
+                rows.append([protocol, f"{rate:.0f}", f"{len(ms) / r.elapsed:.0f}", f"{percentile(ms, 50):.1f}",
+                             f"{percentile(ms, 99):.1f}", f"{percentile(ms, 99.9):.1f}", f"{max(ms):.1f}",
+                             f"{percentile(tx, 50):.1f}", f"{percentile(tx, 99):.1f}", str(r.late),
+                             str(len(r.errors))])
+                report.data.setdefault("loads", []).append({
+                    "protocol": protocol, "offered_per_second": rate, "measured": len(ms),
+                    "achieved_per_second": len(ms) / r.elapsed,
+                    "end_of_data_ms": {q: percentile(ms, q) for q in (50, 90, 99, 99.9)}, "max_ms": max(ms),
+                    "transaction_ms": {q: percentile(tx, q) for q in (50, 99)}, "late": r.late,
+                    "errors": r.errors[:20]})
+        finally:
+            tear_down(relay, sink, workdir=workdir, keep=args.keep)
+    if args.samples:
+        with open(args.samples, "w") as out:
+            out.write("protocol,offered_per_second,seconds,end_of_data_ms\n")
+            for r in results:
+                out.writelines(f"{r.protocol},{r.rate:.0f},{w:.4f},{x * 1000:.3f}\n"
+                               for w, x in zip(r.when, r.end_of_data))
+    report.line()
+    report.table(["protocol", "offered msgs/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "txn p50 ms",
+                  "txn p99 ms", "late sends", "errors"], rows)
+    for r in results:
+        for error in r.errors[:5]:
+            report.line(f"error at {r.rate:.0f} msgs/s ({r.protocol}): {error}")
     report.write()
     return 1 if any(r.errors for r in results) else 0
 

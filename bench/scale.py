@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import smtplib
 import sqlite3
 import statistics
@@ -34,10 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness import (Report, Sink, ensure_packages, free_port, machine_busy, process_cpu, relay_settings, scratch,
-                     smtp_source, stop_pid, tear_down, tree_cpu, tree_pids)
+from harness import (Profiler, Report, Sink, ensure_packages, free_port, machine_busy, process_cpu, processes,
+                     relay_settings, scratch, smtp_source, tear_down, tree_cpu)
 from relay_setup import ROOT, SENDER, BenchRelay
 
 
@@ -60,32 +59,12 @@ def pss_mb(pid: int) -> float:
     return 0.0
 
 
-def processes(root: int, measure: Callable[[int], float] = rss_mb) -> dict[str, float]:
-    """Memory of the relay's processes by role (RSS by default)."""
-    found = {}
-    for pid in tree_pids(root):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-        except FileNotFoundError:
-            continue
-        role = "worker" if "_worker" in cmd else "back end" if " serve " in cmd else None
-        if role is not None:
-            found[f"{role} {pid}"] = measure(pid)
-    return found
-
-
 def probe(relay: BenchRelay, messages: int, sessions: int,
           profile: Path | None = None) -> tuple[float, float, dict[str, float]]:
     """Accepted single-recipient messages per second (smtp-source, one connection each), and
     the relay's CPU milliseconds per message meanwhile; with `profile`, py-spy samples the
     relay's processes meanwhile (collapsed stacks)."""
-    spy = None
-    if profile is not None:
-        profile.parent.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--format",
-                                "raw", "--rate", "200", "--output", str(profile), "--pid", str(relay.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.0)   # py-spy attaches before the load starts
+    spy = Profiler(relay.pid, profile) if profile is not None else None
     cpu, each, busy = tree_cpu(relay.pid), processes(relay.pid, process_cpu), machine_busy()
     started = time.monotonic()
     proc = smtp_source(relay.smtp_port, messages, sessions, 4096, sender=SENDER, recipient="probe@down.test")
@@ -98,11 +77,7 @@ def probe(relay: BenchRelay, messages: int, sessions: int,
     split["machine busy %"] = (after[0] - busy[0]) / max(1, after[1] - busy[1]) * 100
     split["stolen %"] = (after[2] - busy[2]) / max(1, after[1] - busy[1]) * 100
     if spy is not None:
-        spy.send_signal(signal.SIGINT)   # py-spy writes its output on SIGINT
-        try:
-            spy.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            stop_pid(spy.pid)
+        spy.stop()
     if proc.returncode != 0 or err.strip():
         raise RuntimeError(f"smtp-source: {err.decode(errors='replace')[:300]}")
     return messages / took, cpu * 1000 / messages, split
@@ -202,7 +177,7 @@ def main() -> int:
         report.line(f"# {args.recipients} recipients for a dead destination (connection refused), filled through "
                     f"SMTP with {args.per_message} per message; probes of {args.probe} single-recipient 4 KB messages")
         empty_rate, empty_cpu, empty_probes = probes(relay, args, "empty", report)
-        rss_start = processes(relay.pid)
+        rss_start = processes(relay.pid, rss_mb)
         queued, _ = depth(relay)
         messages = max(0, (args.recipients - queued) // args.per_message)
         started = time.monotonic()
@@ -222,7 +197,7 @@ def main() -> int:
         files = {name: (relay.data_dir / name).stat().st_size / 1e6 for name in ("relay.db", "relay.db-wal")
                  if (relay.data_dir / name).exists()}
         report.line("store files: " + ", ".join(f"{k} {v:.0f} MB" for k, v in files.items()))
-        rss = processes(relay.pid)
+        rss = processes(relay.pid, rss_mb)
         pss = processes(relay.pid, pss_mb)
         total, pss_total = sum(rss.values()), sum(pss.values())
         report.line(f"resident memory at depth {queued}: RSS {total:.0f} MB in all ("

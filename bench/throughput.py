@@ -1,13 +1,17 @@
 """End-to-end throughput: smtprelay against Postfix and Postfix + OpenDKIM, same load, same sink.
 
 Each round runs, one after the other on this machine: plain Postfix, Postfix with OpenDKIM
-(RSA-2048 milter), and smtprelay (trusted listener, verified sender domain, policy, DKIM
-RSA-2048, durable queue, warm-up admission, events, delivery through a route). For each:
+(RSA-2048 milter), smtprelay with its default front end (aiosmtpd) and smtprelay with
+`server.protocol = "native"` (trusted listener, verified sender domain, policy, DKIM
+RSA-2048 through dkimpy, durable queue, warm-up admission, events, delivery through a route). For each:
 a fresh smtp-sink, a warm-up batch (not timed), then smtp-source offers the messages (20
 sessions, one connection per message, 4 KB) and the clock stops when the sink has counted
 every one. Prints msgs/s, CPU per process tree and the ratios; median and range over rounds.
 
-    .venv/bin/python bench/throughput.py [--rounds 3] [--messages 20000]
+    .venv/bin/python bench/throughput.py [--rounds 3] [--messages 20000] [--profile DIR]
+
+With --profile, py-spy samples each smtprelay run's processes during the timed part, and the
+report shows CPU milliseconds per message by layer and process (bench/layers.py).
 """
 from __future__ import annotations
 
@@ -21,11 +25,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from anchor import OpenDkim, Postfix
-from harness import (Report, Series, Sink, ensure_packages, free_port, machine_busy, relay_settings, scratch,
-                     smtp_source, tear_down, tree_cpu)
+from harness import (Profiler, Report, Series, Sink, ensure_packages, free_port, machine_busy, process_cpu, processes,
+                     relay_settings, scratch, smtp_source, tear_down, tree_cpu)
+from layers import breakdown
 from relay_setup import DOMAIN, SENDER, BenchRelay
 
-SYSTEMS = ("postfix", "postfix+opendkim", "smtprelay")
+# smtprelay: the default front end (aiosmtpd, server.protocol = "aiosmtpd"); smtprelay-native: the
+# same relay with server.protocol = "native".
+SYSTEMS = ("postfix", "postfix+opendkim", "smtprelay", "smtprelay-native")
+RELAYS = ("smtprelay", "smtprelay-native")
 
 
 @dataclass
@@ -46,8 +54,9 @@ class Started:
 
 
 def start_system(name: str, workdir: Path, sink: Sink, settings: list[str]) -> Started:
-    if name == "smtprelay":
-        relay = BenchRelay(workdir, sink.port, relay_settings(settings)).start()
+    if name in RELAYS:
+        protocol = ["server.protocol=native"] if name == "smtprelay-native" else []
+        relay = BenchRelay(workdir, sink.port, relay_settings(protocol + settings)).start()
         return Started(relay.smtp_port, {"smtprelay": relay.pid}, relay.stop,
                        lambda: {"relay_peak_rss_mb": _peak_rss(relay.pid)})
     milter = OpenDkim(workdir, DOMAIN) if name == "postfix+opendkim" else None
@@ -99,18 +108,35 @@ def measure(name: str, args: argparse.Namespace) -> Run:
     try:
         system = start_system(name, workdir, sink, args.set)
         offer(system.port, sink, args.warmup, args.sessions, args.size, timeout=600)
+        relay_pid = system.trees.get("smtprelay")
+        spy = None
+        if args.profile is not None and relay_pid is not None:
+            stacks = args.profile / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+            spy = Profiler(relay_pid, stacks)
+        roles_before = processes(relay_pid, process_cpu) if relay_pid is not None else {}
         cpu_before = {tree: tree_cpu(pid) for tree, pid in {**system.trees, "smtp-sink": sink.proc.pid}.items()}
         busy_before = machine_busy()
         accepted, elapsed, source_cpu = offer(system.port, sink, args.messages, args.sessions, args.size,
                                               timeout=args.timeout)
         busy_after = machine_busy()
+        extra: dict[str, Any] = {}
+        if relay_pid is not None:
+            # CPU ms per message of each process role (the back end, the front-end workers).
+            roles: dict[str, float] = {}
+            for key, used in processes(relay_pid, process_cpu).items():
+                who = key.rsplit(" ", 1)[0]
+                roles[who] = roles.get(who, 0.0) + (used - roles_before.get(key, 0.0)) * 1000 / args.messages
+            extra["cpu_ms_per_message"] = roles
+            if spy is not None:
+                spy.stop()
+                extra["layers"] = breakdown(stacks, roles)
         cpu = {tree: tree_cpu(pid) - cpu_before[tree] for tree, pid in
                {**system.trees, "smtp-sink": sink.proc.pid}.items()}
         cpu["smtp-source"] = source_cpu
         total = max(1, busy_after[1] - busy_before[1])
         busy = (busy_after[0] - busy_before[0]) / total
         stolen = (busy_after[2] - busy_before[2]) / total
-        return Run(args.messages / elapsed, args.messages / accepted, cpu, busy, stolen, system.extra())
+        return Run(args.messages / elapsed, args.messages / accepted, cpu, busy, stolen, {**system.extra(), **extra})
     finally:
         tear_down(system, sink, workdir=workdir, keep=args.keep)
 
@@ -128,6 +154,9 @@ def main() -> int:
                    help="a relay.toml setting for smtprelay's runs, e.g. --set server.workers=3")
     p.add_argument("--keep", action="store_true", help="keep the scratch directories (logs, stores)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="sample smtprelay's processes with py-spy during the timed part; print CPU per message "
+                        "by layer (stacks kept in DIR)")
     args = p.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)
@@ -149,7 +178,11 @@ def main() -> int:
             cpu = ", ".join(f"{tree} {seconds:.1f} s" for tree, seconds in run.cpu.items())
             report.line(f"round {number} {name}: {run.rate:.0f} msgs/s end to end ({run.accept_rate:.0f} accepted); "
                         f"CPU {cpu}; machine {run.busy * 100:.0f}% busy, {run.stolen * 100:.0f}% stolen"
-                        + "".join(f"; {k} {v:.0f}" for k, v in run.extra.items()))
+                        + "".join(f"; {k} {v:.0f}" for k, v in run.extra.items() if isinstance(v, (int, float)))
+                        + "".join(f"; {who} {ms:.2f} ms/msg" for who, ms in
+                                  run.extra.get("cpu_ms_per_message", {}).items()))
+            for who, layer, share, ms in run.extra.get("layers", []):
+                report.line(f"    {who:9} {layer:52} {share * 100:5.1f}%  {ms:.3f} ms/msg")
     rows = []
     for name in systems:
         rate, accept, busy, per_msg = Series(), Series(), Series(), Series()
@@ -164,17 +197,17 @@ def main() -> int:
     report.table(["system", "msgs/s end to end", "msgs/s accepted", "CPU ms per message (system)",
                   "machine busy %"], rows)
     report.data["runs"] = {name: [vars(r) for r in rs] for name, rs in runs.items()}
-    if "smtprelay" in runs:
-        report.line()
+    report.line()
+    for relay in (r for r in RELAYS if r in runs):
         for anchor in ("postfix", "postfix+opendkim"):
             if anchor not in runs:
                 continue
             ratios = Series()
-            for ours, theirs in zip(runs["smtprelay"], runs[anchor]):
+            for ours, theirs in zip(runs[relay], runs[anchor]):
                 ratios.add(ours.rate / theirs.rate)
-            median = Series([r.rate for r in runs["smtprelay"]]).median / Series([r.rate for r in runs[anchor]]).median
-            report.line(f"smtprelay / {anchor}: {median:.2f}× (medians); per round {ratios.text('{:.2f}')}")
-            report.data[f"ratio_{anchor}"] = median
+            median = Series([r.rate for r in runs[relay]]).median / Series([r.rate for r in runs[anchor]]).median
+            report.line(f"{relay} / {anchor}: {median:.2f}× (medians); per round {ratios.text('{:.2f}')}")
+            report.data[f"ratio_{relay}_{anchor}" if relay != "smtprelay" else f"ratio_{anchor}"] = median
     report.write()
     return 0
 
