@@ -304,6 +304,18 @@ def test_subject_rejection_names_the_rule(relay: Relay) -> None:
     assert (code, reply) == (550, b"5.6.0 Subject is not valid UTF-8 (after RFC 2047 decoding)")
 
 
+def test_malformed_header_block_is_refused_not_signed(relay: Relay) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+        s.ehlo()
+        s.mail("app@apps.example")
+        s.rcpt("b@example.org")
+        code, reply = s.data(b"From: app@apps.example\r\nthis line is no header field\r\n\r\nbody\r\n")
+        assert (code, reply[:40]) == (550, b"5.6.0 Message header is malformed: Unexp")
+        assert s.noop()[0] == 250          # the session goes on
+    assert relay.queued_ids() == set()
+    assert relay.metric("smtprelay_recipients_rejected_total", 'reason="malformed_header"') == 1
+
+
 def test_unknown_command_and_sequence_errors_have_enhanced_codes(relay: Relay) -> None:
     with socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=10) as sock:
         f = sock.makefile("rwb")
