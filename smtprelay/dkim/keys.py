@@ -18,6 +18,16 @@ from smtprelay.config import DkimAlgorithm
 
 
 @dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A key a domain signs with (the signer, dkim.signer, loads it; kept here so that what
+    only lists keys — the back end's domain service — does not import dkimpy)."""
+    domain: str
+    selector: str
+    algorithm: DkimAlgorithm
+    private_pem: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class KeyPair:
     algorithm: DkimAlgorithm
     private_pem: bytes

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import dkim
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
 
 from smtprelay.config import DkimAlgorithm
+from smtprelay.dkim.keys import SigningKey
 
 # A header block dkimpy cannot parse (a line that is neither a field nor a continuation).
 MalformedMessage = dkim.MessageFormatError
@@ -54,14 +54,6 @@ RELAXED = CanonicalizationPolicy(Relaxed, RelaxedBody)     # c=relaxed/relaxed
 # dkimpy's recommended list (RFC 6376 5.4.1) plus RFC 8058's one-click header, which a
 # receiver only honours when it is signed.
 SHOULD_SIGN = frozenset(dkim.DKIM.SHOULD) | {b"list-unsubscribe-post"}
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    domain: str
-    selector: str
-    algorithm: DkimAlgorithm
-    private_pem: bytes
 
 
 class _Loaded:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from smtprelay.accounts import AccountService, RefusedError
 from smtprelay.config import Config, DkimAlgorithm
 from smtprelay.dkim import keys as dkim_keys
-from smtprelay.dkim.signer import SigningKey
+from smtprelay.dkim.keys import SigningKey
 from smtprelay.domains import status as S
 from smtprelay.domains.records import DnsRecord, PublicKey, expected_records
 from smtprelay.policy.address import AddressError, parse_address
