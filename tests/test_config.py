@@ -97,3 +97,12 @@ def test_workers_and_commit_window() -> None:
     with pytest.raises(ConfigError) as err:
         parse({"server": {"commit_window": "-5ms"}, "listeners": [LISTENER]})
     assert any(p.startswith("server.commit_window:") for p in err.value.problems)
+
+
+def test_protocol() -> None:
+    from smtprelay.config import Protocol
+    assert parse({"listeners": [LISTENER]}).server.protocol is Protocol.AIOSMTPD       # the default
+    assert parse({"server": {"protocol": "native"}, "listeners": [LISTENER]}).server.protocol is Protocol.NATIVE
+    with pytest.raises(ConfigError) as err:
+        parse({"server": {"protocol": "postfix"}, "listeners": [LISTENER]})
+    assert 'server.protocol: must be one of "aiosmtpd", "native", got "postfix"' in err.value.problems
