@@ -283,12 +283,19 @@ def _encoded(n_chars: int) -> bytes:
     (b"=?utf-8?b?" + base64.b64encode(b"\xff\xfe") + b"?=", False),
     (b"=?iso-8859-1?q?caf=E9?=", True),                         # other charsets are fine when declared
 ])
-def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
+def trusted_data(relay: Relay, message: bytes) -> tuple[int, bytes]:
+    """One message from the trusted network; the reply to its end of DATA (the session goes on)."""
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
         s.ehlo()
         s.mail("app@apps.example")
         s.rcpt("b@example.org")
-        code, reply = s.data(b"From: app@apps.example\r\nSubject: " + subject + b"\r\n\r\nbody\r\n")
+        code, reply = s.data(message)
+        assert s.noop()[0] == 250
+    return code, reply
+
+
+def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
+    code, reply = trusted_data(relay, b"From: app@apps.example\r\nSubject: " + subject + b"\r\n\r\nbody\r\n")
     if ok:
         assert code == 250, reply
     else:
@@ -296,22 +303,13 @@ def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
 
 
 def test_subject_rejection_names_the_rule(relay: Relay) -> None:
-    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        s.ehlo()
-        s.mail("app@apps.example")
-        s.rcpt("b@example.org")
-        code, reply = s.data(b"From: app@apps.example\r\nSubject: caf\xe9\r\n\r\nbody\r\n")
+    code, reply = trusted_data(relay, b"From: app@apps.example\r\nSubject: caf\xe9\r\n\r\nbody\r\n")
     assert (code, reply) == (550, b"5.6.0 Subject is not valid UTF-8 (after RFC 2047 decoding)")
 
 
 def test_malformed_header_block_is_refused_not_signed(relay: Relay) -> None:
-    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
-        s.ehlo()
-        s.mail("app@apps.example")
-        s.rcpt("b@example.org")
-        code, reply = s.data(b"From: app@apps.example\r\nthis line is no header field\r\n\r\nbody\r\n")
-        assert (code, reply[:40]) == (550, b"5.6.0 Message header is malformed: Unexp")
-        assert s.noop()[0] == 250          # the session goes on
+    code, reply = trusted_data(relay, b"From: app@apps.example\r\nthis line is no header field\r\n\r\nbody\r\n")
+    assert (code, reply[:40]) == (550, b"5.6.0 Message header is malformed: Unexp")
     assert relay.queued_ids() == set()
     assert relay.metric("smtprelay_recipients_rejected_total", 'reason="malformed_header"') == 1
 
