@@ -273,16 +273,6 @@ def _encoded(n_chars: int) -> bytes:
     return b"\r\n ".join(words)
 
 
-@pytest.mark.parametrize("subject,ok", [
-    (_words(998), True),
-    (_words(999), False),
-    (_encoded(998), True),
-    (_encoded(999), False),                                     # 999 characters once decoded
-    (b"caf\xc3\xa9", True),                                     # raw UTF-8 (RFC 6532)
-    (b"caf\xe9", False),                                        # raw Latin-1: not UTF-8
-    (b"=?utf-8?b?" + base64.b64encode(b"\xff\xfe") + b"?=", False),
-    (b"=?iso-8859-1?q?caf=E9?=", True),                         # other charsets are fine when declared
-])
 def trusted_data(relay: Relay, message: bytes) -> tuple[int, bytes]:
     """One message from the trusted network; the reply to its end of DATA (the session goes on)."""
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
@@ -294,6 +284,16 @@ def trusted_data(relay: Relay, message: bytes) -> tuple[int, bytes]:
     return code, reply
 
 
+@pytest.mark.parametrize("subject,ok", [
+    (_words(998), True),
+    (_words(999), False),
+    (_encoded(998), True),
+    (_encoded(999), False),                                     # 999 characters once decoded
+    (b"caf\xc3\xa9", True),                                     # raw UTF-8 (RFC 6532)
+    (b"caf\xe9", False),                                        # raw Latin-1: not UTF-8
+    (b"=?utf-8?b?" + base64.b64encode(b"\xff\xfe") + b"?=", False),
+    (b"=?iso-8859-1?q?caf=E9?=", True),                         # other charsets are fine when declared
+])
 def test_subject_rules(relay: Relay, subject: bytes, ok: bool) -> None:
     code, reply = trusted_data(relay, b"From: app@apps.example\r\nSubject: " + subject + b"\r\n\r\nbody\r\n")
     if ok:
