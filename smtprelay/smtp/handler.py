@@ -1,6 +1,7 @@
 """The front end of one worker process: what SMTP commands mean for the relay, as the
-pipeline's verdicts in SMTP replies. The protocol (smtp.server) calls it for AUTH, MAIL,
-RCPT and the message.
+pipeline's verdicts in SMTP replies. The SMTP protocol — smtp.submission on aiosmtpd (the
+default) or smtp.server (`server.protocol = "native"`) — calls it for the connection, AUTH,
+MAIL, RCPT and the message; both call the same methods, so there is one policy path.
 
 Owns: the worker's view of the catalog (credential table, sender domains with their
 signers, tracking settings), the sessions of this worker and their state. MAIL is answered

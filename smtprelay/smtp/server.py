@@ -10,11 +10,14 @@ connection caps, RCPT for the recipient's limits, the end of DATA for the commit
 
 STARTTLS and AUTH live in smtp.secure (a mixin of RelaySMTP).
 
-Why not aiosmtpd: it reads through a StreamReader and a coroutine per command, about 1 ms
-of CPU per message on our 2-core machine, more than everything else the relay does. Here
+The faster option next to the default aiosmtpd front end (smtp.submission), chosen with
+`server.protocol = "native"`: aiosmtpd reads through a StreamReader and a coroutine per
+command (its layer costs about twice this one's CPU per message, bench/README.md). Here
 command lines are handled synchronously straight from the receive buffer (pipelined
-commands cost nothing extra) and the end of DATA is found by searching whole chunks, not
-line by line. While an answer is awaited the session is BUSY and input waits in the buffer.
+commands cost nothing extra) and the end of DATA is found by searching whole chunks. While
+an answer is awaited the session is BUSY and input waits in the buffer. Argument syntax and
+reply texts are smtp.commands', shared with the aiosmtpd front end; the same tests run
+against both.
 
 Must never: make policy decisions, block the event loop, or reply 250 to DATA before the
 FrontEnd says the message is committed.
