@@ -81,6 +81,11 @@ def test_reload_report() -> None:
     old = parse({"listeners": [LISTENER]})
     new = parse({"listeners": [{**LISTENER, "port": 2588}], "limits": {"max_recipients": 5}})
     assert reload_report(old, new) == (["limits"], ["listeners"])
+    # The admin token is read per request: applied at once, not "needs a restart" (issue 23.6).
+    token = parse({"listeners": [LISTENER], "http": {"admin_token": "a-new-token-of-32-characters-xxxxx"}})
+    assert reload_report(old, token) == (["http.admin_token"], [])
+    both = parse({"listeners": [LISTENER], "http": {"admin_token": "a-new-token-of-32-characters-xxxxx", "port": 9999}})
+    assert reload_report(old, both) == (["http.admin_token"], ["http"])
 
 
 def test_workers_and_commit_window() -> None:

@@ -5,6 +5,7 @@ validation are in config.parsing; value readers with key-path errors in config.r
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import os
@@ -360,6 +361,11 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
                  "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking"):
-        if getattr(old, name) != getattr(new, name):
+        before, after = getattr(old, name), getattr(new, name)
+        if name == "http" and before.admin_token != after.admin_token:
+            # The admin API reads the token per request: a new one is live at once.
+            applied.append("http.admin_token")
+            before, after = dataclasses.replace(before, admin_token=None), dataclasses.replace(after, admin_token=None)
+        if before != after:
             (applied if name in RELOADABLE_SECTIONS else restart).append(name)
     return applied, restart
