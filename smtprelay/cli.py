@@ -407,7 +407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.config = getattr(args, "config", None) or _default_config()
     args.json = getattr(args, "json", False)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()        # inside the try: a reader that went away fails here, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): stop quietly, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -1,12 +1,15 @@
 """The management commands against the same store as a running relay."""
 from __future__ import annotations
 
+import os
 import smtplib
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.support import Relay, client_tls
+from tests.support import ROOT, Relay, client_tls
 
 
 def login(relay: Relay, user: str, password: str) -> tuple[int, bytes]:
@@ -120,3 +123,16 @@ def test_check_config_accepts_the_shipped_relay_toml() -> None:
                            "--json"], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """`smtprelay account list | head -1` with head already gone: no traceback (issue 23.13)."""
+    relay = make_relay()
+    for n in range(3):
+        relay.cli("account", "add", f"pipe{n}")
+    read_end, write_end = os.pipe()
+    os.close(read_end)                       # the reader has gone before the relay writes
+    proc = subprocess.run([sys.executable, "-m", "smtprelay", "account", "list", "--config", str(relay.config_path)],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
+    os.close(write_end)
+    assert proc.returncode == 1 and proc.stderr == ""
