@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtprelay.config import BareNewline
+from smtprelay.config import BareNewline, ReceivedHeader
 from smtprelay.policy.content import check_subject, has_bare_newlines, header_values, normalize_newlines
 from smtprelay.smtp.stamp import Trace, stamp
 
@@ -49,6 +50,26 @@ def test_stamp_adds_received_message_id_and_date() -> None:
     assert "with ESMTPSA id Q1" in head and "for <a@b.example>; Thu, 01 Jan 1970 00:00:00 +0000" in head
     assert message_id.startswith("<Q1.") and f"Message-ID: {message_id}" in head
     assert "Date: Thu, 01 Jan 1970 00:00:00 +0000" in head
+
+
+@pytest.mark.parametrize("identity,username,comment", [
+    ("account", "acme-1", "(authenticated as account acme)"),
+    ("full", "acme-1", "(authenticated as account acme, user acme-1)"),
+    ("none", "acme-1", None),
+    ("account", None, "(authenticated as account acme, trusted network)"),
+])
+def test_received_names_what_auth_received_header_allows(identity: str, username: str | None,
+                                                          comment: str | None) -> None:
+    trace = Trace(queue_id="Q1", hostname="relay.test", helo="c.test", client_ip="127.0.0.1", tls=None,
+                  account="acme", username=username, recipients=("a@b.example",), now=0.0,
+                  identity=ReceivedHeader(identity))
+    head = stamp(b"Subject: s\r\n\r\nbody\r\n", trace)[0].split(b"\r\n\r\n")[0].decode()
+    if comment is None:
+        assert "authenticated as" not in head and "acme" not in head
+    else:
+        assert comment in head
+    assert ("acme-1" in head) is (identity == "full")
+    assert ("with ESMTPA id" if username else "with ESMTP id") in head   # RFC 3848 either way
 
 
 def test_the_tag_header_is_taken_out_whole_even_folded() -> None:

@@ -11,11 +11,11 @@ Layout: config.model (the dataclasses), config.reader (value readers), config.pa
 from __future__ import annotations
 
 from smtprelay.config.model import (RELOADABLE_SECTIONS, BareNewline, Config, DeliveryConfig, DeliveryTls,
-                                    DkimAlgorithm, DnsConfig, ListenerConfig, Protocol, Route, TlsMode,
+                                    DkimAlgorithm, DnsConfig, ListenerConfig, Protocol, ReceivedHeader, Route, TlsMode,
                                     reload_report)
 from smtprelay.config.parsing import load, parse
 from smtprelay.config.reader import ConfigError, format_duration, parse_duration
 
 __all__ = ["RELOADABLE_SECTIONS", "BareNewline", "Config", "ConfigError", "DeliveryConfig", "DeliveryTls",
-           "DkimAlgorithm", "DnsConfig", "ListenerConfig", "Protocol", "Route", "TlsMode", "format_duration", "load", "parse",
+           "DkimAlgorithm", "DnsConfig", "ListenerConfig", "Protocol", "ReceivedHeader", "Route", "TlsMode", "format_duration", "load", "parse",
            "parse_duration", "reload_report"]

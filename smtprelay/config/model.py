@@ -27,6 +27,14 @@ class Protocol(str, enum.Enum):
     NATIVE = "native"         # our own asyncio.Protocol (smtp/server.py), the faster option
 
 
+class ReceivedHeader(str, enum.Enum):
+    """What the Received: header says about who submitted (auth.received_header), like
+    Postfix's smtpd_sasl_authenticated_header."""
+    FULL = "full"            # the account and the SMTP user name
+    ACCOUNT = "account"      # the account only: a login's user name is half a credential
+    NONE = "none"            # neither (the protocol, ESMTPA, still says it was authenticated)
+
+
 class BareNewline(str, enum.Enum):
     NORMALIZE = "normalize"
     REJECT = "reject"
@@ -95,6 +103,8 @@ class AuthConfig:
     max_failures: int = 5
     failure_window: float = 900.0
     lockout: float = 900.0
+    # Who the Received: header names for authenticated mail (every recipient sees it).
+    received_header: ReceivedHeader = ReceivedHeader.ACCOUNT
 
 
 @dataclass(frozen=True, slots=True)

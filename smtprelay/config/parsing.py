@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, Config, DeliveryConfig,
+from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
                                     DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
@@ -63,6 +63,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         max_failures=a.positive_int("max_failures", 5),
         failure_window=a.duration("failure_window", 900.0),
         lockout=a.duration("lockout", 900.0),
+        received_header=a.choice("received_header", ReceivedHeader.ACCOUNT, ReceivedHeader),
     )
     a.finish()
 

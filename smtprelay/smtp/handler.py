@@ -345,7 +345,8 @@ class FrontEnd:
         tls = server.tls_version
         body, message_id = stamp(content, Trace(
             queue_id=queue_id, hostname=server.hostname, helo=state.helo, client_ip=state.client_ip, tls=tls,
-            account=state.account, username=state.username, recipients=recipients, now=now))
+            account=state.account, username=state.username, recipients=recipients, now=now,
+            identity=self.config.auth.received_header))
         settings = self.tracking_settings(state)
         bodies: tuple[bytes, ...] | None = None
         started = time.perf_counter()

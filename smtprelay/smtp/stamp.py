@@ -1,7 +1,7 @@
 """Trace and identity headers added to every accepted message.
 
-Owns: the `Received:` header (with the TLS version and the authenticated account,
-RFC 3848 protocol names), and `Message-ID:` / `Date:` when the client left them out.
+Owns: the `Received:` header (with the TLS version and, as `auth.received_header` says, the
+authenticated account and user; RFC 3848 protocol names), and `Message-ID:` / `Date:` when the client left them out.
 Pure: takes the content and facts about the session, returns new bytes.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import email.utils
 import re
 from dataclasses import dataclass
 
+from smtprelay.config import ReceivedHeader
 from smtprelay.policy.content import header_block, header_values
 from smtprelay.queue.ids import token
 
@@ -28,6 +29,7 @@ class Trace:
     username: str | None
     recipients: tuple[str, ...]
     now: float
+    identity: ReceivedHeader = ReceivedHeader.ACCOUNT
 
 
 def rfc5322_date(now: float) -> str:
@@ -45,9 +47,13 @@ def stamp(content: bytes, trace: Trace) -> tuple[bytes, str]:
     comments = []
     if trace.tls:
         comments.append(f"(using {trace.tls})")
-    if trace.account:
-        how = f"user {trace.username}" if trace.username else "trusted network"
-        comments.append(f"(authenticated as account {trace.account}, {how})")
+    if trace.account and trace.identity is not ReceivedHeader.NONE:
+        if not trace.username:
+            comments.append(f"(authenticated as account {trace.account}, trusted network)")
+        elif trace.identity is ReceivedHeader.FULL:
+            comments.append(f"(authenticated as account {trace.account}, user {trace.username})")
+        else:
+            comments.append(f"(authenticated as account {trace.account})")
     if comments:
         lines.append("\t" + " ".join(comments))
     lines.append(f"\tfor <{trace.recipients[0]}>; {date}" if len(trace.recipients) == 1 else f"\t; {date}")
