@@ -19,7 +19,7 @@ import dns.rdatatype
 import dns.resolver
 
 from smtprelay.config import Config, DeliveryTls, Route
-from smtprelay.resolver import make_resolver
+from smtprelay.resolver import describe_failure, make_resolver
 
 NEGATIVE_TTL = 300.0
 MAX_TTL = 3600.0
@@ -144,6 +144,6 @@ class MxResolver:
             value, ttl = Unroutable(True, "5.1.2", f"domain {name} does not exist (NXDOMAIN)"), NEGATIVE_TTL
         except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as exc:
             # Not cached: the next try asks again.
-            return Unroutable(False, "4.4.3", f"DNS lookup of {name} {rtype} failed: {type(exc).__name__}")
+            return Unroutable(False, "4.4.3", f"DNS lookup of {name} {rtype} failed: {describe_failure(exc)}")
         self._cache[key] = (now + ttl, value)
         return value

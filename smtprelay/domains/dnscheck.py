@@ -17,7 +17,7 @@ import dns.resolver
 import spf
 
 from smtprelay.config import Config
-from smtprelay.resolver import make_resolver
+from smtprelay.resolver import describe_failure, make_resolver
 from smtprelay.domains.records import DnsRecord
 
 
@@ -48,7 +48,7 @@ def lookup_txt(resolver: dns.resolver.Resolver, name: str) -> list[str]:
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-        raise TempDnsError(f"DNS lookup of {name} TXT failed: {exc}") from None
+        raise TempDnsError(f"DNS lookup of {name} TXT failed: {describe_failure(exc)}") from None
     return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
 
