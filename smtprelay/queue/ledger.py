@@ -160,6 +160,11 @@ def status_rows(conn: sqlite3.Connection, sender_domain: str | None) -> tuple[li
     return pairs, suspended_domains
 
 
+def domain_exists(conn: sqlite3.Connection, sender_domain: str) -> bool:
+    return conn.execute("SELECT 1 FROM domains WHERE name = ?",
+                        (sender_domain.lower().rstrip("."),)).fetchone() is not None
+
+
 def set_day(conn: sqlite3.Connection, sender_domain: str, provider: str, day: int, today: str, now: float) -> None:
     sender_domain = sender_domain.lower().rstrip(".")
     if conn.execute("SELECT 1 FROM domains WHERE name = ?", (sender_domain,)).fetchone() is None:

@@ -22,6 +22,8 @@ def register(sub: Any, dom: Any, command: Callable[..., Any], group: Callable[[s
     def status(args: argparse.Namespace) -> int:
         config, conn = open_store(args)
         now = time.time()
+        if args.sender_domain and not ledger.domain_exists(conn, args.sender_domain):
+            raise RefusedError(f"no sender domain named {args.sender_domain.lower().rstrip('.')}")
         pairs, suspended = ledger.status_rows(conn, args.sender_domain)
         docs = []
         for pair in pairs:
@@ -55,6 +57,14 @@ def register(sub: Any, dom: Any, command: Callable[..., Any], group: Callable[[s
     def set_day(args: argparse.Namespace) -> int:
         config, conn = open_store(args)
         now = time.time()
+        provider = args.provider.lower()
+        # A provider is one of [warmup.providers], or the registered domain that keys an MX set no
+        # provider claims (example.net); a bare unknown word is a typo ("gmial"), not a new provider.
+        if provider not in config.warmup.providers and "." not in provider:
+            from smtprelay.cli import UsageError   # loaded by the time a command runs
+            raise UsageError(f"unknown provider \"{args.provider}\": the known providers are "
+                             f"{', '.join(sorted(config.warmup.providers))}, or the registered domain of the MX "
+                             "hosts of any other (like example.net)")
         schedule = config.warmup.schedule_for(args.provider)
         if args.day > len(schedule) + 1:
             raise RefusedError(f"day must be from 1 to {len(schedule) + 1} (day {len(schedule) + 1} means warmed "

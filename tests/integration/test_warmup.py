@@ -76,6 +76,13 @@ def test_burst_to_providers_cap_restart_and_set_day(make_relay: Callable[..., Re
         assert bad.returncode == 1 and "day must be from 1 to 3" in bad.stderr
         bad = relay.cli("warmup", "set-day", "nope.example", "gmail", "2", check=False)
         assert bad.returncode == 1 and "no sender domain named nope.example" in bad.stderr
+        # A typo is not a new provider (issue 23, item 16); an MX set's registered domain is.
+        bad = relay.cli("warmup", "set-day", "apps.example", "gmial", "2", check=False)
+        assert bad.returncode == 2 and 'unknown provider "gmial": the known providers are ' in bad.stderr
+        assert "gmail" in bad.stderr.split("are ", 1)[1] and "gmial" not in pairs(relay)
+        assert relay.cli_json("warmup", "set-day", "apps.example", "example.net", "3")["day"] == 3
+        bad = relay.cli("warmup", "status", "--sender-domain", "nosuch.example", check=False)
+        assert bad.returncode == 1 and "no sender domain named nosuch.example" in bad.stderr
     finally:
         dns.stop()
         rx.stop()
