@@ -260,6 +260,19 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _words(value: Any) -> str:
+    """A value as a person reads it, never a Python literal: -, yes/no, none, a list or table."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_words(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from smtprelay.explain import explain
     config, conn = _open(args)
@@ -270,7 +283,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             name = p.pop("policy")
             print(f"{name}:")
             for key, value in p.items():
-                print(f"  {key}: {value}")
+                print(f"  {key}: {_words(value)}")
         print(f"verdict: {doc['verdict']}")
     _emit(args, doc, human)
     return 0

@@ -26,9 +26,11 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         def human() -> None:
             if config.tracking.base_url is None:
                 print("tracking.base_url is not set: nothing is tracked until it is")
+            def word(value: bool) -> str:
+                return "on" if value else "off"
             print_table(["account", "domain", "opens", "clicks", "unsubscribe"],
-                        [[d["account"], d["domain"] or "(all)", d["opens"], d["clicks"], d["unsubscribe"]]
-                         for d in docs])
+                        [[d["account"] or "-", d["domain"] or "(all)", word(d["opens"]), word(d["clicks"]),
+                          word(d["unsubscribe"])] for d in docs])
         emit(args, {"base_url": config.tracking.base_url, "settings": docs}, human)
         return 0
 

@@ -229,6 +229,9 @@ def test_explain_shows_every_policy_and_the_verdict(make_relay) -> None:  # type
     assert foreign["verdict"].startswith("550 5.7.1 Sender domain example.com is not a sending domain")
     human = relay.cli("explain", "--account", "apps", "--from", "app@apps.example", "--to", "fan@target.example")
     assert "recipient hourly cap:" in human.stdout and "verdict: 450 4.7.1" in human.stdout
+    # Words, not Python values (issue 23, item 17).
+    for literal in (": None", ": True", ": False", ": []", ": {}", "'"):
+        assert literal not in human.stdout, literal
 
 
 def test_levels_are_visible_in_account_list(make_relay) -> None:  # type: ignore[no-untyped-def]

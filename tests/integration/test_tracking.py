@@ -42,6 +42,9 @@ def test_open_click_and_one_click_unsubscribe(make_relay: Callable[..., Relay], 
         relay.cli("account", "add", "apps")          # (the relay would create it at start)
         relay.cli("tracking", "set", "--account", "apps", "--opens", "on", "--clicks", "on", "--unsubscribe", "on")
         assert relay.cli_json("tracking", "show")["settings"][0]["clicks"] is True
+        shown = relay.cli("tracking", "show").stdout          # words, not Python values (issue 23, item 17)
+        assert "None" not in shown and "True" not in shown and "False" not in shown
+        assert shown.splitlines()[-1].split() == ["apps", "(all)", "on", "on", "on"]
         relay.start()
         with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
             assert s.sendmail("app@apps.example", ["a@d.test", "b@d.test"], HTML) == {}
