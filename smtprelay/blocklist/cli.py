@@ -2,31 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from typing import Any, Callable
 
+from smtprelay import when
 from smtprelay.accounts import RefusedError
 from smtprelay.blocklist.service import BlocklistService, canonical, load_view
-from smtprelay.config import parse_duration
 from smtprelay.policy.blocklist import TYPES
 
 
 def parse_when(text: str, now: float | None = None) -> float:
-    """An absolute time (2026-12-31, 2026-12-31T12:00:00Z) or a duration from now ("30d")."""
-    now = time.time() if now is None else now
-    try:
-        return now + parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"\"{text}\" is neither a date like 2026-12-31 nor a duration like 30d") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
+    """An expiry: an absolute time (2026-12-31, 2026-12-31T12:00:00Z) or a duration from now ("30d")."""
+    return when.parse_when(text, time.time() if now is None else now, future=True)
 
 
 def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], Any],
@@ -36,17 +24,19 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         _, conn = open_store(args)
         return BlocklistService(conn, time.time())
 
-    def when(text: str | None) -> float | None:
+    def moment(text: str | None, option: str, future: bool = False) -> float | None:
+        """--expires counts a duration forward, --since/--until backward; a bad WHEN is bad usage."""
         if text is None:
             return None
         try:
-            return parse_when(text)
+            return when.parse_when(text, time.time(), future=future)
         except ValueError as exc:
-            raise RefusedError(str(exc)) from None
+            from smtprelay.cli import UsageError   # loaded by the time a command runs
+            raise UsageError(f"{option}: {exc}") from None
 
     def add(args: argparse.Namespace) -> int:
         svc = service(args)
-        entry = svc.add(args.address, "custom", args.account, when(args.expires), args.note)
+        entry = svc.add(args.address, "custom", args.account, moment(args.expires, "--expires", future=True), args.note)
         emit(args, svc.doc(entry, iso), lambda: print(
             f"{entry.address} blocked for {'account ' + args.account if args.account else 'all accounts'}"
             + (f" until {iso(entry.expires_at)}" if entry.expires_at else "")))
@@ -71,7 +61,7 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
 
     def list_(args: argparse.Namespace) -> int:
         svc = service(args)
-        entries = svc.list(args.type, args.account, args.origin, args.address, when(args.since), when(args.until),
+        entries = svc.list(args.type, args.account, args.origin, args.address, moment(args.since, "--since"), moment(args.until, "--until"),
                            include_expired=args.expired)
         docs: list[dict[str, Any]] = [svc.doc(e, iso) for e in entries]
         emit(args, {"entries": docs}, lambda: print_table(

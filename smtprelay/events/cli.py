@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from smtprelay import when
 from smtprelay.accounts import RefusedError
 from smtprelay.events.stats import COUNTS, daily
 from smtprelay.events.status import message_status, recipient_status
@@ -20,15 +21,12 @@ Open = Callable[[argparse.Namespace], Any]
 
 
 def parse_when(text: str) -> float:
-    """A date (YYYY-MM-DD, UTC midnight) or an ISO 8601 time (UTC if no zone)."""
+    """A starting or end point: a date (YYYY-MM-DD, UTC midnight), an ISO 8601 time (UTC if no
+    zone), or a duration back from now ("1h": an hour ago)."""
     try:
-        value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a date like 2026-12-01 or a time like 2026-12-01T10:00:00Z, "
-                                         f"got \"{text}\"") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.timestamp()
+        return when.parse_when(text, time.time(), future=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _range(args: argparse.Namespace, default_days: int) -> tuple[float, float]:

@@ -136,3 +136,20 @@ def test_output_into_a_closed_pipe_ends_quietly(make_relay) -> None:  # type: ig
                           stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
     os.close(write_end)
     assert proc.returncode == 1 and proc.stderr == ""
+
+
+def test_every_when_takes_a_date_a_time_or_a_duration(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 15: `webhook replay --since 1h` was refused; a bad WHEN is bad usage (exit 2)."""
+    relay = make_relay()
+    relay.cli("account", "add", "acme")
+    assert relay.cli_json("webhook", "replay", "--since", "1h")["replayed"] == 0
+    assert relay.cli_json("stats", "--from", "7d", "--to", "1h") is not None
+    assert relay.cli_json("status", "--recipient", "a@example.org", "--from", "2d") is not None
+    listed = relay.cli_json("blocklist", "list", "--since", "1d")
+    added = relay.cli_json("blocklist", "add", "x@target.example", "--expires", "2h")
+    assert added["expires_at"] is not None and listed is not None
+    for args in (["blocklist", "add", "y@target.example", "--expires", "tomorrow"],
+                 ["blocklist", "list", "--until", "soon"], ["webhook", "replay", "--since", "yesterday"],
+                 ["stats", "--from", "last week"]):
+        bad = relay.cli(*args, check=False)
+        assert bad.returncode == 2 and "a duration like 30d" in bad.stderr, (args, bad.stderr)

@@ -95,7 +95,7 @@ def test_mixed_run_stats_and_status(make_relay: Callable[..., Relay], tmp_path: 
         missing = relay.cli("status", "NOSUCHID", check=False)
         assert missing.returncode == 1 and "no message with queue id or Message-ID NOSUCHID" in missing.stderr
         bad_date = relay.cli("stats", "--from", "yesterday", check=False)
-        assert bad_date.returncode == 2 and "must be a date like 2026-12-01" in bad_date.stderr
+        assert bad_date.returncode == 2 and "\"yesterday\" is neither a date like 2026-12-31" in bad_date.stderr
     finally:
         rx.stop()
 
