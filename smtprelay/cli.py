@@ -412,11 +412,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return _worker(argv[1:])
     parser = build_parser()
+    wants_json = "--json" in argv
+
+    def fail(lines: list[str], status: int) -> int:
+        """The error on stderr; with --json also as the one JSON document on stdout."""
+        for line in lines:
+            print(line, file=sys.stderr)
+        if wants_json:
+            print(json.dumps({"error": "; ".join(line.removeprefix("smtprelay: ") for line in lines),
+                              "code": status}, indent=2, sort_keys=True))
+        return status
+
     try:
         args = parser.parse_args(argv)
     except ParseError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return fail([str(exc)], 2)
     args.config = getattr(args, "config", None) or _default_config()
     args.json = getattr(args, "json", False)
     try:
@@ -428,15 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return fail(list(exc.problems), 2)
     except UsageError as exc:
-        print(f"smtprelay: {exc}", file=sys.stderr)
-        return 2
+        return fail([f"smtprelay: {exc}"], 2)
     except RefusedError as exc:
-        print(f"smtprelay: {exc}", file=sys.stderr)
-        return 1
+        return fail([f"smtprelay: {exc}"], 1)
     except sqlite3.Error as exc:
-        print(f"smtprelay: the store could not be used: {exc}", file=sys.stderr)
-        return 1
+        return fail([f"smtprelay: the store could not be used: {exc}"], 1)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from smtprelay import when
 from smtprelay.accounts import RefusedError
-from smtprelay.blocklist.service import BlocklistService, canonical, load_view
+from smtprelay.blocklist.service import CSV_COLUMNS, BlocklistService, canonical, load_view
 from smtprelay.policy.blocklist import TYPES
 
 
@@ -121,7 +121,11 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         return 0 if not report.bad_rows else 1
 
     def export(args: argparse.Namespace) -> int:
-        service(args).export(sys.stdout, iso)
+        svc = service(args)
+        if args.json or getattr(args, "sink", None) is not None:   # one JSON document, as every command
+            emit(args, {"entries": [dict(zip(CSV_COLUMNS, row)) for row in svc.export_rows(iso)]}, lambda: None)
+        else:
+            svc.export(sys.stdout, iso)
         return 0
 
     bl = group("blocklist", "the recipient blocklist")

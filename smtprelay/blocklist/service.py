@@ -8,6 +8,7 @@ Removal rules: the operator may remove any entry; acting for an account (`--acco
 """
 from __future__ import annotations
 
+import builtins
 import csv
 import sqlite3
 from dataclasses import asdict, dataclass
@@ -154,16 +155,18 @@ class BlocklistService:
         return d
 
     # -- CSV ---------------------------------------------------------------------------------
+    def export_rows(self, iso: Callable[[float | None], str | None]) -> builtins.list[builtins.list[str]]:
+        """Every active entry as the CSV's rows (CSV_COLUMNS), which `blocklist import` reads back."""
+        names = self._account_names()
+        return [[e.address, e.type, names.get(e.account_id or -1, ""), e.sender_domain or "",
+                 iso(e.expires_at) or "", e.note or ""] for e in self.list()]
+
     def export(self, out: TextIO, iso: Callable[[float | None], str | None]) -> int:
+        rows = self.export_rows(iso)
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
-        names = self._account_names()
-        n = 0
-        for e in self.list():
-            writer.writerow([e.address, e.type, names.get(e.account_id or -1, ""), e.sender_domain or "",
-                             iso(e.expires_at) or "", e.note or ""])
-            n += 1
-        return n
+        writer.writerows(rows)
+        return len(rows)
 
     def import_csv(self, text: TextIO, parse_time: Callable[[str], float],
                    progress: Callable[[int], None] | None = None) -> ImportReport:

@@ -61,7 +61,7 @@ def test_admin_api_runs_the_cli_operations(make_relay: Callable[..., Relay]) -> 
     status, doc = call(relay, "POST", "/accounts", {"daily_quota": 5})
     assert status == 400 and "\"name\" is required" in doc["error"]
     status, doc = call(relay, "GET", "/stats?from=yesterday")
-    assert status == 400 and "must be a date like" in doc["error"]
+    assert status == 400 and "is neither a date like 2026-12-31" in doc["error"]
 
     status, spec = call(relay, "GET", "/openapi.json", token=None)
     assert status == 200 and spec["openapi"].startswith("3.")

@@ -1,6 +1,7 @@
 """The management commands against the same store as a running relay."""
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import subprocess
@@ -153,3 +154,19 @@ def test_every_when_takes_a_date_a_time_or_a_duration(make_relay) -> None:  # ty
                  ["stats", "--from", "last week"]):
         bad = relay.cli(*args, check=False)
         assert bad.returncode == 2 and "a duration like 30d" in bad.stderr, (args, bad.stderr)
+
+
+def test_json_means_one_json_document_even_on_failure(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 12: `blocklist export --json` printed CSV; errors left stdout empty."""
+    relay = make_relay()
+    relay.cli("blocklist", "add", "gone@target.example", "--note", "asked")
+    doc = relay.cli_json("blocklist", "export")
+    assert doc == {"entries": [{"address": "gone@target.example", "type": "custom", "account": "",
+                                "sender_domain": "", "expires_at": "", "note": "asked"}]}
+    assert relay.cli("blocklist", "export").stdout.splitlines()[0] == "address,type,account,sender_domain,expires_at,note"
+    for args, code in ((["account", "set", "nosuch", "--rate", "5"], 1), (["account", "add"], 2),
+                       (["blocklist", "add", "x@target.example", "--expires", "soon"], 2)):
+        proc = relay.cli(*args, "--json", check=False)
+        assert proc.returncode == code and proc.stderr
+        assert json.loads(proc.stdout) == {"error": json.loads(proc.stdout)["error"], "code": code}
+        assert json.loads(proc.stdout)["error"] and "smtprelay: " not in json.loads(proc.stdout)["error"][:11]
