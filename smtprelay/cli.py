@@ -105,10 +105,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
         return 2
+    warnings = config.warnings()
     doc = {"ok": True, "listeners": [f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners],
-           "data_dir": str(config.server.data_dir)}
-    _emit(args, doc, lambda: print(f"{args.config}: ok ({len(config.listeners)} listener(s), "
-                                   f"data_dir {config.server.data_dir})"))
+           "data_dir": str(config.server.data_dir), "warnings": warnings}
+
+    def human() -> None:
+        print(f"{args.config}: ok ({len(config.listeners)} listener(s), data_dir {config.server.data_dir})")
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    _emit(args, doc, human)
     return 0
 
 

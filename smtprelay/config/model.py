@@ -357,6 +357,18 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def warnings(self) -> list[str]:
+        """Valid settings a relay that sends to the Internet should not keep: what check-config
+        and `domain add` warn about (the relay still starts; a local test set-up may want them)."""
+        found = []
+        if self.server.hostname == "localhost":
+            found.append("server.hostname is \"localhost\": receivers see it in HELO, Received: and Message-IDs; "
+                         "set the relay's public name")
+        if not self.server.public_ips and self.server.spf_include is None:
+            found.append("server.public_ips is empty (and server.spf_include unset): the SPF record a sender domain "
+                         "publishes cannot name this relay's outgoing addresses; set them before `domain add`")
+        return found
+
 
 # Sections whose values a running server takes over on SIGHUP. Everything else is
 # bound to sockets, files or the store and needs a restart.

@@ -5,6 +5,7 @@ Owns: presentation only; every decision is in domains.service.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -60,9 +61,12 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         svc = service(args)
         info = svc.add_domain(args.account, args.domain)
         records = svc.records(info.name)
-        doc = {**_domain_doc(info, iso), "records": [r.as_dict() for r in records]}
+        warnings = svc.config.warnings()
+        doc = {**_domain_doc(info, iso), "records": [r.as_dict() for r in records], "warnings": warnings}
 
         def human() -> None:
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
             print(f"domain {info.name} registered for account {info.account} (status: pending)")
             print("Publish these DNS records, then run: smtprelay domain verify " + info.name + "\n")
             print_records(records, "table")

@@ -124,6 +124,23 @@ def test_check_config_accepts_the_shipped_relay_toml() -> None:
                            "--json"], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
+    # The shipped file is for trying it out on this machine: valid, with what to change before
+    # sending to the Internet named (issue 23, item 24).
+    warnings = json.loads(proc.stdout)["warnings"]
+    assert [w.split(" ", 1)[0] for w in warnings] == ["server.hostname", "server.public_ips"]
+    human = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "--config", str(ROOT / "relay.toml")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert human.returncode == 0 and human.stderr.count("warning: server.") == 2
+
+
+def test_domain_add_warns_before_records_that_cannot_be_right(make_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = make_relay()
+    relay.cli("account", "add", "acme")
+    added = relay.cli("domain", "add", "acme", "example.com")   # the test relay: hostname relay.test, no public_ips
+    assert "warning: server.public_ips is empty" in added.stderr and "server.hostname" not in added.stderr
+    relay.doc["server"]["public_ips"] = ["192.0.2.7"]
+    relay.write_config()
+    assert relay.cli_json("domain", "add", "acme", "example.net")["warnings"] == []
 
 
 def test_output_into_a_closed_pipe_ends_quietly(make_relay) -> None:  # type: ignore[no-untyped-def]
