@@ -211,9 +211,12 @@ def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None
     conn.execute("INSERT INTO feedback (account_id, sender_domain, address, kind, at) VALUES (?,?,?,?,?)",
                  (account_id, sender_domain.lower(), address, kind, now))
     from smtprelay.events import types as events
+    # Every event of a message carries its tag, so stats count this under the same tag as the
+    # message's opens and deliveries.
+    found = conn.execute("SELECT tag FROM messages WHERE id = ?", (queue_id,)).fetchone() if queue_id else None
     conn.execute(events.INSERT, ("complained" if kind == "complaint" else "unsubscribed", now, account_id, queue_id,
-                                 address, sender_domain.lower(), address.rpartition("@")[2], None, None,
-                                 events.data()))
+                                 address, sender_domain.lower(), address.rpartition("@")[2], None,
+                                 found[0] if found else None, events.data()))
     exists = conn.execute("SELECT 1 FROM blocklist WHERE address = ? AND type = 'reject' AND sender_domain = ?",
                           (address, sender_domain.lower())).fetchone()
     if not exists:

@@ -16,7 +16,7 @@ from tests.integration.test_delivery import wait_for
 from tests.mailservers import Receiver
 from tests.support import Relay
 
-HTML = (b"From: app@apps.example\r\nSubject: news\r\nMIME-Version: 1.0\r\n"
+HTML = (b"From: app@apps.example\r\nSubject: news\r\nX-Smtprelay-Tag: spring\r\nMIME-Version: 1.0\r\n"
         b"Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n"
         b"--b\r\nContent-Type: text/plain\r\n\r\nhello https://shop.example/sale\r\n"
         b"--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
@@ -94,7 +94,10 @@ def test_open_click_and_one_click_unsubscribe(make_relay: Callable[..., Relay], 
             return bool(days) and (days[0]["opened"], days[0]["opened_machine"], days[0]["clicked"],
                                    days[0]["clicked_unique"], days[0]["unsubscribed"]) == (1, 1, 1, 1, 1)
         wait_for(counted)
-        day = relay.cli_json("stats")["days"][0]
+        days = relay.cli_json("stats")["days"]
+        # One row: the unsubscribe carries the message's tag like its opens and deliveries (issue 23.5).
+        assert len(days) == 1 and days[0]["tag"] == "spring"
+        day = days[0]
         assert day["open_rate"] == 0.5 and day["delivered"] == 2
         with urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}{pixel}x", timeout=5) as r:
             assert r.status == 200                                         # a broken token still gets a pixel
