@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -418,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(argv[1:])
     parser = build_parser()
     wants_json = "--json" in argv
+    # A command says what it did once, on stdout; the services' log lines are for the server's
+    # log (serve replaces this handler), not Python's last-resort printing to stderr.
+    logging.getLogger().addHandler(logging.NullHandler())
 
     def fail(lines: list[str], status: int) -> int:
         """The error on stderr; with --json also as the one JSON document on stdout."""

@@ -275,6 +275,9 @@ def test_queue_tools_act_on_the_running_server(make_relay, servers, tmp_path: Pa
     assert relay.cli_json("queue", "list", "--state", "deferred")["messages"][0]["last_reply"].startswith("451")
     relay.cli("queue", "hold", held)
     assert relay.cli_json("queue", "delete", dropped)["undelivered_recipients"] == 1
+    extra = send(relay, ["extra@later.example"], "extra")
+    deleted = relay.cli("queue", "delete", extra, check=False)     # one sentence for one action (issue 23.18)
+    assert deleted.stdout.startswith(f"{extra}: deleted") and deleted.stderr == ""
     rx = Receiver(tmp_path, "127.0.0.1", port).start()
     servers.append(rx)
     relay.cli("queue", "flush", "later.example")

@@ -124,6 +124,7 @@ def test_verify_against_real_dns(make_relay, dns: DnsServer) -> None:  # type: i
     ok = relay.cli("domain", "verify", "example.com", check=False)
     assert ok.returncode == 0, ok.stdout
     assert "[PASS   ] DKIM TXT" in ok.stdout and "example.com: verified (was pending)" in ok.stdout
+    assert ok.stderr == ""           # the transition is said once, on stdout (issue 23, item 18)
     # A second SPF record is a failure with that reason, even though each alone would pass.
     dns.publish(dns.records + [("TXT", "example.com", "v=spf1 ip4:192.0.2.1 -all")])
     doc = __import__("json").loads(relay.cli("domain", "verify", "example.com", "--json", check=False).stdout)
