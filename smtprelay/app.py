@@ -47,6 +47,10 @@ log = logging.getLogger("smtprelay")
 CATALOG_REFRESH_SECONDS = 1.0  # account limits and blocklist changes reach the gate within 2 s
 
 
+class StartError(Exception):
+    """The relay cannot start (a port in use); said in one line, exit 1."""
+
+
 class Relay:
     def __init__(self, config_path: Path, config: Config, clock: Clock | None = None, log_format: str | None = None):
         self.config_path = config_path
@@ -56,14 +60,31 @@ class Relay:
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._sockets: dict[str, socket.socket] = {}
+        self._http_socket: socket.socket | None = None
         self._reader: StoreReader | None = None
         self._http: web.AppRunner | None = None
         self._catalog_version = -1
         self._blocklist_version = -1
         self.pool: WorkerPool | None = None
 
+    def _bind(self) -> None:
+        """Every listening socket, before anything else starts: a port in use (a second `serve`)
+        stops the start with the listener named, and nothing to undo."""
+        def one(name: str, address: str, port: int) -> socket.socket:
+            try:
+                return bind(address, port)
+            except OSError as exc:
+                for sock in self._sockets.values():
+                    sock.close()
+                raise StartError(f"{name} cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+        for listener in self.config.listeners:
+            self._sockets[listener.name] = one(f"listener {listener.name}", listener.address, listener.port)
+        self._http_socket = one("http", self.config.http.address, self.config.http.port)
+        self._http_socket.set_inheritable(False)   # the back end's own; the workers get the SMTP ones
+
     async def run(self) -> None:
         config = self.config
+        self._bind()
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_store()
         store = QueueStore(config.server.data_dir, config.server.store_busy_timeout, config.server.max_store_bytes,
@@ -122,6 +143,8 @@ class Relay:
                 sock.close()
             if self._http is not None:
                 await self._http.cleanup()
+            if self._http_socket is not None:
+                self._http_socket.close()
             await store.close()
             if self._reader is not None:
                 await self._reader.close()
@@ -239,14 +262,12 @@ class Relay:
         return [r.status for r in results if r.status != r.previous]
 
     async def _start_workers(self) -> None:
-        """Bind every listener here, once, and hand the sockets to the front-end workers."""
+        """Hand the listening sockets (bound once, by `_bind`) to the front-end workers."""
         config = self.config
         tls_files = None
         if any(l.tls is not TlsMode.NONE for l in config.listeners):
             tls_files = certificate_paths(config)
             self.metrics.tls_certificate_expiry.set(certificate_expiry(tls_files[0]))
-        for listener in config.listeners:
-            self._sockets[listener.name] = bind(listener.address, listener.port)
         self.pool = WorkerPool(self.config_path, config, self._sockets, tls_files, self.gate, self.log_format)
         await self.pool.start()
 
@@ -261,8 +282,8 @@ class Relay:
                         endpoints)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, self.config.http.address, self.config.http.port, reuse_address=True)
-        await site.start()
+        assert self._http_socket is not None
+        await web.SockSite(self._http, self._http_socket).start()
 
     def health(self) -> dict[str, object]:
         ok = self.store.healthy
@@ -297,7 +318,7 @@ def serve(config_path: Path, log_format: str | None = None) -> int:
     logs.setup(config.log.level, log_format or config.log.format)
     try:
         uvloop.run(Relay(config_path, config, log_format=log_format).run())   # libuv's loop: less CPU per socket event
-    except OSError as exc:
+    except (StartError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -341,7 +341,8 @@ def load(path: Path) -> Config:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"]) from None
+        raise ConfigError([f"{path}: file not found (name the file with --config PATH or SMTPRELAY_CONFIG; "
+                           f"the repository's relay.toml is a starting point)"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     return parse(data, base_dir=path.resolve().parent)

@@ -7,11 +7,13 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.support import Relay, client_tls, queued_id
+from tests.support import ROOT, Relay, client_tls, queued_id
 
 
 def test_metrics_and_health(relay: Relay) -> None:
@@ -123,3 +125,20 @@ def test_swaks(relay: Relay, tls_flag: str, port_attr: str) -> None:
     qid = proc.stdout.split("queued as ", 1)[1].split()[0]
     assert relay.recipients(qid) == ["b@example.org"]
     assert b"From: a@example.com\r\nSubject: swaks test" in relay.body(qid)
+
+
+def test_a_second_serve_names_the_busy_listener_and_exits_1(relay: Relay) -> None:
+    """Issue 23, item 21: the port in use named, before anything starts (no 'stopped', no traceback)."""
+    proc = subprocess.run([sys.executable, "-m", "smtprelay", "serve", "--config", str(relay.config_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1
+    assert (f"cannot start: listener submission cannot listen on 127.0.0.1:{relay.starttls_port}: "
+            "Address already in use") in proc.stderr
+    assert "Traceback" not in proc.stderr and "stopped" not in proc.stderr and "Unclosed" not in proc.stderr
+    assert relay.http_get("/healthz")[0] == 200          # the first one is untouched
+
+
+def test_a_missing_config_file_says_how_to_name_one(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "smtprelay", "check-config", "--config", str(tmp_path / "no.toml")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode == 2 and "file not found (name the file with --config PATH or SMTPRELAY_CONFIG" in proc.stderr
