@@ -72,7 +72,8 @@ def register(sub: Any, command: Callable[..., Any], group: Callable[[str, str], 
         def human() -> None:
             print(f"webhook for {doc['address'] or 'account ' + doc['account']}: {doc['url']}")
             if doc["secret"]:
-                print(f"signing secret: {doc['secret']}  (shown once; 'webhook secret --rotate' makes a new one)")
+                print(f"signing secret: {doc['secret']}  ('webhook secret --account {doc['account']}' shows it again, "
+                      "'--rotate' makes a new one)")
         emit(args, doc, human)
         return 0
 

@@ -187,3 +187,13 @@ def test_json_means_one_json_document_even_on_failure(make_relay) -> None:  # ty
         assert proc.returncode == code and proc.stderr
         assert json.loads(proc.stdout) == {"error": json.loads(proc.stdout)["error"], "code": code}
         assert json.loads(proc.stdout)["error"] and "smtprelay: " not in json.loads(proc.stdout)["error"][:11]
+
+
+def test_webhook_secret_wording_is_true(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 21: the secret is not "shown once" — `webhook secret` shows it any time."""
+    relay = make_relay()
+    relay.cli("account", "add", "acme")
+    out = relay.cli("webhook", "set", "http://127.0.0.1:9/hook", "--account", "acme").stdout
+    assert "shown once" not in out and "'webhook secret --account acme' shows it again" in out
+    printed = out.split("signing secret: ", 1)[1].split()[0]
+    assert relay.cli_json("webhook", "secret", "--account", "acme")["secret"] == printed
