@@ -14,16 +14,8 @@ import dns.rdatatype
 
 
 def free_udp_tcp_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
+    from tests.support import free_port
+    return free_port(udp_too=True)
 
 
 class DnsServer:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -17,10 +18,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _below_ephemeral() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take theirs there)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1", udp_too: bool = False) -> int:
+    """A port that is free now, chosen below the ephemeral range: a port the kernel handed out
+    for port 0 could next be taken by an outgoing connection (a relay's delivery, a test client)
+    before the relay under test binds it — a flaky 'Address already in use'."""
+    top = _below_ephemeral()
+    for _ in range(1000):
+        port = random.randint(10000, top - 1)
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
+        probes = [socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) for kind in kinds]
+        try:
+            for probe in probes:
+                probe.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return port
+    raise RuntimeError(f"no free port below {top} on {host}")
 
 
 def client_tls() -> ssl.SSLContext:
