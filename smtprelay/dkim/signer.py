@@ -110,7 +110,7 @@ class Signer:
         end = message.find(b"\r\n\r\n")
         head, body = (message, b"") if end < 0 else (message[:end + 2], message[end + 4:])
         parsed = dkim.DKIM(head)
-        parsed.should_sign = set(SHOULD_SIGN)
+        parsed.should_sign = SHOULD_SIGN     # read-only here: no copy per message
         include = tuple(name.lower() for name in parsed.default_sign_headers())
         headers = RELAXED.canonicalize_headers(parsed.headers)
         body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(body)).digest())
