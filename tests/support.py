@@ -26,13 +26,21 @@ def _below_ephemeral() -> int:
         return 32768
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1", udp_too: bool = False) -> int:
     """A port that is free now, chosen below the ephemeral range: a port the kernel handed out
     for port 0 could next be taken by an outgoing connection (a relay's delivery, a test client)
-    before the relay under test binds it — a flaky 'Address already in use'."""
+    before the relay under test binds it — a flaky 'Address already in use'. A port is never
+    handed out twice in one test process: a relay's listeners are picked one after another and
+    only bound later, so a repeat would collide with a sibling (CI once got its HTTP port equal
+    to its own SMTP port)."""
     top = _below_ephemeral()
     for _ in range(1000):
         port = random.randint(10000, top - 1)
+        if port in _HANDED_OUT:
+            continue
         kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp_too else (socket.SOCK_STREAM,)
         probes = [socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) for kind in kinds]
         try:
@@ -43,6 +51,7 @@ def free_port(host: str = "127.0.0.1", udp_too: bool = False) -> int:
         finally:
             for probe in probes:
                 probe.close()
+        _HANDED_OUT.add(port)
         return port
     raise RuntimeError(f"no free port below {top} on {host}")
 
