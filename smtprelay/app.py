@@ -23,12 +23,13 @@ import uvloop
 from aiohttp import web
 
 from smtprelay import __version__, logs
-from smtprelay.accounts import ACCOUNT_ROWS_SQL, VERSIONS_SQL, AccountService, account_rows, evaluate_levels
-from smtprelay.blocklist.service import ALLOWED_SQL, VIEW_SQL, blocklist_view
+from smtprelay.accounts import evaluate_levels
+from smtprelay.catalog import CatalogView
+from smtprelay.catalog.view import SqliteCatalogView
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
-from smtprelay.domains.service import DomainService
 from smtprelay.http.metrics import Metrics
+from smtprelay.services import Context, Services, open_services
 from smtprelay.http.server import build_app
 from smtprelay.queue import jobs, schema
 from smtprelay.queue.readers import StoreReader
@@ -62,6 +63,7 @@ class Relay:
         self._sockets: dict[str, socket.socket] = {}
         self._http_socket: socket.socket | None = None
         self._reader: StoreReader | None = None
+        self._catalog_view: CatalogView | None = None
         self._http: web.AppRunner | None = None
         self._catalog_version = -1
         self._blocklist_version = -1
@@ -94,6 +96,7 @@ class Relay:
         await store.open()
         self.store = store
         self._reader = await StoreReader.open(config.server.data_dir)
+        self._catalog_view = SqliteCatalogView(self._reader)
         self.gate = Gate(config, store, self.metrics, self.clock)
         tracking.load_key(config)   # created here once, before the workers read it
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
@@ -153,30 +156,34 @@ class Relay:
     def _prepare_store(self) -> None:
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
         try:
-            service = AccountService(conn, self.clock.now())
+            service = self._services(conn).accounts
             for listener in self.config.listeners:
                 if listener.trusted_account:
-                    _, created = service.ensure_account(listener.trusted_account)
+                    _, created = service.ensure(listener.trusted_account)
                     if created:
                         log.info("created account %s for the trusted networks of listener %s",
                                  listener.trusted_account, listener.name)
         finally:
             conn.close()
 
+    def _services(self, conn: sqlite3.Connection) -> Services:
+        """The services over one connection of this thread (start-up, re-verification)."""
+        from smtprelay.catalog.sqlite import SqliteCatalog
+        return Services(Context(self.config, SqliteCatalog(conn), conn, self.clock))
+
     async def _refresh_catalog(self) -> None:
         """What the gate reads of the catalog: account limits and reputation levels, the blocklist."""
-        reader = self._reader
+        view = self._catalog_view
         gate = self.gate
-        assert reader is not None
-        versions = {key: int(value) for key, value in await reader.rows(VERSIONS_SQL)}
+        assert view is not None
+        versions = await view.versions()
         version = versions.get("catalog_version", 0)
         if version != self._catalog_version:
-            gate.account_rows = account_rows(await reader.rows(ACCOUNT_ROWS_SQL))
+            gate.account_rows = await view.account_rows()
             self._catalog_version = version
         version = versions.get("blocklist_version", 0)
         if version != self._blocklist_version:
-            entries = await reader.rows(VIEW_SQL, (self.clock.now(),))
-            gate.blocklist = blocklist_view(entries, await reader.rows(ALLOWED_SQL))
+            gate.blocklist = await view.blocklist_view(self.clock.now())
             self._blocklist_version = version
 
     async def _refresh_loop(self) -> None:
@@ -255,7 +262,7 @@ class Relay:
     def _recheck_due(self) -> list[str]:
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
         try:
-            service = DomainService(conn, self.config, self.clock.now())
+            service = self._services(conn).domains
             results = [service.verify(name) for name in service.due_for_recheck()]
         finally:
             conn.close()
@@ -278,8 +285,8 @@ class Relay:
             assert self._reader is not None
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
                                      self._reader, self.clock.now)
-        app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token, self.config_path,
-                        endpoints)
+        app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token,
+                        lambda: open_services(self.config_path, self.clock, self.config), endpoints)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         assert self._http_socket is not None

@@ -30,3 +30,11 @@ def parse_when(text: str, now: float, *, future: bool) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    """A stored time as every document shows it: RFC 3339 in UTC to the second ("…Z"), or None."""
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")

@@ -139,18 +139,14 @@ class Relay:
 
         A shortcut for tests that are not about DNS: the domain tests verify through a real
         DNS server and the CLI instead."""
-        from smtprelay.accounts import AccountService
-        from smtprelay.config import load
-        from smtprelay.domains.service import DomainService
-        from smtprelay.queue import schema
-        config = load(self.config_path)
-        conn = schema.connect(config.server.data_dir)
+        from smtprelay.services import open_services
+        services = open_services(self.config_path)
+        conn = services.ctx.store
         try:
-            AccountService(conn, time.time()).ensure_account(account)
-            service = DomainService(conn, config, time.time())
-            service.add_domain(account, domain)
+            services.accounts.ensure(account)
+            services.domains.add(account, domain)
             for address in addresses:
-                service.add_address(address)
+                services.domains.add_address(address)
             conn.execute("UPDATE domains SET status = 'verified', verified_at = ?, last_checked_at = ?"
                          " WHERE name = ?", (time.time(), time.time(), domain))
         finally:

@@ -3,9 +3,11 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from smtprelay.accounts import AccountService, evaluate_levels, load_account_rows
-from smtprelay.blocklist.service import canonical
+from smtprelay.accounts import evaluate_levels
+from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, SqliteCatalog, account_rows
 from smtprelay.clock import FakeClock
+from smtprelay.policy.address import canonical
+from smtprelay.services import Context, Services
 from smtprelay.config import parse
 from smtprelay.policy.blocklist import BlocklistView, Entry
 from smtprelay.policy.limits import AccountLimits, MemoryHistory, Reservation, SendLimiter
@@ -103,7 +105,9 @@ def test_levels_move_day_by_day_from_the_store(tmp_path: Path) -> None:
                     "reputation": {"levels": [10, 100, 1000]}})
     day0 = datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc).timestamp()
     conn = schema.connect(tmp_path)
-    account = AccountService(conn, day0).add_account("acme")
+    Services(Context(config, SqliteCatalog(conn), conn, FakeClock(day0))).accounts.add("acme")
+    account = SqliteCatalog(conn).account("acme")
+    assert account is not None
     conn.execute("INSERT INTO messages (id, account_id, mail_from, size, created_at, client_address, body)"
                  " VALUES ('M', ?, 'a@b.example', 1, ?, '127.0.0.1', x'')", (account.id, day0))
     # Day 1: 9 of 10 used (90 %), all delivered → level 1. Day 2: 30 sends, 10 bounce → back to 0.
@@ -117,7 +121,7 @@ def test_levels_move_day_by_day_from_the_store(tmp_path: Path) -> None:
                      (cur.lastrowid, day0 + 86400 + 7200, "bounced" if i < 10 else "delivered"))
     first = evaluate_levels(conn, config, day0 + 86400 + 60)        # day 1 has ended
     assert [(c[1], c[2]) for c in first] == [(0, 1)]
-    assert load_account_rows(conn)[account.id].level == 1
+    assert account_rows(conn.execute(ACCOUNT_ROWS_SQL))[account.id].level == 1
     assert evaluate_levels(conn, config, day0 + 86400 + 120) == []  # the same day is not judged twice
     second = evaluate_levels(conn, config, day0 + 2 * 86400 + 60)
     assert [(c[1], c[2]) for c in second] == [(1, 0)] and "bounce rate" in second[0][3]

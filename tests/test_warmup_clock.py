@@ -16,8 +16,8 @@ import pytest
 from smtprelay.clock import FakeClock
 from smtprelay.config import Config, parse
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue import ledger
-from smtprelay.queue import warmup as W
+from smtprelay.catalog.sqlite import SqliteCatalog
+from smtprelay.warmup import schedule as W
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.scheduler import Scheduler
 from smtprelay.queue.listing import list_queue
@@ -122,7 +122,7 @@ async def test_exact_caps_per_provider_across_a_restart_then_the_next_step(world
     assert arrived(rx) == got
     with relay.db() as conn:
         conn.row_factory = sqlite3.Row
-        pairs, _ = ledger.status_rows(conn, "apps.example")
+        pairs = SqliteCatalog(conn).warmup_pairs("apps.example")
     views = {p.provider: W.view(p, relay.config.warmup, clock.now(), None) for p in pairs}
     assert views["gmail"]["used"] == 3 and views["gmail"]["remaining"] == 0 and views["gmail"]["day"] == 1
     assert views["other-mx.net"]["remaining"] == 1                   # an unknown MX is its own provider
@@ -133,7 +133,7 @@ async def test_exact_caps_per_provider_across_a_restart_then_the_next_step(world
     assert got["gmail.test"] + got["corp.test"] == 8 and got["hotmail.test"] == 6
     with relay.db() as conn:
         left = conn.execute("SELECT count(*) FROM recipients WHERE state NOT IN ('delivered')").fetchone()[0]
-        pairs, _ = ledger.status_rows(conn, "apps.example")
+        pairs = SqliteCatalog(conn).warmup_pairs("apps.example")
     assert left == 0
     views = {p.provider: W.view(p, relay.config.warmup, clock.now(), None) for p in pairs}
     assert views["gmail"]["day"] == 2 and views["gmail"]["used"] == 5 and views["microsoft"]["used"] == 3

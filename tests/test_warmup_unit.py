@@ -13,10 +13,10 @@ from smtprelay.config import parse
 from smtprelay.config.model import DEFAULT_PROVIDERS, DEFAULT_WARMUP_SCHEDULE
 from smtprelay.delivery.outcome import BounceClass, Reply, Result
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue import warmup as W
+from smtprelay.warmup import schedule as W
 from smtprelay.queue.jobs import Work
-from smtprelay.queue.providers import provider_for
-from smtprelay.queue.throttle import TICKET_SPACING, Throttle
+from smtprelay.warmup.providers import provider_for
+from smtprelay.warmup.throttle import TICKET_SPACING, Throttle
 
 # 2027-03-01 01:00 UTC: an hour after midnight.
 START = datetime.datetime(2027, 3, 1, 1, 0, tzinfo=datetime.timezone.utc).timestamp()

@@ -15,12 +15,12 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from smtprelay.accounts import AccountService
 from smtprelay.clock import FakeClock
 from smtprelay.config import Config, parse
-from smtprelay.domains.service import DomainService
+from smtprelay.catalog.sqlite import SqliteCatalog
+from smtprelay.services import Context, Services
 from smtprelay.events import webhooks as W
-from smtprelay.events.webhook_cli import replay, set_hook
+from smtprelay.events.outbox import replay
 from smtprelay.http.metrics import Metrics
 from smtprelay.queue import jobs, schema
 from smtprelay.queue.ids import new_queue_id
@@ -63,13 +63,14 @@ def setup(tmp_path: Path, endpoint: Endpoint) -> tuple[Config, str]:
     config = parse({"server": {"hostname": "relay.test", "data_dir": str(tmp_path / "var")},
                     "listeners": [{"name": "s", "port": 1}]})
     conn = schema.connect(config.server.data_dir)
-    AccountService(conn, START).add_account("acme")
-    domains = DomainService(conn, config, START)
-    domains.add_domain("acme", "acme.example")
-    domains.add_address("news@acme.example")
-    domains.add_address("billing@acme.example")
-    secret = set_hook(conn, f"http://127.0.0.1:{endpoint.port}/account", "acme", None)["secret"]
-    set_hook(conn, f"http://127.0.0.1:{endpoint.port}/billing", None, "billing@acme.example")
+    services = Services(Context(config, SqliteCatalog(conn), conn, FakeClock(START)))
+    services.accounts.add("acme")
+    services.domains.add("acme", "acme.example")
+    services.domains.add_address("news@acme.example")
+    services.domains.add_address("billing@acme.example")
+    secret = services.webhooks.set(f"http://127.0.0.1:{endpoint.port}/account", "acme").new_secret
+    assert secret is not None
+    services.webhooks.set(f"http://127.0.0.1:{endpoint.port}/billing", address="billing@acme.example")
     conn.close()
     return config, secret
 

@@ -24,13 +24,13 @@ import io
 import json
 import quopri
 import re
-import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from smtprelay.policy.content import remove_headers
 
 if TYPE_CHECKING:
+    from smtprelay.catalog.records import TrackingRow
     from smtprelay.config import Config
 
 _HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"'\s>]+)\2""", re.I)
@@ -155,39 +155,19 @@ def load_key(config: "Config") -> bytes:
     return path.read_text().strip().encode()
 
 
-# -- settings (synchronous: the CLI, the admin API, and the server's catalog refresh) ----------
+# -- settings ------------------------------------------------------------------------------
 
-def load_settings(conn: sqlite3.Connection) -> tuple[dict[int, Settings], dict[str, Settings]]:
-    """(per account, per sender domain), each already resolved (domain → account → off)."""
-    rows = conn.execute("SELECT account_id, domain, opens, clicks, unsubscribe FROM tracking_settings").fetchall()
-    accounts = {r[0]: Settings(bool(r[2]), bool(r[3]), bool(r[4])) for r in rows if r[1] is None}
+def resolve(rows: "list[TrackingRow]") -> tuple[dict[int, Settings], dict[str, Settings]]:
+    """The catalog's rows as (per account, per sender domain), each already resolved
+    (domain → account → off)."""
+    accounts = {r.account_id: Settings(bool(r.opens), bool(r.clicks), bool(r.unsubscribe))
+                for r in rows if r.domain is None}
     domains: dict[str, Settings] = {}
-    for account_id, domain, opens, clicks, unsub in rows:
-        if domain is None:
+    for r in rows:
+        if r.domain is None:
             continue
-        base = accounts.get(account_id, OFF)
-        domains[domain] = Settings(base.opens if opens is None else bool(opens),
-                                   base.clicks if clicks is None else bool(clicks),
-                                   base.unsubscribe if unsub is None else bool(unsub))
+        base = accounts.get(r.account_id, OFF)
+        domains[r.domain] = Settings(base.opens if r.opens is None else r.opens,
+                                     base.clicks if r.clicks is None else r.clicks,
+                                     base.unsubscribe if r.unsubscribe is None else r.unsubscribe)
     return accounts, domains
-
-
-def set_settings(conn: sqlite3.Connection, account_id: int, domain: str | None, values: dict[str, bool | None]
-                 ) -> None:
-    conn.execute("INSERT INTO tracking_settings (account_id, domain) SELECT ?, ? WHERE NOT EXISTS (SELECT 1 FROM"
-                 " tracking_settings WHERE account_id = ? AND domain IS ?)", (account_id, domain, account_id, domain))
-    for key, value in values.items():
-        assert key in ("opens", "clicks", "unsubscribe")
-        conn.execute(f"UPDATE tracking_settings SET {key} = ? WHERE account_id = ? AND domain IS ?",
-                     (None if value is None else int(value), account_id, domain))
-
-
-def show_settings(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    accounts, domains = load_settings(conn)
-    names = dict(conn.execute("SELECT id, name FROM accounts").fetchall())
-    owners = dict(conn.execute("SELECT name, account_id FROM domains").fetchall())
-    docs = [{"account": names.get(a), "domain": None, "opens": s.opens, "clicks": s.clicks,
-             "unsubscribe": s.unsubscribe} for a, s in accounts.items()]
-    docs += [{"account": names.get(owners.get(d)), "domain": d, "opens": s.opens, "clicks": s.clicks,
-              "unsubscribe": s.unsubscribe} for d, s in domains.items()]
-    return sorted(docs, key=lambda d: (d["account"] or "", d["domain"] or ""))

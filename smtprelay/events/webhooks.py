@@ -25,12 +25,10 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import sqlite3
 from typing import Any
 
 import aiohttp
-import sqlite3
 
 from smtprelay.clock import Clock
 from smtprelay.config.model import WebhooksConfig
@@ -270,30 +268,3 @@ class Dispatcher:
                                                        if 300 <= resp.status < 400 else "")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"[:300]
-
-
-# -- the CLI's side (synchronous) -------------------------------------------------------------
-
-def new_secret() -> str:
-    return "whsec_" + secrets.token_hex(24)
-
-
-def ensure_secret(conn: sqlite3.Connection, account_id: int, now: float) -> tuple[str, bool]:
-    row = conn.execute("SELECT secret FROM webhook_secrets WHERE account_id = ? AND retire_at IS NULL"
-                       " ORDER BY id DESC LIMIT 1", (account_id,)).fetchone()
-    if row is not None:
-        return row[0], False
-    secret = new_secret()
-    conn.execute("INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES (?,?,?)",
-                 (account_id, secret, now))
-    return secret, True
-
-
-def rotate_secret(conn: sqlite3.Connection, account_id: int, now: float, overlap: float) -> str:
-    """A new secret; the old one keeps signing (a second v1) for `overlap` seconds."""
-    conn.execute("UPDATE webhook_secrets SET retire_at = ? WHERE account_id = ? AND retire_at IS NULL",
-                 (now + overlap, account_id))
-    secret = new_secret()
-    conn.execute("INSERT INTO webhook_secrets (account_id, secret, created_at) VALUES (?,?,?)",
-                 (account_id, secret, now))
-    return secret

@@ -1,208 +1,398 @@
-"""The admin API under /api/v1/: the CLI's operations over HTTP, with token auth, JSON and an
-OpenAPI document generated from the same table.
+"""The admin API under /api/v1/: the services over HTTP, with token auth, JSON in and out, and
+an OpenAPI document generated from the route table.
 
-Owns: the route table (method, path → the `smtprelay` command it runs) and the HTTP mapping
-of results. Every operation runs the very command function the CLI runs (cli.run_for_api,
-in a worker thread: the services use blocking sqlite3 and DNS), so CLI and HTTP cannot
-disagree and no logic lives here. Path parameters become the command's positional
-arguments; query parameters (GET, DELETE) and JSON body fields (POST, PUT, PATCH) become its
-options (`daily_quota` → `--daily-quota`; `true` → a flag).
+Owns: the route table — each route names the service method it calls and the typed fields it
+takes (path, query or body) — the validation of those fields, and the one mapping of service
+errors to HTTP: 400 `{"error", "field"}` for an unknown, missing or malformed field (and for
+`Invalid`); 401 without the token; 404 for `NotFound` and for an unknown route (JSON, like
+every answer here); 405 for a known path with another method; 409 for `Refused`; 503 for
+`StoreUnavailable`. Without `http.admin_token` the API is off (403 saying so). Each call runs
+in a worker thread on its own connection (the services block: SQLite, DNS).
 
-Results: 200 with the command's JSON document (also for `domain verify` on a domain that is
-not verified yet: the document says so); 400 for bad arguments; 401 without the token;
-404 for "no such ..." refusals and unknown routes; 409 for other refusals; 503 when the store
-cannot be used. Without `http.admin_token` the API is off (403 saying so).
-
-Must never: hold business logic, or block the event loop.
+Must never: hold business logic (that is the services'), import the CLI, or block the loop.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-import sqlite3
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
+import re
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
 
-from smtprelay import __version__
+from smtprelay import __version__, when
+from smtprelay.config import ConfigError
+from smtprelay.errors import Invalid, NotFound, Refused, ServiceError, StoreUnavailable
+from smtprelay.events.stats import COUNTS
+from smtprelay.policy.blocklist import TYPES
+from smtprelay.queue.listing import STATES
+from smtprelay.services import Services, guard
+from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
+from smtprelay.services.domains import address_doc, domain_doc, domain_name
+from smtprelay.services.tracking import CHOICES
+from smtprelay.services.webhooks import webhook_doc
 
 PREFIX = "/api/v1"
+Params = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Op:
+class Field:
+    name: str
+    type: str = "string"            # string, integer, number, boolean, when (a past moment), deadline
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
     method: str
-    path: str                       # with {name} parameters, in the command's positional order
-    argv: tuple[str, ...]           # the command, e.g. ("account", "add")
+    path: str                       # {name} parts are required string fields
     summary: str
-    options: tuple[str, ...] = ()   # accepted query/body fields
-    flags: tuple[str, ...] = ()     # boolean options
-    required: tuple[str, ...] = ()  # body fields passed as positional arguments, in order
-    tags: tuple[str, ...] = field(default=())
+    call: Callable[[Services, Params], Any]     # the service call; returns the JSON document
+    fields: tuple[Field, ...] = ()
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+    @property
+    def operation_id(self) -> str:
+        words = [w for w in re.split(r"[/{}-]+", self.path) if w]
+        return self.method.lower() + "_" + "_".join(words)
 
 
-OPS: tuple[Op, ...] = (
-    Op("GET", "/accounts", ("account", "list"), "List accounts"),
-    Op("POST", "/accounts", ("account", "add"), "Create an account", ("daily_quota", "rate"), required=("name",)),
-    Op("PATCH", "/accounts/{name}", ("account", "set"), "Change an account's quota, rate or delivery TLS",
-       ("daily_quota", "rate", "delivery_tls")),
-    Op("GET", "/accounts/{account}/credentials", ("credential", "list"), "List an account's SMTP credentials"),
-    Op("POST", "/accounts/{account}/credentials", ("credential", "add"),
-       "Create SMTP credentials (the password is in this answer only)"),
-    Op("DELETE", "/credentials/{username}", ("credential", "revoke"), "Revoke a credential"),
-    Op("GET", "/domains", ("domain", "list"), "List sender domains", ("account",)),
-    Op("POST", "/domains", ("domain", "add"), "Register a sender domain (makes its DKIM keys)",
-       required=("account", "domain")),
-    Op("GET", "/domains/{domain}/records", ("domain", "records"), "The DNS records to publish"),
-    Op("POST", "/domains/{domain}/verify", ("domain", "verify"), "Check the DNS records now"),
-    Op("POST", "/domains/{domain}/resume", ("domain", "resume"), "Lift a reputation suspension"),
-    Op("POST", "/domains/{domain}/rotate-dkim", ("dkim", "rotate"), "Create a new DKIM selector"),
-    Op("DELETE", "/domains/{domain}", ("domain", "delete"), "Delete a sender domain"),
-    Op("GET", "/addresses", ("address", "list"), "List sender addresses", ("domain",)),
-    Op("POST", "/addresses", ("address", "add"), "Register a sender address", ("name",), required=("address",)),
-    Op("DELETE", "/addresses/{address}", ("address", "delete"), "Delete a sender address"),
-    Op("GET", "/blocklist", ("blocklist", "list"), "List blocklist entries",
-       ("type", "account", "origin", "address", "since", "until"), ("expired",)),
-    Op("POST", "/blocklist", ("blocklist", "add"), "Block an address (type custom)", ("account", "expires", "note"),
-       required=("address",)),
-    Op("DELETE", "/blocklist/{address}", ("blocklist", "remove"), "Remove entries for an address",
-       ("account", "type")),
-    Op("GET", "/blocklist/{address}", ("blocklist", "check"), "Whether an address is blocked, and why",
-       ("account", "sender_domain")),
-    Op("POST", "/blocklist/{address}/allow", ("blocklist", "allow"), "Allow an address for an account",
-       ("account",), ("undo",)),
-    Op("GET", "/queue", ("queue", "list"), "Queued messages (like mailq)", ("state", "domain", "limit"), ("all",)),
-    Op("GET", "/queue/{id}", ("queue", "show"), "One queued message"),
-    Op("POST", "/queue/flush", ("queue", "flush"), "Retry deferred mail now", ("domain",)),
-    Op("POST", "/queue/{id}/hold", ("queue", "hold"), "Put a message on hold"),
-    Op("POST", "/queue/{id}/release", ("queue", "release"), "Release a held message"),
-    Op("DELETE", "/queue/{id}", ("queue", "delete"), "Delete a message (no bounce)"),
-    Op("GET", "/stats", ("stats",), "Daily statistics", ("from", "to", "sender_domain", "recipient_domain")),
-    Op("GET", "/status/{queue_id}", ("status",), "Delivery status and history of a message"),
-    Op("GET", "/status", ("status",), "Delivery status of the mail to one address", ("recipient", "from", "to")),
-    Op("GET", "/warmup", ("warmup", "status"), "Warm-up per sender domain and provider", ("sender_domain",)),
-    Op("PUT", "/warmup/{domain}/{provider}", ("warmup", "set-day"), "Put a pair on a warm-up day",
-       required=("day",)),
-    Op("GET", "/webhooks", ("webhook", "list"), "List webhooks"),
-    Op("PUT", "/webhooks", ("webhook", "set"), "Set the account's or a sender address's webhook",
-       ("account", "address"), required=("url",)),
-    Op("DELETE", "/webhooks", ("webhook", "delete"), "Delete a webhook", ("account", "address")),
-    Op("POST", "/webhooks/secret", ("webhook", "secret"), "Show or rotate an account's signing secret",
-       ("account",), ("rotate",)),
-    Op("GET", "/webhooks/failures", ("webhook", "failures"), "Dead letters"),
-    Op("POST", "/webhooks/replay", ("webhook", "replay"), "Queue dead letters again", ("since",)),
-    Op("GET", "/tracking", ("tracking", "show"), "Tracking and unsubscribe settings"),
-    Op("PUT", "/tracking", ("tracking", "set"), "Turn opens, clicks or unsubscribe on, off or inherit",
-       ("account", "domain", "opens", "clicks", "unsubscribe")),
-    Op("GET", "/explain", ("explain",), "Every policy that applies to a sender and recipient now",
-       ("account", "from", "to")),
+def _docs(key: str, items: list[Any], to_doc: Callable[[Any], Any]) -> dict[str, Any]:
+    return {key: [to_doc(i) for i in items]}
+
+
+def _hook_delete(s: Services, p: Params) -> dict[str, Any]:
+    owner = s.webhooks.delete(p.get("account"), p.get("address"))
+    return {"account": owner.account, "address": owner.address, "deleted": True}
+
+
+def _status(s: Services, p: Params) -> dict[str, Any]:
+    if not p.get("recipient"):
+        raise Invalid("give a queue id in the path (/status/{queue_id}) or the field \"recipient\"", "recipient")
+    return s.reports.recipient(p["recipient"], p.get("from"), p.get("to")).doc()
+
+
+def _address_add(s: Services, p: Params) -> dict[str, Any]:
+    added = s.domains.add_address(p["address"], p.get("name"))
+    return {"address": added.address, "account": added.account, "name": added.name}
+
+
+def _blocklist_allow(s: Services, p: Params) -> dict[str, Any]:
+    undo = bool(p.get("undo"))
+    address = (s.blocklist.disallow if undo else s.blocklist.allow)(p["address"], p["account"])
+    return {"address": address, "account": p["account"], "allowed": not undo}
+
+
+def _blocklist_remove(s: Services, p: Params) -> dict[str, Any]:
+    from smtprelay.policy.address import canonical
+    removed = s.blocklist.remove(p["address"], p.get("account"), p.get("type"))
+    return {"address": canonical(p["address"]), "removed": removed}
+
+
+def _domain_delete(s: Services, p: Params) -> dict[str, Any]:
+    info = s.domains.delete(p["domain"])
+    return {"deleted": info.name, "account": info.account}
+
+
+def _credential_revoke(s: Services, p: Params) -> dict[str, Any]:
+    doc = credential_doc(s.accounts.revoke(p["username"]))
+    return {k: doc[k] for k in ("username", "account", "revoked_at")}
+
+
+_ACCOUNT = Field("account", required=True)
+_DOMAIN = Field("domain", required=True)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/accounts", "List accounts", lambda s, p: _docs("accounts", s.accounts.all(), lambda v: v.doc())),
+    Route("POST", "/accounts", "Create an account",
+          lambda s, p: s.accounts.add(p["name"], p.get("daily_quota"), p.get("rate")).doc(),
+          (Field("name", required=True), Field("daily_quota", "integer", description="recipients per rolling 24 h"),
+           Field("rate", "number", description="recipients per second"))),
+    Route("PATCH", "/accounts/{name}", "Change an account's quota, rate or delivery TLS",
+          lambda s, p: s.accounts.set(p["name"], p.get("daily_quota"), p.get("rate"), p.get("delivery_tls")).doc(),
+          (Field("daily_quota", "integer"), Field("rate", "number"),
+           Field("delivery_tls", choices=DELIVERY_TLS))),
+    Route("GET", "/accounts/{account}/credentials", "List an account's SMTP credentials",
+          lambda s, p: _docs("credentials", s.accounts.credentials(p["account"]), credential_doc)),
+    Route("POST", "/accounts/{account}/credentials", "Create SMTP credentials (the password is in this answer only)",
+          lambda s, p: s.accounts.add_credential(p["account"]).doc()),
+    Route("DELETE", "/credentials/{username}", "Revoke a credential", _credential_revoke),
+    Route("GET", "/domains", "List sender domains",
+          lambda s, p: _docs("domains", s.domains.all(p.get("account")), domain_doc), (Field("account"),)),
+    Route("POST", "/domains", "Register a sender domain (makes its DKIM keys)",
+          lambda s, p: s.domains.add(p["account"], p["domain"]).doc(), (_ACCOUNT, _DOMAIN)),
+    Route("GET", "/domains/{domain}/records", "The DNS records to publish",
+          lambda s, p: {"domain": domain_name(p["domain"]),
+                        "records": [r.as_dict() for r in s.domains.records(p["domain"])]}),
+    Route("POST", "/domains/{domain}/verify", "Check the DNS records now (200 also when not verified: see "
+                                              "\"verified\")", lambda s, p: s.domains.verify(p["domain"]).doc()),
+    Route("POST", "/domains/{domain}/resume", "Lift a reputation suspension",
+          lambda s, p: s.warmup.resume(p["domain"]).doc()),
+    Route("POST", "/domains/{domain}/rotate-dkim", "Create a new DKIM selector",
+          lambda s, p: {"domain": domain_name(p["domain"]),
+                        "records": [r.as_dict() for r in s.domains.rotate(p["domain"])]}),
+    Route("DELETE", "/domains/{domain}", "Delete a sender domain", _domain_delete),
+    Route("GET", "/addresses", "List sender addresses",
+          lambda s, p: _docs("addresses", s.domains.addresses(p.get("domain")), address_doc), (Field("domain"),)),
+    Route("POST", "/addresses", "Register a sender address", _address_add,
+          (Field("address", required=True), Field("name", description="display name"))),
+    Route("DELETE", "/addresses/{address}", "Delete a sender address",
+          lambda s, p: {"deleted": s.domains.delete_address(p["address"]) and p["address"]}),
+    Route("GET", "/blocklist", "List blocklist entries",
+          lambda s, p: {"entries": s.blocklist.docs(s.blocklist.entries(
+              p.get("type"), p.get("account"), p.get("origin"), p.get("address"), p.get("since"), p.get("until"),
+              bool(p.get("expired"))))},
+          (Field("type", choices=TYPES), Field("account"), Field("origin"), Field("address"), Field("since", "when"),
+           Field("until", "when"), Field("expired", "boolean"))),
+    Route("POST", "/blocklist", "Block an address (type custom)",
+          lambda s, p: s.blocklist.doc(s.blocklist.add(p["address"], "custom", p.get("account"), p.get("expires"),
+                                                       p.get("note"))),
+          (Field("address", required=True), Field("account"), Field("expires", "deadline"), Field("note"))),
+    Route("DELETE", "/blocklist/{address}", "Remove entries for an address", _blocklist_remove,
+          (Field("account"), Field("type", choices=TYPES))),
+    Route("GET", "/blocklist/{address}", "Whether an address is blocked, and why",
+          lambda s, p: s.blocklist.check(p["address"], p.get("account"), p.get("sender_domain")).doc(),
+          (Field("account"), Field("sender_domain"))),
+    Route("POST", "/blocklist/{address}/allow", "Allow an address for an account", _blocklist_allow,
+          (_ACCOUNT, Field("undo", "boolean"))),
+    Route("GET", "/queue", "Queued messages (like mailq)",
+          lambda s, p: s.queue.list(p.get("state"), p.get("domain"), p.get("limit", 1000), bool(p.get("all"))).doc(),
+          (Field("state", choices=STATES), Field("domain"), Field("limit", "integer"), Field("all", "boolean"))),
+    Route("GET", "/queue/{id}", "One queued message", lambda s, p: s.queue.show(p["id"]).doc()),
+    Route("POST", "/queue/flush", "Retry deferred mail now", lambda s, p: s.queue.flush(p.get("domain")).doc(),
+          (Field("domain"),)),
+    Route("POST", "/queue/{id}/hold", "Put a message on hold", lambda s, p: s.queue.hold(p["id"]).doc()),
+    Route("POST", "/queue/{id}/release", "Release a held message", lambda s, p: s.queue.release(p["id"]).doc()),
+    Route("DELETE", "/queue/{id}", "Delete a message (no bounce)", lambda s, p: s.queue.delete(p["id"]).doc()),
+    Route("GET", "/stats", "Daily statistics (counts: " + ", ".join(COUNTS) + ")",
+          lambda s, p: s.reports.stats(p.get("from"), p.get("to"), p.get("sender_domain"),
+                                       p.get("recipient_domain")).doc(),
+          (Field("from", "when"), Field("to", "when"), Field("sender_domain"), Field("recipient_domain"))),
+    Route("GET", "/status/{queue_id}", "Delivery status and history of a message",
+          lambda s, p: s.reports.message(p["queue_id"]).doc()),
+    Route("GET", "/status", "Delivery status of the mail to one address", _status,
+          (Field("recipient", required=True), Field("from", "when"), Field("to", "when"))),
+    Route("GET", "/warmup", "Warm-up per sender domain and provider",
+          lambda s, p: s.warmup.status(p.get("sender_domain")).doc(), (Field("sender_domain"),)),
+    Route("PUT", "/warmup/{domain}/{provider}", "Put a pair on a warm-up day",
+          lambda s, p: s.warmup.set_day(p["domain"], p["provider"], p["day"]).doc(),
+          (Field("day", "integer", required=True),)),
+    Route("GET", "/webhooks", "List webhooks", lambda s, p: _docs("webhooks", s.webhooks.all(), webhook_doc)),
+    Route("PUT", "/webhooks", "Set the account's or a sender address's webhook",
+          lambda s, p: s.webhooks.set(p["url"], p.get("account"), p.get("address")).doc(),
+          (Field("url", required=True), Field("account"), Field("address"))),
+    Route("DELETE", "/webhooks", "Delete a webhook", _hook_delete, (Field("account"), Field("address"))),
+    Route("POST", "/webhooks/secret", "Show or rotate an account's signing secret",
+          lambda s, p: s.webhooks.secret(p["account"], bool(p.get("rotate"))).doc(),
+          (_ACCOUNT, Field("rotate", "boolean"))),
+    Route("GET", "/webhooks/failures", "Dead letters", lambda s, p: {"failures": s.webhooks.failures()}),
+    Route("POST", "/webhooks/replay", "Queue dead letters again",
+          lambda s, p: {"replayed": s.webhooks.replay(p.get("since"))}, (Field("since", "when"),)),
+    Route("GET", "/tracking", "Tracking and unsubscribe settings", lambda s, p: s.tracking.show().doc()),
+    Route("PUT", "/tracking", "Turn opens, clicks or unsubscribe on, off or inherit",
+          lambda s, p: s.tracking.set(p.get("account"), p.get("domain"), opens=p.get("opens"),
+                                      clicks=p.get("clicks"), unsubscribe=p.get("unsubscribe")),
+          (Field("account"), Field("domain"), *(Field(k, choices=tuple(CHOICES))
+                                                for k in ("opens", "clicks", "unsubscribe")))),
+    Route("GET", "/explain", "Every policy that applies to a sender and recipient now",
+          lambda s, p: s.reports.explain(p["account"], p["from"], p["to"]).doc(),
+          (_ACCOUNT, Field("from", required=True), Field("to", required=True))),
 )
 
-_OPTION_NAMES = {"from": "--from", "to": "--to"}
+_SCHEMA: dict[str, dict[str, Any]] = {"string": {"type": "string"}, "integer": {"type": "integer", "minimum": 1},
+           "number": {"type": "number", "exclusiveMinimum": 0}, "boolean": {"type": "boolean"},
+           "when": {"type": "string", "description": "a date (2026-12-31), a time (2026-12-31T12:00:00Z) or a "
+                                                     "duration back from now (7d)"},
+           "deadline": {"type": "string", "description": "a date, a time, or a duration from now (30d)"}}
 
 
-class BadRequest(Exception):
-    pass
-
-
-def build_argv(op: Op, match: dict[str, str], fields: dict[str, Any]) -> list[str]:
-    argv = list(op.argv) + [match[name] for name in _path_params(op.path)]
-    for name in op.required:
-        if name not in fields or fields[name] in (None, ""):
-            raise BadRequest(f"the field \"{name}\" is required")
-        argv.append(str(fields[name]))
-    unknown = set(fields) - set(op.options) - set(op.flags) - set(op.required)
+def validate(route: Route, match: dict[str, str], given: dict[str, Any], from_query: bool, now: float) -> Params:
+    """The route's fields from the path and the query or body, typed; anything else is an
+    `Invalid` naming the field."""
+    known = {f.name: f for f in route.fields}
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        raise BadRequest("unknown field(s): " + ", ".join(sorted(unknown)) +
-                         (f"; this operation takes: {', '.join(op.options + op.flags)}" if op.options + op.flags
-                          else "; this operation takes none"))
-    for name in op.options:
-        if name in fields and fields[name] is not None:
-            argv += [_OPTION_NAMES.get(name, "--" + name.replace("_", "-")), str(fields[name])]
-    for name in op.flags:
-        value = fields.get(name)
-        if value in (True, "true", "1", "yes"):
-            argv.append("--" + name.replace("_", "-"))
-        elif value not in (None, False, "false", "0", "no"):
-            raise BadRequest(f"the field \"{name}\" must be true or false")
-    return argv
+        takes = ", ".join(known) or "none"
+        raise Invalid(f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+                      f"this operation takes: {takes}", unknown[0])
+    params: Params = dict(match)
+    for f in route.fields:
+        value = given.get(f.name)
+        if value is None or (from_query and value == ""):
+            if f.required:
+                raise Invalid(f"the field \"{f.name}\" is required", f.name)
+            continue
+        params[f.name] = _typed(f, value, from_query, now)
+    return params
 
 
-def _path_params(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+def _typed(f: Field, value: Any, from_query: bool, now: float) -> Any:
+    def bad(expected: str) -> Invalid:
+        return Invalid(f"the field \"{f.name}\" must be {expected}, got {value!r}", f.name)
+    if f.type == "integer":
+        if from_query and isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise bad("a positive integer")
+        return value
+    if f.type == "number":
+        if from_query and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a positive number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise bad("a positive number")
+        return float(value)
+    if f.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        if from_query and value in ("true", "false", "1", "0"):
+            return value in ("true", "1")
+        raise bad("true or false")
+    if not isinstance(value, str):
+        raise bad("a string")
+    if f.choices and value not in f.choices:
+        raise bad("one of " + ", ".join(f.choices))
+    if f.type in ("when", "deadline"):
+        try:
+            return when.parse_when(value, now, future=f.type == "deadline")
+        except ValueError as exc:
+            raise Invalid(f"{f.name}: {exc}", f.name) from None
+    return value
 
 
 def openapi() -> dict[str, Any]:
+    def schema(f: Field) -> dict[str, Any]:
+        s: dict[str, Any] = dict(_SCHEMA[f.type])
+        if f.choices:
+            s["enum"] = list(f.choices)
+        if f.description:
+            s["description"] = f.description
+        return s
+
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     paths: dict[str, Any] = {}
-    for op in OPS:
-        params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in _path_params(op.path)]
-        entry: dict[str, Any] = {"summary": op.summary, "operationId": "_".join(op.argv).replace("-", "_") +
-                                 ("_" + "_".join(_path_params(op.path)) if _path_params(op.path) else ""),
-                                 "responses": {"200": {"description": "the document `smtprelay " + " ".join(op.argv)
-                                                       + " --json` prints"},
-                                               "400": {"description": "bad arguments"},
-                                               "401": {"description": "missing or wrong token"},
-                                               "404": {"description": "no such object"},
-                                               "409": {"description": "refused"}}}
-        fields = {n: {"type": "boolean"} for n in op.flags}
-        fields.update({n: {"type": "string"} for n in op.options + op.required})
-        if op.method in ("GET", "DELETE"):
-            params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in fields.items()]
-        elif fields:
-            entry["requestBody"] = {"required": bool(op.required), "content": {"application/json": {"schema": {
-                "type": "object", "properties": fields, "required": list(op.required),
-                "additionalProperties": False}}}}
+    for route in ROUTES:
+        params: list[dict[str, Any]] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                                        for n in route.path_params]
+        entry: dict[str, Any] = {
+            "summary": route.summary, "operationId": route.operation_id,
+            "responses": {"200": {"description": "the document the CLI prints with --json"},
+                          "400": {"description": "a field is unknown, missing or malformed (\"field\" names it)",
+                                  **error},
+                          "401": {"description": "missing or wrong token", **error},
+                          "404": {"description": "no such object", **error},
+                          "409": {"description": "refused in the current state", **error},
+                          "503": {"description": "the store could not be used", **error}}}
+        if route.method in ("GET", "DELETE"):
+            params += [{"name": f.name, "in": "query", "required": f.required, "schema": schema(f)}
+                       for f in route.fields]
+        elif route.fields:
+            entry["requestBody"] = {"required": any(f.required for f in route.fields), "content": {
+                "application/json": {"schema": {
+                    "type": "object", "properties": {f.name: schema(f) for f in route.fields},
+                    "required": [f.name for f in route.fields if f.required], "additionalProperties": False}}}}
         if params:
             entry["parameters"] = params
-        paths.setdefault(op.path, {})[op.method.lower()] = entry
+        paths.setdefault(route.path, {})[route.method.lower()] = entry
     return {"openapi": "3.0.3", "info": {"title": "smtprelay admin API", "version": __version__},
             "servers": [{"url": PREFIX}],
-            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+                           "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {
+                               "error": {"type": "string"},
+                               "field": {"type": "string", "description": "the field to blame (400)"}}}}},
             "security": [{"token": []}], "paths": paths}
 
 
-def add_routes(app: web.Application, token: Callable[[], str | None], config_path: Path) -> None:
-    from smtprelay.accounts import RefusedError
-    from smtprelay.cli import ParseError, UsageError, run_for_api
-    from smtprelay.config import ConfigError
+def error_response(exc: BaseException) -> web.Response:
+    """The one mapping of service errors to HTTP."""
+    if isinstance(exc, Invalid):
+        body: dict[str, Any] = {"error": str(exc)}
+        if exc.field:
+            body["field"] = exc.field
+        return web.json_response(body, status=400)
+    if isinstance(exc, NotFound):
+        return web.json_response({"error": str(exc)}, status=404)
+    if isinstance(exc, Refused):
+        return web.json_response({"error": str(exc)}, status=409)
+    if isinstance(exc, ConfigError):
+        return web.json_response({"error": "; ".join(exc.problems)}, status=503)
+    if isinstance(exc, StoreUnavailable):
+        return web.json_response({"error": str(exc)}, status=503)
+    return web.json_response({"error": str(exc)}, status=500)
 
-    def handler(op: Op) -> Callable[[web.Request], Any]:
+
+def _run(open_services: Callable[[], Services], route: Route, params: Params) -> Any:
+    with guard():
+        services = open_services()
+        try:
+            with guard():
+                return route.call(services, params)
+        finally:
+            services.close()
+
+
+def add_routes(app: web.Application, token: Callable[[], str | None], open_services: Callable[[], Services]) -> None:
+    def authorized(request: web.Request) -> web.Response | None:
+        expected = token()
+        if not expected:
+            return web.json_response({"error": "the admin API is off: set http.admin_token in relay.toml"},
+                                     status=403)
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            return web.json_response({"error": "missing or wrong token (Authorization: Bearer <token>)"},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def handler(route: Route) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
-            expected = token()
-            if not expected:
-                return web.json_response({"error": "the admin API is off: set http.admin_token in relay.toml"},
-                                         status=403)
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-                return web.json_response({"error": "missing or wrong token (Authorization: Bearer <token>)"},
-                                         status=401, headers={"WWW-Authenticate": "Bearer"})
+            refusal = authorized(request)
+            if refusal is not None:
+                return refusal
             try:
-                if op.method in ("GET", "DELETE"):
-                    fields: dict[str, Any] = dict(request.query)
+                if route.method in ("GET", "DELETE"):
+                    given: dict[str, Any] = dict(request.query)
                 else:
-                    fields = await request.json() if request.can_read_body else {}
-                    if not isinstance(fields, dict):
-                        raise BadRequest("the body must be a JSON object")
-                argv = build_argv(op, dict(request.match_info), fields)
-                _, doc = await asyncio.to_thread(run_for_api, argv, str(config_path))
-            except (BadRequest, ParseError, UsageError, ValueError) as exc:
-                return web.json_response({"error": str(exc)}, status=400)
-            except RefusedError as exc:
-                text = str(exc)
-                return web.json_response({"error": text}, status=404 if text.startswith("no ") else 409)
-            except ConfigError as exc:
-                return web.json_response({"error": "; ".join(exc.problems)}, status=503)
-            except sqlite3.Error as exc:
-                return web.json_response({"error": f"the store could not be used: {exc}"}, status=503)
+                    try:
+                        given = await request.json() if request.can_read_body else {}
+                    except ValueError:
+                        raise Invalid("the body is not JSON") from None
+                    if not isinstance(given, dict):
+                        raise Invalid("the body must be a JSON object")
+                params = validate(route, dict(request.match_info), given, route.method in ("GET", "DELETE"),
+                                  time.time())
+                doc = await asyncio.to_thread(_run, open_services, route, params)
+            except (ServiceError, ConfigError) as exc:
+                return error_response(exc)
             return web.json_response(doc)
         return handle
+
+    patterns = [(re.compile("^" + re.sub(r"{\w+}", "[^/]+", r.path) + "$"), r.method) for r in ROUTES]
+
+    async def unknown(request: web.Request) -> web.Response:
+        path = request.path[len(PREFIX):]
+        allowed = sorted({method for pattern, method in patterns if pattern.match(path)})
+        if allowed:
+            return web.json_response({"error": f"{request.method} is not allowed on {request.path}; "
+                                               f"use {', '.join(allowed)}"},
+                                     status=405, headers={"Allow": ", ".join(allowed)})
+        return web.json_response({"error": f"no such route: {request.method} {request.path} "
+                                           f"(see {PREFIX}/openapi.json)"}, status=404)
 
     async def get_openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi())
 
     app.router.add_get(PREFIX + "/openapi.json", get_openapi)
-    for op in OPS:
-        app.router.add_route(op.method, PREFIX + op.path, handler(op))
+    for route in ROUTES:
+        app.router.add_route(route.method, PREFIX + route.path, handler(route))
+    app.router.add_route("*", PREFIX + "/{tail:.*}", unknown)

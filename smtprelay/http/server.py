@@ -5,17 +5,19 @@ Must never: block the loop; everything it serves is in memory.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smtprelay.http.metrics import Metrics
 
+if TYPE_CHECKING:
+    from smtprelay.services import Services
+
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, object]],
-              admin_token: Callable[[], str | None] | None = None, config_path: Path | None = None,
+              admin_token: Callable[[], str | None] | None = None, admin_services: Callable[[], Services] | None = None,
               extra: Callable[[web.Application], None] | None = None) -> web.Application:
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -28,9 +30,9 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, object]],
     app = web.Application()
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", get_health)
-    if admin_token is not None and config_path is not None:
+    if admin_token is not None and admin_services is not None:
         from smtprelay.http.admin import add_routes
-        add_routes(app, admin_token, config_path)
+        add_routes(app, admin_token, admin_services)
     if extra is not None:
         extra(app)
     return app

@@ -7,7 +7,7 @@ clicks become events through the store's writer (one INSERT … SELECT: the reci
 message supplies account, domains and tag); an open or click from a known machine user agent
 or within `tracking.machine_window` of the delivery is flagged `machine`. Unsubscribing looks the
 message up on the back end's reader (aiosqlite) and goes through the writer to
-blocklist.service.record_feedback (feedback row, `reject` entry for that sender
+events.feedback.record_feedback (feedback row, `reject` entry for that sender
 domain, `unsubscribed` event), the same function complaints use.
 
 Must never: redirect anywhere a token does not name, or block the event loop.
@@ -50,7 +50,7 @@ def _job(kind: str, queue_id: str, recipient: str, url: str, agent: str, machine
 
 def _unsubscribe_job(account_id: int | None, sender_domain: str, queue_id: str, recipient: str, at: float) -> Job:
     def job(db: sqlite3.Connection) -> None:
-        from smtprelay.blocklist.service import record_feedback
+        from smtprelay.events.feedback import record_feedback
         already = db.execute("SELECT 1 FROM feedback WHERE kind = 'unsubscribe' AND address = ? AND"
                              " sender_domain = ?", (recipient, sender_domain)).fetchone()
         if already is None:   # a second click is not a second unsubscribe

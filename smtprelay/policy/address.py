@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from smtprelay.errors import Invalid
+
 # RFC 5322 atext, less '%' and '!' (percent hack, bang path).
 _ATOM = r"[A-Za-z0-9#$&'*+\-/=?^_`{|}~]+"
 _DOT_ATOM = re.compile(rf"^{_ATOM}(\.{_ATOM})*$")
@@ -84,3 +86,12 @@ def split_smtp_argument(arg: str) -> tuple[str, str]:
         return arg[1:end], arg[end + 1:].strip()
     address, _, rest = arg.partition(" ")
     return address, rest.strip()
+
+
+def canonical(address: str, field: str = "address") -> str:
+    """An address as the catalog keys it (<> and spaces dropped, domain lower-cased); a bad one
+    is refused as `Invalid` naming `field`."""
+    try:
+        return str(parse_address(address.strip().strip("<>")))
+    except AddressError as exc:
+        raise Invalid(f"\"{address}\" is not a valid address: {exc}", field) from None

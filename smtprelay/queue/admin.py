@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from smtprelay.accounts import RefusedError
+from smtprelay.errors import NotFound, Refused
 
 log = logging.getLogger("smtprelay.queue")
 
 
 def _require(conn: sqlite3.Connection, queue_id: str) -> None:
     if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
-        raise RefusedError(f"no queued message with id {queue_id}")
+        raise NotFound(f"no queued message with id {queue_id}")
 
 
 def flush(conn: sqlite3.Connection, now: float, domain: str | None = None) -> int:
@@ -37,7 +37,7 @@ def hold(conn: sqlite3.Connection, queue_id: str) -> int:
     count = conn.execute("UPDATE recipients SET state = 'hold' WHERE message_id = ? AND state IN ('queued', 'active')",
                          (queue_id,)).rowcount
     if count == 0:
-        raise RefusedError(f"message {queue_id} has no recipient waiting for delivery")
+        raise Refused(f"message {queue_id} has no recipient waiting for delivery")
     log.info("%s: held by operator (%d recipient(s))", queue_id, count)
     return count
 
@@ -47,7 +47,7 @@ def release(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
     count = conn.execute("UPDATE recipients SET state = 'queued', next_attempt_at = ?, hold_reason = NULL"
                          " WHERE message_id = ? AND state = 'hold'", (now, queue_id)).rowcount
     if count == 0:
-        raise RefusedError(f"message {queue_id} is not on hold")
+        raise Refused(f"message {queue_id} is not on hold")
     log.info("%s: released from hold by operator", queue_id)
     return count
 

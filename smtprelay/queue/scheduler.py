@@ -8,7 +8,7 @@ Wakes on enqueue (coalesced) and every `delivery.scan_interval`, so a missed wak
 delays mail. Delivery tasks do I/O through the transport and hand back replies; every
 state change happens here and is written through the store's group commit.
 
-Warm-up (issue 6): the scheduler owns a `Throttle` (queue.throttle) and asks it before
+Warm-up (issue 6): the scheduler owns a `Throttle` (warmup.throttle) and asks it before
 each transaction which recipients may go; the others wait as `throttled` (not an attempt,
 not lifetime) or are held when their sender domain is suspended. A capped budget is
 written to the store before the transaction starts, so a restart can never grant it twice.
@@ -29,16 +29,17 @@ from smtprelay.delivery.dsn import FailedRecipient, build_dsn
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue import backoff, jobs, ledger, schema
+from smtprelay.queue import backoff, jobs, schema
+from smtprelay.warmup import ledger
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
-from smtprelay.queue.providers import provider_for
+from smtprelay.warmup.providers import provider_for
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
-from smtprelay.queue.admission import WarmupSeam
+from smtprelay.warmup.admission import WarmupSeam
 from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination
 from smtprelay.queue.readers import StoreReader
-from smtprelay.queue.throttle import Throttle
+from smtprelay.warmup.throttle import Throttle
 
 log = logging.getLogger("smtprelay.delivery")
 

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from smtprelay.accounts import Login, check_password
+from smtprelay.accounts import check_password
+from smtprelay.catalog.records import Login, SenderDomain
 from smtprelay.clock import Clock
 from smtprelay.config import Config, ListenerConfig
 from smtprelay.dkim.signer import MalformedMessage, Signer
-from smtprelay.domains.service import SenderDomain
 from smtprelay.events import tracking
 from smtprelay.policy import verdict as V
 from smtprelay.policy.content import check_subject, header_block, normalize_newlines, take_tag

@@ -20,8 +20,7 @@ from base64 import b64decode
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 if TYPE_CHECKING:
-    from smtprelay.smtp.handler import FrontEnd, SessionState
-    from smtprelay.smtp.server import RelaySMTP
+    from smtprelay.smtp.handler import FrontEnd, Session, SessionState
 
 log = logging.getLogger("smtprelay.smtp")
 
@@ -183,7 +182,7 @@ class SecureCommands:
         else:
             assert username is not None
             login, password = username, decoded
-        self._wait(self.frontend.authenticate(cast("RelaySMTP", self), mechanism, login, password), self._authenticated)
+        self._wait(self.frontend.authenticate(cast("Session", self), mechanism, login, password), self._authenticated)
 
     def _authenticated(self, outcome: tuple[str, bool]) -> None:
         reply, close = outcome

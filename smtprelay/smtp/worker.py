@@ -25,10 +25,9 @@ from pathlib import Path
 import uvloop
 
 from smtprelay import logs
-from smtprelay.accounts import catalog_version, load_logins
 from smtprelay.clock import Clock, SystemClock
 from smtprelay.config import Config, ConfigError, ListenerConfig, Protocol, TlsMode, load
-from smtprelay.domains.service import load_senders
+from smtprelay.catalog.sqlite import SqliteCatalog
 from smtprelay.events import tracking
 from smtprelay.queue import schema
 from smtprelay.smtp.channel import Channel
@@ -94,12 +93,13 @@ class Worker:
         reader = self._reader
         assert reader is not None
         frontend = self.frontend
-        version = catalog_version(reader)
+        catalog = SqliteCatalog(reader)
+        version = catalog.version()
         if version != frontend.credentials.version:
-            logins, accounts = load_logins(reader)
-            domains, addresses = load_senders(reader, self.config.server.data_dir)
+            logins, accounts = catalog.logins()
+            domains, addresses = catalog.senders(self.config.server.data_dir)
             frontend.senders.replace(domains, addresses)
-            frontend.tracking_accounts, frontend.tracking_domains = tracking.load_settings(reader)
+            frontend.tracking_accounts, frontend.tracking_domains = tracking.resolve(catalog.tracking_rows())
             frontend.credentials.replace(logins, accounts, version)
 
     async def _refresh_loop(self) -> None:

@@ -57,11 +57,11 @@ def test_admin_api_runs_the_cli_operations(make_relay: Callable[..., Relay]) -> 
     status, doc = call(relay, "POST", "/accounts", {"name": "beta"})
     assert status == 409 and "already exists" in doc["error"]
     status, doc = call(relay, "POST", "/accounts", {"name": "gamma", "colour": "blue"})
-    assert status == 400 and "unknown field(s): colour" in doc["error"]
+    assert status == 400 and doc["field"] == "colour" and "unknown field: colour" in doc["error"]
     status, doc = call(relay, "POST", "/accounts", {"daily_quota": 5})
-    assert status == 400 and "\"name\" is required" in doc["error"]
+    assert status == 400 and doc["field"] == "name" and "\"name\" is required" in doc["error"]
     status, doc = call(relay, "GET", "/stats?from=yesterday")
-    assert status == 400 and "is neither a date like 2026-12-31" in doc["error"]
+    assert status == 400 and doc["field"] == "from" and "is neither a date like 2026-12-31" in doc["error"]
 
     status, spec = call(relay, "GET", "/openapi.json", token=None)
     assert status == 200 and spec["openapi"].startswith("3.")
@@ -74,3 +74,62 @@ def test_admin_api_runs_the_cli_operations(make_relay: Callable[..., Relay]) -> 
 def test_the_admin_api_is_off_without_a_token(relay: Relay) -> None:
     status, doc = call(relay, "GET", "/accounts")
     assert status == 403 and "set http.admin_token" in doc["error"]
+
+
+def test_api_errors_name_the_field_and_every_answer_is_json(make_relay: Callable[..., Relay]) -> None:
+    """Issue 15: errors are mapped once from the services' kinds — 400 names the field, 404 for
+    a missing object or an unknown route, 405 for a known path with another method, 409 for a
+    refusal — and the OpenAPI document is typed from the same route table."""
+    relay = make_relay({"http": {"admin_token": "s3cret-token"}}).start()
+    assert call(relay, "POST", "/accounts", {"name": "beta"})[0] == 200
+
+    cases = [
+        ("POST", "/accounts", {"name": "Not Valid"}, 400, "name"),               # the service's rule
+        ("POST", "/accounts", {"name": "gamma", "daily_quota": "lots"}, 400, "daily_quota"),
+        ("POST", "/accounts", {"name": "gamma", "daily_quota": -3}, 400, "daily_quota"),
+        ("POST", "/accounts", {"name": "gamma", "rate": True}, 400, "rate"),
+        ("PATCH", "/accounts/beta", {"delivery_tls": "sometimes"}, 400, "delivery_tls"),
+        ("PATCH", "/accounts/beta", {}, 400, None),                              # nothing to change
+        ("POST", "/domains", {"account": "beta", "domain": "not a domain"}, 400, "domain"),
+        ("POST", "/domains", {"account": "beta", "domian": "beta.example"}, 400, "domian"),   # the typo is named
+        ("POST", "/addresses", {"address": "no-at-sign"}, 400, "address"),
+        ("GET", "/queue?limit=0", None, 400, "limit"),
+        ("GET", "/queue?state=lost", None, 400, "state"),
+        ("GET", "/blocklist?expired=maybe", None, 400, "expired"),
+        ("PUT", "/warmup/beta.example/gmial", {"day": 2}, 400, "provider"),
+        ("PUT", "/webhooks", {"url": "ftp://x.example/", "account": "beta"}, 400, "url"),
+        ("PUT", "/tracking", {"account": "beta", "opens": "maybe"}, 400, "opens"),
+    ]
+    for method, path, body, code, field in cases:
+        status, doc = call(relay, method, path, body)
+        assert (status, doc.get("field")) == (code, field), (method, path, body, doc)
+        assert doc["error"] and not doc["error"].startswith("smtprelay")       # no CLI usage lines
+
+    status, doc = call(relay, "POST", "/accounts", "a string")
+    assert status == 400 and "JSON object" in doc["error"]
+    assert call(relay, "GET", "/queue/NOSUCHID")[0] == 404
+    assert call(relay, "POST", "/domains/nosuch.example/verify")[0] == 404
+    assert call(relay, "DELETE", "/webhooks?account=beta")[0] == 404
+    status, doc = call(relay, "POST", "/domains/beta.example/resume")
+    assert status == 404 and "no sender domain named beta.example" in doc["error"]
+    status, doc = call(relay, "DELETE", "/credentials/beta-nosuch")
+    assert status == 404 and "beta-nosuch" in doc["error"]
+
+    status, doc = call(relay, "POST", "/domains", {"account": "beta", "domian": "beta.example"})
+    assert "this operation takes: account, domain" in doc["error"]
+    status, doc = call(relay, "POST", "/accounts/beta/credentials", {"note": "x"})
+    assert status == 400 and "this operation takes: none" in doc["error"]        # it truly takes none
+    status, doc = call(relay, "GET", "/no/such/route")
+    assert status == 404 and "no such route: GET /api/v1/no/such/route" in doc["error"]
+    status, doc = call(relay, "DELETE", "/accounts")
+    assert status == 405 and "use GET, POST" in doc["error"]
+
+    spec = call(relay, "GET", "/openapi.json", token=None)[1]
+    post = spec["paths"]["/accounts"]["post"]
+    props = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert props["daily_quota"]["type"] == "integer" and props["rate"]["type"] == "number"
+    queue = {p["name"]: p for p in spec["paths"]["/queue"]["get"]["parameters"]}
+    assert "hold" in queue["state"]["schema"]["enum"] and queue["all"]["schema"]["type"] == "boolean"
+    assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
+    assert len({op["operationId"] for ops in spec["paths"].values() for op in ops.values()}) == \
+        sum(len(ops) for ops in spec["paths"].values())                          # unique operation ids

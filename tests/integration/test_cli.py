@@ -36,7 +36,7 @@ def test_accounts_add_set_list(make_relay) -> None:  # type: ignore[no-untyped-d
 
 @pytest.mark.parametrize("args,code,message", [
     (["account", "add", "acme"], 1, 'account "acme" already exists'),
-    (["account", "add", "Bad Name"], 1, "is not valid"),
+    (["account", "add", "Bad Name"], 2, "is not valid"),   # bad usage (was 1)
     (["account", "add", "x", "--daily-quota", "-3"], 2, "--daily-quota: must be a positive integer"),
     (["account", "set", "nobody", "--rate", "3"], 1, 'no account named "nobody"'),
     (["account", "set", "acme"], 2, "needs --daily-quota, --rate or --delivery-tls"),
@@ -197,3 +197,91 @@ def test_webhook_secret_wording_is_true(make_relay) -> None:  # type: ignore[no-
     assert "shown once" not in out and "'webhook secret --account acme' shows it again" in out
     printed = out.split("signing secret: ", 1)[1].split()[0]
     assert relay.cli_json("webhook", "secret", "--account", "acme")["secret"] == printed
+
+
+# One bad use of every command (issue 23, item 14): each must exit 2 with its sentence on stderr
+# and nothing on stdout — never 1 (a refusal) and never a traceback.
+BAD_USAGE = [
+    ["serve", "--log-format", "xml"],
+    ["check-config", "--nope"],
+    ["account", "add", "Bad Name"],
+    ["account", "add", "x", "--rate", "nan"],
+    ["account", "set", "acme"],
+    ["account", "list", "--bogus"],
+    ["credential", "add"],
+    ["credential", "list"],
+    ["credential", "revoke"],
+    ["queue", "list", "--state", "lost"],
+    ["queue", "list", "--limit", "0"],
+    ["queue", "show"],
+    ["queue", "flush", "a.example", "b.example"],
+    ["queue", "hold"],
+    ["queue", "release"],
+    ["queue", "delete"],
+    ["domain", "add", "acme", "not a domain"],
+    ["domain", "records", "acme.example", "--format", "xml"],
+    ["domain", "verify"],
+    ["domain", "list", "--acount", "acme"],
+    ["domain", "delete"],
+    ["domain", "resume"],
+    ["address", "add", "no-at-sign"],
+    ["address", "list", "--bogus"],
+    ["address", "delete"],
+    ["dkim", "rotate"],
+    ["warmup", "status", "--bogus"],
+    ["warmup", "set-day", "acme.example", "gmial", "2"],
+    ["warmup", "set-day", "acme.example", "gmail", "zero"],
+    ["stats", "--from", "last tuesday"],
+    ["stats", "--format", "xml"],
+    ["status"],
+    ["status", "SOMEID", "--recipient", "a@b.example"],
+    ["explain", "--account", "acme"],
+    ["explain", "--account", "acme", "--from", "not-an-address", "--to", "a@b.example"],
+    ["webhook", "set"],
+    ["webhook", "set", "http://127.0.0.1:9/x"],
+    ["webhook", "set", "ftp://127.0.0.1/x", "--account", "acme"],
+    ["webhook", "delete"],
+    ["webhook", "list", "--bogus"],
+    ["webhook", "secret"],
+    ["webhook", "failures", "--bogus"],
+    ["webhook", "replay", "--since", "a while ago"],
+    ["tracking", "show", "--bogus"],
+    ["tracking", "set", "--account", "acme"],
+    ["tracking", "set", "--opens", "on"],
+    ["tracking", "set", "--account", "acme", "--opens", "maybe"],
+    ["blocklist", "add", "x@y.example", "--expires", "tomorrow"],
+    ["blocklist", "add", "x@y.example", "--expires", "2020-01-01"],
+    ["blocklist", "add", "not an address"],
+    ["blocklist", "remove"],
+    ["blocklist", "remove", "x@y.example", "--type", "nonsense"],
+    ["blocklist", "list", "--since", "yesterday-ish"],
+    ["blocklist", "check", "not an address"],
+    ["blocklist", "allow", "x@y.example"],
+    ["blocklist", "import"],
+    ["blocklist", "export", "--bogus"],
+    ["frobnicate"],
+]
+
+
+def test_every_command_exits_2_on_bad_usage(make_relay) -> None:  # type: ignore[no-untyped-def]
+    import concurrent.futures
+    relay = make_relay()
+    relay.cli("account", "add", "acme")
+    relay.cli("domain", "add", "acme", "acme.example")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda args: (args, relay.cli(*args, check=False)), BAD_USAGE))
+    wrong = [(" ".join(args), p.returncode, p.stderr.strip()[-200:]) for args, p in results
+             if p.returncode != 2 or not p.stderr.strip() or p.stdout or "Traceback" in p.stderr]
+    assert wrong == []
+    # With --json the failure is also the one JSON document on stdout.
+    proc = relay.cli("domain", "add", "acme", "not a domain", "--json", check=False)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["code"] == 2
+    # A command's own groups covered: every subcommand the parser knows appears above.
+    from smtprelay.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    known = set()
+    for name, parser in sub.choices.items():   # type: ignore[union-attr]
+        groups = [a for a in parser._actions if a.dest == "subcommand"]
+        known |= {f"{name} {s}" for s in groups[0].choices} if groups else {name}
+    covered = {" ".join(a[:2]) if len(a) > 1 and f"{a[0]} {a[1]}" in known else a[0] for a in BAD_USAGE}
+    assert known - covered == set()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from smtprelay.blocklist.service import record_feedback
+from smtprelay.events.feedback import record_feedback
 from tests.integration.test_delivery import send, wait_for
 from tests.mailservers import Receiver
 from tests.support import Relay, queued_id
@@ -110,7 +110,7 @@ def test_webhooks_from_the_running_relay(make_relay: Callable[..., Relay], tmp_p
     try:
         relay = make_relay({"delivery": {"routes": {"*": f"127.0.0.1:{rx.port}"}}}).start()
         bad = relay.cli("webhook", "set", "ftp://127.0.0.1/x", "--account", "apps", check=False)
-        assert bad.returncode == 1 and "must be http:// or https://" in bad.stderr
+        assert bad.returncode == 2 and "must be http:// or https://" in bad.stderr   # bad usage (was 1)
         doc = relay.cli_json("webhook", "set", f"http://127.0.0.1:{hooks.port}/cb", "--account", "apps")
         assert doc["secret"].startswith("whsec_")
         assert relay.cli_json("webhook", "list")["webhooks"][0]["url"].endswith("/cb")

@@ -73,7 +73,7 @@ def test_burst_to_providers_cap_restart_and_set_day(make_relay: Callable[..., Re
         assert (status["gmail"]["day"], status["gmail"]["used"], status["gmail"]["remaining"]) == (2, 5, 5)
         assert status["microsoft"]["used"] == 2
         bad = relay.cli("warmup", "set-day", "apps.example", "gmail", "9", check=False)
-        assert bad.returncode == 1 and "day must be from 1 to 3" in bad.stderr
+        assert bad.returncode == 2 and "day must be from 1 to 3" in bad.stderr   # bad usage (was 1)
         bad = relay.cli("warmup", "set-day", "nope.example", "gmail", "2", check=False)
         assert bad.returncode == 1 and "no sender domain named nope.example" in bad.stderr
         # A typo is not a new provider (issue 23, item 16); an MX set's registered domain is.

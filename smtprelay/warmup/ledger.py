@@ -13,12 +13,11 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from smtprelay.accounts import RefusedError
-from smtprelay.queue import warmup as W
+from smtprelay.warmup import schedule as W
 from smtprelay.queue.store import Job
 
 if TYPE_CHECKING:
-    from smtprelay.queue.throttle import Throttle, Transition
+    from smtprelay.warmup.throttle import Throttle, Transition
 
 
 def save(throttle: "Throttle", now: float) -> Job | None:
@@ -136,71 +135,3 @@ def last_feedback_id(db: sqlite3.Connection, since: float) -> int:
     row = db.execute("SELECT coalesce(min(id) - 1, (SELECT coalesce(max(id), 0) FROM feedback))"
                      " FROM feedback WHERE at > ?", (since,)).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
-
-
-# -- the CLI's side (synchronous) -------------------------------------------------------------
-
-def _bump(conn: sqlite3.Connection) -> None:
-    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'warmup_generation'")
-
-
-def status_rows(conn: sqlite3.Connection, sender_domain: str | None) -> tuple[list[W.PairState], dict[str, str]]:
-    sql = ("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason, paused_until,"
-           " pause_reason, backoff_step, day_override FROM warmup")
-    args: tuple[str, ...] = ()
-    if sender_domain:
-        sql += " WHERE sender_domain = ?"
-        args = (sender_domain.lower(),)
-    pairs = []
-    for r in conn.execute(sql + " ORDER BY sender_domain, provider", args):
-        day = r[10] if r[10] is not None else r[2]   # an override not yet applied by the server
-        pairs.append(W.PairState(r[0], r[1], day, r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
-    suspended_domains = {r[0]: r[1] or "suspended" for r in
-                         conn.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL")}
-    return pairs, suspended_domains
-
-
-def domain_exists(conn: sqlite3.Connection, sender_domain: str) -> bool:
-    return conn.execute("SELECT 1 FROM domains WHERE name = ?",
-                        (sender_domain.lower().rstrip("."),)).fetchone() is not None
-
-
-def set_day(conn: sqlite3.Connection, sender_domain: str, provider: str, day: int, today: str, now: float) -> None:
-    sender_domain = sender_domain.lower().rstrip(".")
-    if conn.execute("SELECT 1 FROM domains WHERE name = ?", (sender_domain,)).fetchone() is None:
-        raise RefusedError(f"no sender domain named {sender_domain}")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("INSERT INTO warmup (sender_domain, provider, day, day_date, used, updated_at, day_override)"
-                     " VALUES (?,?,?,?,0,?,?) ON CONFLICT (sender_domain, provider) DO UPDATE SET"
-                     " day_override = excluded.day_override, day = excluded.day, updated_at = excluded.updated_at",
-                     (sender_domain, provider, day, today, now, day))
-        _bump(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def resume(conn: sqlite3.Connection, sender_domain: str, now: float) -> int:
-    """Lift a reputation suspension; its held mail is queued again. Returns the recipients released."""
-    sender_domain = sender_domain.lower().rstrip(".")
-    row = conn.execute("SELECT suspended_at FROM domains WHERE name = ?", (sender_domain,)).fetchone()
-    if row is None:
-        raise RefusedError(f"no sender domain named {sender_domain}")
-    if row[0] is None:
-        raise RefusedError(f"sending for {sender_domain} is not suspended")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("UPDATE domains SET suspended_at = NULL, suspended_reason = NULL, resumed_at = ? WHERE name = ?",
-                     (now, sender_domain))
-        released = conn.execute(
-            "UPDATE recipients SET state = 'queued', hold_reason = NULL, next_attempt_at = ?, last_reply = NULL"
-            " WHERE state = 'hold' AND hold_reason = 'suspended' AND message_id IN"
-            " (SELECT id FROM messages WHERE sender_domain = ?)", (now, sender_domain)).rowcount
-        _bump(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return int(released)

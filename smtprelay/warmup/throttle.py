@@ -31,7 +31,7 @@ from smtprelay.clock import Clock
 from smtprelay.config import Config
 from smtprelay.delivery.outcome import BounceClass, Reply, Result
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue import warmup as W
+from smtprelay.warmup import schedule as W
 from smtprelay.queue.jobs import Work
 
 log = logging.getLogger("smtprelay.warmup")

@@ -4,7 +4,7 @@ writing a capped budget before the transaction, and reading operator changes (se
 resume) and complaints from the store.
 
 Part of the Scheduler (a mixin, for size): it owns no state of its own; the throttle's
-state belongs to the scheduler, and all SQL is in queue.jobs and queue.ledger.
+state belongs to the scheduler, and all SQL is in queue.jobs and warmup.ledger.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from smtprelay.clock import Clock
 from smtprelay.config import Config
 from smtprelay.delivery.mx import NextHop
 from smtprelay.delivery.outcome import BounceClass, Reply, Result
-from smtprelay.queue import jobs, ledger
+from smtprelay.queue import jobs
+from smtprelay.warmup import ledger
 from smtprelay.queue.jobs import Outcome, Work
-from smtprelay.queue.providers import provider_for
+from smtprelay.warmup.providers import provider_for
 from smtprelay.queue.store import QueueStore, StoreUnavailable, recipient_domain
-from smtprelay.queue.throttle import Admission, Throttle
+from smtprelay.warmup.throttle import Admission, Throttle
 
 log = logging.getLogger("smtprelay.delivery")
 

@@ -2,7 +2,7 @@
 is on, today's cap, what is left, when the budget resets, and how a pair is shown.
 
 Pure: takes a pair's state, the [warmup] settings and the time. The scheduler's throttle
-(queue.throttle) owns the live pairs and calls these; `smtprelay warmup status` calls the
+(warmup.throttle) owns the live pairs and calls these; `smtprelay warmup status` calls the
 same functions on the stored rows, so both always agree.
 
 Rules (issue 6):

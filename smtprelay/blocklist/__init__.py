@@ -1,2 +1,0 @@
-"""The blocklist: typed entries, the allow list, import/export, and feedback intake."""
-from __future__ import annotations

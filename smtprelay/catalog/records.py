@@ -1,0 +1,95 @@
+"""The catalog's records: what every catalog implementation returns and the services read.
+
+Owns: plain frozen dataclasses, no behaviour beyond small read-only properties.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smtprelay.domains.records import PublicKey
+from smtprelay.domains.status import DomainState
+
+if TYPE_CHECKING:
+    from smtprelay.dkim.keys import SigningKey
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    name: str
+    daily_quota: int | None
+    rate_per_second: float | None
+    created_at: float
+    delivery_tls: str | None = None
+    level: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    username: str
+    account: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """What the authenticator needs to know about one username."""
+    username: str
+    digest: str
+    account_id: int
+    account: str
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRecord:
+    id: int
+    name: str
+    account: str
+    account_id: int
+    state: DomainState
+    verified_at: float | None
+    last_checked_at: float | None
+    created_at: float
+    keys: tuple[PublicKey, ...]
+    addresses: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRecord:
+    address: str
+    name: str | None
+    domain: str
+    account: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SenderDomain:
+    """A sender domain as the front end checks and signs for it."""
+    name: str
+    account_id: int
+    state: DomainState
+    signing_keys: tuple[SigningKey, ...]
+    suspended: str | None = None    # why sending is suspended for reputation (domain resume lifts it)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    account: str
+    address: str | None
+    url: str
+    created_at: float
+    pending: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingRow:
+    """One stored settings row: None means inherit (a domain from its account, an account: off)."""
+    account_id: int
+    domain: str | None
+    opens: bool | None
+    clicks: bool | None
+    unsubscribe: bool | None

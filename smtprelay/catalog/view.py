@@ -1,0 +1,25 @@
+"""The catalog's asynchronous side on SQLite: what the back end's refresh reads through its
+aiosqlite reader (catalog.CatalogView), one statement per question, never blocking its loop."""
+from __future__ import annotations
+
+from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, ALLOWED_SQL, BLOCKLIST_SQL, VERSIONS_SQL, account_rows, \
+    blocklist_view
+from smtprelay.policy.blocklist import BlocklistView
+from smtprelay.policy.reputation import AccountRow
+from smtprelay.queue.readers import StoreReader
+
+
+class SqliteCatalogView:
+    """The back end's refresh through its aiosqlite reader: one statement per question."""
+
+    def __init__(self, reader: StoreReader):
+        self.reader = reader
+
+    async def versions(self) -> dict[str, int]:
+        return {key: int(value) for key, value in await self.reader.rows(VERSIONS_SQL)}
+
+    async def account_rows(self) -> dict[int, AccountRow]:
+        return account_rows(await self.reader.rows(ACCOUNT_ROWS_SQL))
+
+    async def blocklist_view(self, now: float) -> BlocklistView:
+        return blocklist_view(await self.reader.rows(BLOCKLIST_SQL, (now,)), await self.reader.rows(ALLOWED_SQL))

@@ -1,0 +1,34 @@
+"""Unsubscribes and complaints: remember each (reputation), record its event with the message's
+tag, and block that recipient for that sender domain (a `reject` entry).
+
+Owns: the `feedback` rows and the automatic `reject` entries. Runs as a store job (the
+tracking handler's unsubscribe) or directly on a connection (tests, the future feedback MX).
+"""
+from __future__ import annotations
+
+import sqlite3
+
+from smtprelay.events import types as events
+from smtprelay.policy.address import canonical
+
+
+def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None, sender_domain: str, address: str,
+                    kind: str, queue_id: str | None = None) -> None:
+    if kind not in ("unsubscribe", "complaint"):
+        raise ValueError(kind)
+    address = canonical(address)
+    domain = sender_domain.lower()
+    conn.execute("INSERT INTO feedback (account_id, sender_domain, address, kind, at) VALUES (?,?,?,?,?)",
+                 (account_id, domain, address, kind, now))
+    # Every event of a message carries its tag, so stats count this under the same tag as the
+    # message's opens and deliveries.
+    found = conn.execute("SELECT tag FROM messages WHERE id = ?", (queue_id,)).fetchone() if queue_id else None
+    conn.execute(events.INSERT, ("complained" if kind == "complaint" else "unsubscribed", now, account_id, queue_id,
+                                 address, domain, address.rpartition("@")[2], None,
+                                 found[0] if found else None, events.data()))
+    exists = conn.execute("SELECT 1 FROM blocklist WHERE address = ? AND type = 'reject' AND sender_domain = ?",
+                          (address, domain)).fetchone()
+    if not exists:
+        conn.execute("INSERT INTO blocklist (address, type, sender_domain, origin_account_id, reason, created_at)"
+                     " VALUES (?, 'reject', ?, ?, ?, ?)",
+                     (address, domain, account_id, "unsubscribed" if kind == "unsubscribe" else "complained", now))
