@@ -248,7 +248,8 @@ class Relay:
             conn.close()
 
     async def _recheck_loop(self) -> None:
-        """Re-verify verified and failing domains every domains.recheck_interval."""
+        """Check the domains that are due (DomainService.due_for_recheck: pending ones on their
+        propagation schedule, the others every domains.recheck_interval)."""
         while True:
             try:
                 changes = await asyncio.to_thread(self._recheck_due)

@@ -161,3 +161,35 @@ def test_queue_and_report_rules_and_store_errors(tmp_path: Path) -> None:
         with guard():
             s.accounts.all()
     assert issubclass(sqlite3.ProgrammingError, sqlite3.Error)
+
+
+def test_pending_domains_are_rechecked_on_a_schedule(tmp_path: Path) -> None:
+    s, clock = make(tmp_path, domains={"recheck_interval": "6h"})
+    s.accounts.add("acme")
+    s.domains.add("acme", "new.example")
+    s.domains.add("acme", "old.example")
+    catalog = s.ctx.catalog
+    domain = catalog.domain("old.example")
+    assert domain is not None
+    catalog.record_check(domain.id, domain.state.__class__("verified", None, None), clock.now())
+    assert s.domains.due_for_recheck() == ["new.example"]          # never checked: at once
+
+    def checked(name: str) -> None:
+        found = catalog.domain(name)
+        assert found is not None
+        catalog.record_check(found.id, found.state, clock.now())
+
+    checked("new.example")
+    clock.advance(299)
+    assert s.domains.due_for_recheck() == []
+    clock.advance(1)
+    assert s.domains.due_for_recheck() == ["new.example"]          # every 5 min in the first 2 h
+    checked("new.example")
+    clock.advance(7200)                                             # past 2 h: hourly
+    checked("new.example")
+    clock.advance(1800)
+    assert s.domains.due_for_recheck() == []
+    clock.advance(1800)
+    assert s.domains.due_for_recheck() == ["new.example"]
+    clock.advance(3 * 86400)                                        # 3 days old: the operator's turn
+    assert s.domains.due_for_recheck() == ["old.example"]           # verified: every recheck_interval

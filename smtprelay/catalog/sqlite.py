@@ -167,10 +167,9 @@ class SqliteCatalog:
             " WHERE id = ?", (state.status, state.failing_since, state.failing_record, now, state.status, now,
                               domain_id))
 
-    def domains_due(self, cutoff: float) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT name FROM domains WHERE status IN ('verified', 'failing')"
-            " AND (last_checked_at IS NULL OR last_checked_at <= ?) ORDER BY last_checked_at", (cutoff,))]
+    def check_times(self) -> list[tuple[str, str, float, float | None]]:
+        return [(r[0], r[1], r[2], r[3]) for r in self.conn.execute(
+            "SELECT name, status, created_at, last_checked_at FROM domains ORDER BY last_checked_at")]
 
     def selectors(self, domain_id: int) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT selector FROM dkim_keys WHERE domain_id = ?", (domain_id,))}

@@ -7,16 +7,22 @@ import sys
 from typing import TYPE_CHECKING
 
 from smtprelay.cli.base import Registry, emit, print_table, services
-from smtprelay.domains.records import DnsRecord, zone_lines
+from smtprelay.domains.records import DnsRecord, dnsmasq_command, zone_lines
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
 
 if TYPE_CHECKING:
     from smtprelay.domains.dnscheck import RecordCheck
 
 
-def print_records(records: list[DnsRecord], fmt: str) -> None:
+def print_records(records: list[DnsRecord], fmt: str, domain: str = "") -> None:
     if fmt == "zone":
         print("\n".join(zone_lines(records)))
+        return
+    if fmt == "dnsmasq":
+        print("# Serves these records on 127.0.0.1:5353 for a local test (not for the Internet). Then set")
+        print("# [dns] nameservers = [\"127.0.0.1:5353\"] in relay.toml and restart the relay ([dns] is read")
+        print("# at start; a reload does not apply it). Stop dnsmasq with Ctrl-C.")
+        print("\n".join(dnsmasq_command(domain, records)))
         return
     for r in records:
         need = "required" if r.required else "recommended"
@@ -57,7 +63,7 @@ def domain_records(args: argparse.Namespace) -> int:
         args.json = True
         emit(args, {"domain": domain_name(args.domain), "records": [r.as_dict() for r in records]}, lambda: None)
     else:
-        print_records(records, args.format)
+        print_records(records, args.format, domain_name(args.domain))
     return 0
 
 
@@ -131,7 +137,8 @@ def register(reg: Registry) -> None:
     p.add_argument("domain")
     p = reg.command(dom, "records", domain_records, "print the DNS records to publish")
     p.add_argument("domain")
-    p.add_argument("--format", choices=["table", "zone", "json"], default="table")
+    p.add_argument("--format", choices=["table", "zone", "json", "dnsmasq"], default="table",
+                   help="dnsmasq: a command serving them on 127.0.0.1:5353 for a local test")
     p = reg.command(dom, "verify", domain_verify, "check the DNS records now; exit 0 only when verified")
     p.add_argument("domain")
     p = reg.command(dom, "list", domain_list, "list sender domains")

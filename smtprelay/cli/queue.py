@@ -30,8 +30,15 @@ def queue_show(args: argparse.Namespace) -> int:
         for key in ("id", "account", "username", "from", "size", "created_at", "client_address", "tls",
                     "message_id"):
             print(f"{key + ':':16}{doc[key] if doc[key] is not None else '-'}")
-        print_table(["recipient", "state", "attempts", "last_reply"],
-                    [[r["address"], r["state"], r["attempts"], r["last_reply"]] for r in doc["recipients"]])
+        for r in doc["recipients"]:
+            print(f"\n{r['address']}: {r['state']} after {r['attempts']} attempt(s)"
+                  + (f", next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else "")
+                  + (f", bounce class {r['bounce_class']}" if r["bounce_class"] else ""))
+            for a in r["history"]:
+                print(f"  {a['at']}  {a['result']:<9} via {a['relay'] or '-'}  tls {a['tls'] or 'none'}"
+                      f"  {a['reply'] or ''}".rstrip())
+            if not r["history"]:
+                print("  no attempt yet")
     emit(args, doc, human)
     return 0
 

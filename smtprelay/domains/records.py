@@ -1,4 +1,5 @@
-"""The DNS records a sender domain must publish, and their renderings (table, zone, JSON).
+"""The DNS records a sender domain must publish, and their renderings (table, zone, JSON,
+and a dnsmasq command serving them for a local test setup).
 
 Pure: takes the domain, its DKIM public keys and the relay's settings. Host names are
 given both fully qualified and relative to the registered domain, so the operator of
@@ -6,6 +7,7 @@ given both fully qualified and relative to the registered domain, so the operato
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 
 from smtprelay.config import Config
@@ -99,3 +101,22 @@ def zone_lines(records: list[DnsRecord], ttl: int = 3600) -> list[str]:
         else:
             lines.append(f"{r.fqdn}. {ttl} IN {r.type} {r.value}")
     return lines
+
+
+def dnsmasq_command(domain: str, records: list[DnsRecord], port: int = 5353) -> list[str]:
+    """A dnsmasq command line (one option per line, shell-quoted) that serves exactly these
+    records on 127.0.0.1:`port` for a local test setup: no system configuration
+    (`--conf-file=/dev/null`), loopback only, no upstream, and every other name under the
+    domain's zone answered NXDOMAIN (`--local`). TXT values are split into ≤255-octet strings."""
+    zone = registered_domain(domain)
+    options = ["--conf-file=/dev/null", "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
+               "--bind-interfaces", "--no-resolv", "--no-hosts", "--cache-size=0", f"--local=/{zone}/"]
+    for r in records:
+        if r.type == "TXT":
+            # On dnsmasq's command line a comma separates the strings of one TXT record (quotes
+            # would be served as part of the value); our values hold no comma.
+            options.append(f"--txt-record={r.fqdn}," + ",".join(txt_strings(r.value)))
+        elif r.type == "MX":
+            preference, target = r.value.split()
+            options.append(f"--mx-host={r.fqdn},{target.rstrip('.')},{preference}")
+    return ["dnsmasq \\"] + [f"  {shlex.quote(o)} \\" for o in options[:-1]] + [f"  {shlex.quote(options[-1])}"]

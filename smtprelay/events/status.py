@@ -8,7 +8,7 @@ import json
 import sqlite3
 from typing import Any
 
-from smtprelay.queue.listing import DISPLAY_STATE, show_message
+from smtprelay.queue.listing import DISPLAY_STATE, FAILED, show_message
 
 
 def _events(conn: sqlite3.Connection, queue_id: str, recipient: str | None = None) -> list[dict[str, Any]]:
@@ -54,6 +54,7 @@ def recipient_status(conn: sqlite3.Connection, address: str, since: float, until
                    for a in conn.execute("SELECT at, result, relay, tls, reply, bounce_class FROM attempts"
                                          " WHERE recipient_id = ? ORDER BY id", (r[0],))]
         result.append({"queue_id": r[1], "from": r[2], "created_at": r[3], "recipient": r[4], "state": r[5],
-                       "attempts": r[6], "last_reply": r[7], "bounce_class": r[8], "message_id": r[9],
+                       "attempts": r[6], "last_reply": r[7], "bounce_class": r[8] if r[5] in FAILED else None,
+                       "message_id": r[9],
                        "history": history, "events": _events(conn, r[1], r[4])})
     return result

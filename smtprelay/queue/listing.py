@@ -31,6 +31,8 @@ STATES = ("queued", "deferred", "throttled", "active", "hold", "delivered", "bou
 
 
 UNFINISHED = ("queued", "active", "hold")
+WAITING = ("queued", "deferred", "throttled", "hold")      # shown states that have a next attempt
+FAILED = ("bounced", "expired")                            # the only ones a bounce class describes
 FINISHED = ("delivered", "bounced", "expired")
 # A shown state is a stored state, sometimes with a condition (DISPLAY_STATE).
 _SHOWN = {"queued": ("queued", "r.attempts = 0 AND r.throttled_since IS NULL"),
@@ -97,8 +99,10 @@ def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] |
         attempts = [{"at": a[0], "result": a[1], "relay": a[2], "tls": a[3], "reply": a[4], "bounce_class": a[5]}
                     for a in conn.execute("SELECT at, result, relay, tls, reply, bounce_class FROM attempts"
                                           " WHERE recipient_id = ? ORDER BY id", (r[0],))]
-        recipients.append({"address": r[1], "state": r[2], "attempts": r[3], "next_attempt_at": r[4],
-                           "last_reply": r[5], "bounce_class": r[6], "history": attempts})
+        recipients.append({"address": r[1], "state": r[2], "attempts": r[3],
+                           "next_attempt_at": r[4] if r[2] in WAITING else None,
+                           "last_reply": r[5], "bounce_class": r[6] if r[2] in FAILED else None,
+                           "history": attempts})
     return {
         "id": row[0], "account": account, "username": row[2], "from": row[3], "size": row[4],
         "created_at": row[5], "client_address": row[6], "tls": row[7], "message_id": row[8],

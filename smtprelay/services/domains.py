@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smtprelay.domains")
 
+PENDING_RECHECK_FOR = 3 * 86400.0
 _DOMAIN = re.compile(r"^(?=.{4,253}$)((?!-)[a-z0-9-]{1,63}(?<!-)\.)+(?!-)[a-z][a-z0-9-]{0,62}(?<!-)$")
 
 
@@ -172,7 +173,23 @@ class DomainService:
         return Verification(info.name, new.status, info.state.status, tuple(checks), promoted)
 
     def due_for_recheck(self) -> list[str]:
-        return self.catalog.domains_due(self.ctx.now() - self.config.domains.recheck_interval)
+        """The domains the server checks again now: verified and failing ones every
+        `domains.recheck_interval`; pending ones (DNS takes minutes to hours to propagate) every
+        5 minutes for their first 2 hours, then hourly until 3 days old — after that the
+        operator runs `domain verify`."""
+        now = self.ctx.now()
+        due = []
+        for name, status, created, checked in self.catalog.check_times():
+            if status == S.PENDING:
+                age = now - created
+                if age > PENDING_RECHECK_FOR:
+                    continue
+                interval = 300.0 if age < 7200 else 3600.0
+            else:
+                interval = self.config.domains.recheck_interval
+            if checked is None or checked <= now - interval:
+                due.append(name)
+        return due
 
     def rotate(self, name: str) -> list[DnsRecord]:
         info = self.get(name)

@@ -4,6 +4,7 @@ scan (every `delivery.scan_interval`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,9 @@ class QueuedMessage:
     detail: dict[str, Any] = field(repr=False)
 
     def doc(self) -> dict[str, Any]:
-        return {**self.detail, "created_at": iso(self.detail["created_at"])}
+        """Every time as RFC 3339 UTC, as in `status --json`."""
+        from smtprelay.services.reports import stamp
+        return stamp(copy.deepcopy(self.detail))
 
 
 @dataclass(frozen=True, slots=True)

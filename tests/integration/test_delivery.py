@@ -107,7 +107,7 @@ def test_outcomes_from_smtp_sink(make_relay, servers, tmp_path: Path, flags: tup
     sink = SmtpSink(tmp_path, *flags).start()
     servers.append(sink)
     relay = delivery_relay(make_relay, {"sink.example": f"127.0.0.1:{sink.port}"}, data_timeout="1s").start()
-    send(relay, ["x@sink.example"])
+    qid = send(relay, ["x@sink.example"])
     wait_for(lambda: rows(relay)[0]["attempts"] >= 1 and rows(relay)[0]["state"] != "active")
     row = rows(relay)[0]
     assert states(relay)["x@sink.example"] == state
@@ -118,6 +118,17 @@ def test_outcomes_from_smtp_sink(make_relay, servers, tmp_path: Path, flags: tup
     if state == "deferred":
         assert 54 <= row["next_attempt_at"] - attempt[3] <= 66  # first retry step 1m, ±10% jitter
     assert attempt[0] == state and attempt[1] == f"127.0.0.1[127.0.0.1]:{sink.port}" and reply in attempt[2]
+    # queue show (issue 23, item 19): a deferral has a next attempt and no bounce class; a bounce
+    # the reverse; every time is RFC 3339; the text lists each attempt with its reply and TLS.
+    shown = relay.cli_json("queue", "show", qid)["recipients"][0]
+    if state == "deferred":
+        assert shown["bounce_class"] is None and shown["next_attempt_at"].endswith("Z")
+    else:
+        assert shown["bounce_class"] == klass and shown["next_attempt_at"] is None
+    assert shown["history"][0]["at"].endswith("Z") and reply in shown["history"][0]["reply"]
+    text = relay.cli("queue", "show", qid).stdout
+    assert f"via 127.0.0.1[127.0.0.1]:{sink.port}  tls none" in text and reply in text
+    assert ("next attempt 20" in text) == (state == "deferred")
 
 
 def test_bounce_sends_a_dsn_and_a_dsn_never_bounces(make_relay, servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@ server (dnsmasq), sender policy, DKIM signatures checked by an independent verif
 re-verification by the running server, and key rotation."""
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import smtplib
@@ -137,6 +138,38 @@ def test_verify_against_real_dns(make_relay, dns: DnsServer) -> None:  # type: i
     doc = __import__("json").loads(relay.cli("domain", "verify", "example.com", "--json", check=False).stdout)
     spf = next(r for r in doc["records"] if r["kind"] == "spf")
     assert spf["status"] == "fail" and "127.0.0.1: fail" in spf["reason"]
+
+
+def test_the_printed_dnsmasq_command_serves_records_that_verify(make_relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 25: `domain records --format dnsmasq` prints a command a user can paste;
+    run as printed (only the port moved to a free one), `domain verify` passes against it."""
+    port = free_port(udp_too=True)
+    relay = make_relay({"server": {"public_ips": ["127.0.0.1"]},
+                        "dns": {"nameservers": [f"127.0.0.1:{port}"], "timeout": "2s"}}, seed=False)
+    relay.cli("account", "add", "acme")
+    relay.cli("domain", "add", "acme", "example.com")
+    printed = relay.cli("domain", "records", "example.com", "--format", "dnsmasq").stdout
+    assert "--conf-file=/dev/null" in printed and "--listen-address=127.0.0.1" in printed
+    assert "restart the relay" in printed
+    script = tmp_path / "dnsmasq.sh"
+    script.write_text(printed.replace("--port=5353", f"--port={port}"))
+    proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        resolver = Resolver(configure=False)
+        resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 0.5
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                resolver.resolve("example.com", "TXT")
+                break
+            except Exception:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        ok = relay.cli("domain", "verify", "example.com", check=False)
+        assert ok.returncode == 0 and "example.com: verified (was pending)" in ok.stdout, ok.stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)       # bash and the dnsmasq it started
+        proc.wait(timeout=10)
 
 
 def test_signed_mail_verifies_independently_with_both_algorithms(make_relay, dns: DnsServer) -> None:  # type: ignore[no-untyped-def]
@@ -294,6 +327,19 @@ def test_running_server_rechecks_verified_domains(make_relay, dns: DnsServer) ->
     wait_for(lambda: relay.cli_json("domain", "list")["domains"][0]["status"] == "failing", seconds=15)
     assert "domain example.com: verified → failing (DMARC record _dmarc.example.com" in relay.log()
     assert relay.metric("smtprelay_domain_status_changes_total", 'status="failing"') == 1
+
+
+def test_running_server_verifies_pending_domains_by_itself(make_relay, dns: DnsServer) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 8: a user publishes the records and does not come back; the relay checks
+    pending domains itself (at start, then every 5 min for 2 h, hourly for 3 days: the schedule
+    is unit-tested with a fake clock in tests/test_services.py)."""
+    relay = domain_relay(make_relay, dns)
+    relay.cli("domain", "add", "acme", "example.com")
+    publish_domain(relay, dns, "example.com")
+    relay.start()
+    wait_for(lambda: relay.cli_json("domain", "list")["domains"][0]["status"] == "verified", seconds=15)
+    assert "domain example.com: pending → verified" in relay.log()
+    assert relay.metric("smtprelay_domain_status_changes_total", 'status="verified"') == 1
 
 
 def test_rotation_switches_after_the_new_record_verifies(make_relay, dns: DnsServer) -> None:  # type: ignore[no-untyped-def]
