@@ -248,6 +248,11 @@ class SqliteCatalog:
         sql = f"SELECT {_BLOCK_COLUMNS} FROM blocklist" + (" WHERE " + " AND ".join(where) if where else "")
         return [Entry(*r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
+    def update_block(self, entry_id: int, fields: dict[str, Any]) -> None:
+        for column, value in fields.items():
+            assert column in ("expires_at", "note"), column
+            self.conn.execute(f"UPDATE blocklist SET {column} = ? WHERE id = ?", (value, entry_id))
+
     def delete_block(self, entry_id: int) -> None:
         self.conn.execute("DELETE FROM blocklist WHERE id = ?", (entry_id,))
 

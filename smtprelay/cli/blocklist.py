@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from smtprelay import when
-from smtprelay.cli.base import Registry, emit, moment, print_table, services
+from smtprelay.cli.base import Registry, UsageError, emit, moment, print_table, services
 from smtprelay.errors import Refused
 from smtprelay.policy.address import canonical
 from smtprelay.policy.blocklist import TYPES
@@ -30,10 +30,36 @@ def add(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
+    if (args.address is None) == (args.origin is None):
+        raise UsageError("blocklist remove needs an ADDRESS, or --origin ACCOUNT for the entries its mail "
+                         "triggered (not both)")
+    if args.address is None:
+        n = services(args).blocklist.remove_triggered(args.origin, args.type, moment(args.since, "--since"),
+                                                      moment(args.until, "--until"))
+        emit(args, {"origin": args.origin, "type": args.type, "removed": n},
+             lambda: print(f"{n} entr{'y' if n == 1 else 'ies'} removed that account {args.origin}'s mail triggered"))
+        return 0
+    if args.since is not None or args.until is not None:
+        raise UsageError("--since and --until select entries with --origin, not with an ADDRESS")
     n = services(args).blocklist.remove(args.address, args.account, args.type)
     address = canonical(args.address)
     emit(args, {"address": address, "removed": n},
          lambda: print(f"{n} entr{'y' if n == 1 else 'ies'} removed for {address}"))
+    return 0
+
+
+def set_(args: argparse.Namespace) -> int:
+    svc = services(args).blocklist
+    never = args.expires == "never"
+    entries = svc.set(args.address, None if never else moment(args.expires, "--expires", future=True),
+                      clear_expiry=never, note=args.note, account=args.account, type_=args.type)
+    docs = svc.docs(entries)
+    def human() -> None:
+        for d in docs:
+            print(f"{d['address']} ({d['type']}{', account ' + d['account'] if d['account'] else ''}): "
+                  f"{'until ' + d['expires_at'] if d['expires_at'] else 'no expiry'}"
+                  + (f"; note: {d['note']}" if d["note"] else ""))
+    emit(args, {"entries": docs}, human)
     return 0
 
 
@@ -52,9 +78,9 @@ def list_(args: argparse.Namespace) -> int:
                        moment(args.until, "--until"), include_expired=args.expired)
     docs: list[dict[str, Any]] = svc.docs(entries)
     emit(args, {"entries": docs}, lambda: print_table(
-        ["address", "type", "scope", "origin", "reason", "created", "expires"],
+        ["address", "type", "scope", "origin", "reason", "created", "expires", "note"],
         [[d["address"], d["type"], d["sender_domain"] or d["account"] or "global", d["origin_account"],
-          (d["reason"] or "")[:50], d["created_at"], d["expires_at"]] for d in docs]))
+          (d["reason"] or "")[:50], d["created_at"], d["expires_at"], d["note"]] for d in docs]))
     return 0
 
 
@@ -67,7 +93,8 @@ def check(args: argparse.Namespace) -> int:
         for e in result.entries:
             print(f"{'APPLIES' if e['applies'] else 'ignored'}  {e['type']:10} {e['why']}"
                   f"  (reason: {e['reason']}; since {e['created_at']}"
-                  f"{'; until ' + str(e['expires_at']) if e['expires_at'] else ''})")
+                  f"{'; until ' + str(e['expires_at']) if e['expires_at'] else ''}"
+                  f"{'; note: ' + str(e['note']) if e['note'] else ''})")
         print(f"verdict: {result.reply or 'not blocked'}")
     emit(args, result.doc(), human)
     return 0
@@ -114,9 +141,18 @@ def register(reg: Registry) -> None:
     p.add_argument("--account", help="only for this account (default: all accounts)")
     p.add_argument("--expires", help="a date (2026-12-31) or a duration from now (30d)")
     p.add_argument("--note")
-    p = reg.command(bl, "remove", remove, "remove entries for an address")
-    p.add_argument("address")
+    p = reg.command(bl, "remove", remove, "remove entries for an address, or in bulk those an account's mail triggered")
+    p.add_argument("address", nargs="?")
     p.add_argument("--account", help="act for this account (invalid entries: only their origin account)")
+    p.add_argument("--type", choices=TYPES)
+    p.add_argument("--origin", help="instead of an ADDRESS: every entry this account's mail triggered")
+    p.add_argument("--since", help="with --origin: created at or after (a date, a time, or a duration ago)")
+    p.add_argument("--until", help="with --origin: created before")
+    p = reg.command(bl, "set", set_, "change an address's entries: a new expiry (or 'never') or note")
+    p.add_argument("address")
+    p.add_argument("--expires", help="a date, a duration from now (30d), or never")
+    p.add_argument("--note")
+    p.add_argument("--account", help="only this account's entries (custom ones of that scope)")
     p.add_argument("--type", choices=TYPES)
     p = reg.command(bl, "list", list_, "list entries")
     p.add_argument("--type", choices=TYPES)

@@ -159,6 +159,17 @@ ROUTES: tuple[Route, ...] = (
           (Field("address", required=True), Field("account"), Field("expires", "deadline"), Field("note"))),
     Route("DELETE", "/blocklist/{address}", "Remove entries for an address", _blocklist_remove,
           (Field("account"), Field("type", choices=TYPES))),
+    Route("DELETE", "/blocklist", "Remove in bulk the entries an account's mail triggered",
+          lambda s, p: {"origin": p["origin"], "type": p.get("type"), "removed": s.blocklist.remove_triggered(
+              p["origin"], p.get("type"), p.get("since"), p.get("until"))},
+          (Field("origin", required=True), Field("type", choices=TYPES), Field("since", "when"),
+           Field("until", "when"))),
+    Route("PATCH", "/blocklist/{address}", "Change an address's entries: expiry (or none) and note",
+          lambda s, p: {"entries": s.blocklist.docs(s.blocklist.set(
+              p["address"], p.get("expires"), bool(p.get("no_expiry")), p.get("note"), p.get("account"),
+              p.get("type")))},
+          (Field("expires", "deadline"), Field("no_expiry", "boolean"), Field("note"), Field("account"),
+           Field("type", choices=TYPES))),
     Route("GET", "/blocklist/{address}", "Whether an address is blocked, and why",
           lambda s, p: s.blocklist.check(p["address"], p.get("account"), p.get("sender_domain")).doc(),
           (Field("account"), Field("sender_domain"))),

@@ -88,11 +88,18 @@ class BlocklistService:
             raise Invalid("the expiry must be in the future", "expires")
         account_id = self._account_id(account) if type_ == "custom" else None
         origin_id = self._account_id(origin or account)
+        if type_ == "custom" and any(e.type == "custom" and e.account_id == account_id
+                                     for e in self.entries(address=address)):
+            raise Refused(f"{address} is already blocked for "
+                          f"{'account ' + str(account) if account else 'all accounts'}; "
+                          "'smtprelay blocklist set' changes its expiry or note")
         return self.catalog.insert_block(address, type_, account_id, sender_domain.lower() if sender_domain else None,
                                          origin_id, reason or {"custom": "added by the operator"}.get(type_, type_),
                                          note, now, expires_at)
 
-    def remove(self, address: str, account: str | None = None, type_: str | None = None) -> int:
+    def _scoped(self, address: str, account: str | None, type_: str | None) -> list[Entry]:
+        """The active entries for an address, of one type if given; acting for an account, the
+        ones that account may change (an `invalid` entry only by its origin account)."""
         if type_ is not None and type_ not in TYPES:
             raise Invalid(f"type must be one of {', '.join(TYPES)}, got \"{type_}\"", "type")
         address = canonical(address)
@@ -110,10 +117,43 @@ class BlocklistService:
                     continue
                 mine.append(e)
             entries = mine
+        return entries
+
+    def remove(self, address: str, account: str | None = None, type_: str | None = None) -> int:
+        entries = self._scoped(address, account, type_)
         with self.catalog.transaction():
             for e in entries:
                 self.catalog.delete_block(e.id)
         return len(entries)
+
+    def remove_triggered(self, origin: str, type_: str | None = None, since: float | None = None,
+                         until: float | None = None) -> int:
+        """Bulk removal of the entries one account's mail triggered ("my trigger list"), of one
+        type and created in [since, until) if given; returns how many."""
+        entries = self.entries(type_, origin=origin, since=since, until=until)
+        with self.catalog.transaction():
+            for e in entries:
+                self.catalog.delete_block(e.id)
+        return len(entries)
+
+    def set(self, address: str, expires_at: float | None, clear_expiry: bool = False, note: str | None = None,
+            account: str | None = None, type_: str | None = None) -> list[Entry]:
+        """Change the validity (or the note) of an address's entries instead of adding a
+        second row: a new expiry, or none (`clear_expiry`)."""
+        if expires_at is None and not clear_expiry and note is None:
+            raise Invalid("nothing to change: give an expiry (or none) or a note", "expires")
+        if expires_at is not None and expires_at <= self.ctx.now():
+            raise Invalid("the expiry must be in the future", "expires")
+        entries = self._scoped(address, account, type_)
+        fields: dict[str, Any] = {}
+        if expires_at is not None or clear_expiry:
+            fields["expires_at"] = expires_at
+        if note is not None:
+            fields["note"] = note
+        with self.catalog.transaction():
+            for e in entries:
+                self.catalog.update_block(e.id, fields)
+        return self.entries(address=canonical(address), type_=type_)
 
     def allow(self, address: str, account: str) -> str:
         address = canonical(address)
@@ -151,8 +191,10 @@ class BlocklistService:
     def export_rows(self) -> list[list[str]]:
         """Every active entry as the CSV's rows (CSV_COLUMNS), which `import_csv` reads back."""
         names = self.catalog.account_names()
-        return [[e.address, e.type, names.get(e.account_id or -1, ""), e.sender_domain or "",
-                 iso(e.expires_at) or "", e.note or ""] for e in self.entries()]
+        # A custom entry's account is its scope; any other type's is the account whose mail
+        # triggered it (a reject entry's unsubscriber's sender), which import reads back as origin.
+        return [[e.address, e.type, names.get((e.account_id if e.type == "custom" else e.origin_account_id) or -1, ""),
+                 e.sender_domain or "", iso(e.expires_at) or "", e.note or ""] for e in self.entries()]
 
     def export(self, out: TextIO) -> int:
         rows = self.export_rows()
@@ -178,9 +220,14 @@ class BlocklistService:
                     continue
                 values = dict(zip(columns, (c.strip() for c in row)))
                 try:
+                    kind = values.get("type") or "custom"
                     expires = parse_time(values["expires_at"]) if values.get("expires_at") else None
-                    self.add(values["address"], values.get("type") or "custom", values.get("account") or None,
-                             expires, values.get("note") or None, values.get("sender_domain") or None)
+                    if expires is None and kind == "invalid":      # as the relay's own invalid entries
+                        expires = self.ctx.now() + self.ctx.config.blocklist.invalid_address_days * 86400.0
+                    account = values.get("account") or None
+                    self.add(values["address"], kind, account if kind == "custom" else None, expires,
+                             values.get("note") or None, values.get("sender_domain") or None,
+                             origin=None if kind == "custom" else account)
                     imported += 1
                 except (Refused, Invalid, ValueError) as exc:
                     bad.append((line_no, str(exc)))

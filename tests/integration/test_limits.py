@@ -210,6 +210,40 @@ def test_custom_entries_csv_import_export_and_expiry(make_relay, tmp_path: Path)
     assert relay.cli_json("blocklist", "list", "--type", "reject")["entries"][0]["sender_domain"] == "apps.example"
 
 
+def test_blocklist_set_bulk_remove_import_defaults_export_accounts_and_notes(make_relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 9, through the CLI against a running relay."""
+    relay = make_relay({"delivery": {"routes": {"*": f"127.0.0.1:{free_port()}"}}}).start()
+    relay.cli("blocklist", "add", "boss@target.example", "--account", "apps", "--expires", "30d", "--note", "asked")
+    again = relay.cli("blocklist", "add", "boss@target.example", "--account", "apps", check=False)
+    assert again.returncode == 1 and "blocklist set" in again.stderr                   # no second row
+    changed = relay.cli_json("blocklist", "set", "boss@target.example", "--expires", "never", "--note", "forever")
+    assert [(e["expires_at"], e["note"]) for e in changed["entries"]] == [(None, "forever")]
+    assert len(relay.cli_json("blocklist", "list", "--address", "boss@target.example")["entries"]) == 1
+    assert "forever" in relay.cli("blocklist", "list").stdout                          # notes are shown
+    assert "note: forever" in relay.cli("blocklist", "check", "boss@target.example", "--account", "apps").stdout
+    relay.cli("blocklist", "set", "boss@target.example", "--expires", "2d")
+    until = relay.cli_json("blocklist", "list", "--address", "boss@target.example")["entries"][0]["expires_at"]
+    assert until is not None and until > __import__("time").strftime("%Y-%m-%dT%H:%M:%SZ", __import__("time").gmtime())
+
+    # Entries apps' mail triggered (invalid and reject rows), imported as a CSV: an invalid row
+    # without an expiry gets blocklist.invalid_address_days; reject rows keep their account.
+    csv_file = tmp_path / "triggered.csv"
+    csv_file.write_text("address,type,account,sender_domain,expires_at,note\n"
+                        "gone1@target.example,invalid,apps,,,\n"
+                        "gone2@target.example,invalid,apps,,,\n"
+                        "quit@target.example,reject,apps,apps.example,,unsubscribed\n")
+    assert relay.cli_json("blocklist", "import", str(csv_file))["imported"] == 3
+    invalid = relay.cli_json("blocklist", "list", "--type", "invalid")["entries"]
+    assert all(e["expires_at"] and e["origin_account"] == "apps" for e in invalid) and len(invalid) == 2
+    exported = {line.split(",")[0]: line for line in relay.cli("blocklist", "export").stdout.splitlines()[1:]}
+    assert exported["quit@target.example"].startswith("quit@target.example,reject,apps,apps.example,")
+    bulk = relay.cli_json("blocklist", "remove", "--origin", "apps", "--type", "invalid")
+    assert bulk["removed"] == 2 and relay.cli_json("blocklist", "list", "--type", "invalid")["entries"] == []
+    assert "1 entry removed" in relay.cli("blocklist", "remove", "--origin", "apps", "--type", "reject").stdout
+    both = relay.cli("blocklist", "remove", "boss@target.example", "--origin", "apps", check=False)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_explain_shows_every_policy_and_the_verdict(make_relay) -> None:  # type: ignore[no-untyped-def]
     relay = limited(make_relay, recipient_hourly_cap=2).start()
     for _ in range(2):
