@@ -236,6 +236,8 @@ COUNTS_SQL = """
 SELECT (SELECT json_group_object(state, n) FROM (SELECT state, count(*) AS n FROM recipients GROUP BY state)),
        (SELECT count(*) FROM recipients INDEXED BY recipients_throttled
          WHERE state = 'queued' AND throttled_since IS NOT NULL),
+       (SELECT count(*) FROM recipients INDEXED BY recipients_deferred
+         WHERE state = 'queued' AND attempts > 0 AND throttled_since IS NULL),
        (SELECT created_at FROM messages WHERE id = (SELECT min(m) FROM (
            SELECT min(message_id) AS m FROM recipients WHERE state = 'queued'
            UNION ALL SELECT min(message_id) FROM recipients WHERE state = 'active'
@@ -246,8 +248,9 @@ SELECT (SELECT json_group_object(state, n) FROM (SELECT state, count(*) AS n FRO
 def counts(row: tuple[Any, ...], now: float) -> tuple[dict[str, int], float]:
     """COUNTS_SQL's row → recipients per shown state, and the age of the oldest unfinished
     message (an index scan as long as the queue: run it on a reader, off the event loop)."""
-    by_state, throttled, oldest_at = row
+    by_state, throttled, deferred, oldest_at = row
     result: dict[str, int] = {state: int(n) for state, n in json.loads(by_state or "{}").items()}
     result["throttled"] = int(throttled or 0)
-    result["queued"] = result.get("queued", 0) - result["throttled"]
+    result["deferred"] = int(deferred or 0)
+    result["queued"] = result.get("queued", 0) - result["throttled"] - result["deferred"]
     return result, 0.0 if oldest_at is None else max(0.0, now - oldest_at)

@@ -30,6 +30,7 @@ from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.http.metrics import Metrics
 from smtprelay.queue import backoff, jobs, schema
+from smtprelay.queue.listing import STATES
 from smtprelay.warmup import ledger
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
@@ -478,7 +479,7 @@ class Scheduler(WarmupSeam):
         if self._gauge_reader is None:
             self._gauge_reader = await StoreReader.open(self.config.server.data_dir)
         counts, oldest = jobs.counts(await self._gauge_reader.row(jobs.COUNTS_SQL), now)
-        for state in ("queued", "throttled", "active", "hold", "delivered", "bounced", "expired"):
+        for state in STATES:          # every state `queue list --state` knows
             self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
         self.metrics.queue_oldest_age_seconds.set(oldest)
         self.throttle.update_gauges()

@@ -129,6 +129,9 @@ def test_outcomes_from_smtp_sink(make_relay, servers, tmp_path: Path, flags: tup
     text = relay.cli("queue", "show", qid).stdout
     assert f"via 127.0.0.1[127.0.0.1]:{sink.port}  tls none" in text and reply in text
     assert ("next attempt 20" in text) == (state == "deferred")
+    # The gauge has a series per shown state: a deferral is `deferred`, not `queued` (item 4).
+    wait_for(lambda: relay.metric("smtprelay_queue_messages", f'state="{state}"') == 1)
+    assert relay.metric("smtprelay_queue_messages", 'state="queued"') == 0
 
 
 def test_bounce_sends_a_dsn_and_a_dsn_never_bounces(make_relay, servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
