@@ -31,6 +31,7 @@ class EventType(str, enum.Enum):
     CLICKED = "clicked"
     UNSUBSCRIBED = "unsubscribed"
     COMPLAINED = "complained"
+    DELETED = "deleted"              # queue delete: the operator removed it, no bounce sent
 
 
 # Delivery outcomes (queue.jobs.Outcome.result) that are events of the same name.

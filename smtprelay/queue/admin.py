@@ -8,6 +8,7 @@ import logging
 import sqlite3
 
 from smtprelay.errors import NotFound, Refused
+from smtprelay.events import types as events
 
 log = logging.getLogger("smtprelay.queue")
 
@@ -52,11 +53,27 @@ def release(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
     return count
 
 
-def delete(conn: sqlite3.Connection, queue_id: str) -> int:
-    """Remove the message and its recipients; no bounce is sent (postsuper -d)."""
+def delete(conn: sqlite3.Connection, queue_id: str, now: float) -> int:
+    """The message's unfinished recipients end as `deleted` (postsuper -d; no bounce is sent),
+    each with a `deleted` event (so its webhook gets a final event), and its body is dropped.
+    The message and its history stay for `status`, like any finished message."""
     _require(conn, queue_id)
-    pending = conn.execute("SELECT count(*) FROM recipients WHERE message_id = ? AND state NOT IN"
-                           " ('delivered', 'bounced', 'expired')", (queue_id,)).fetchone()[0]
-    conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
-    log.warning("%s: deleted by operator (%d undelivered recipient(s), no bounce)", queue_id, pending)
-    return int(pending)
+    pending = [r[0] for r in conn.execute("SELECT id FROM recipients WHERE message_id = ? AND state IN"
+                                          " ('queued', 'active', 'hold')", (queue_id,))]
+    if not pending:
+        raise Refused(f"message {queue_id} has no recipient left to deliver (it stays in the history)")
+    reason = "deleted by the operator (no bounce sent)"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("UPDATE recipients SET state = 'deleted', last_reply = ?, updated_at = ?, lease_until = NULL,"
+                         " body = NULL WHERE id = ? AND state IN ('queued', 'active', 'hold')",
+                         [(reason, now, rid) for rid in pending])
+        conn.executemany(events.INSERT_FOR_RECIPIENT,
+                         [("deleted", now, None, events.data(reason=reason), rid) for rid in pending])
+        conn.execute("UPDATE messages SET body = x'' WHERE id = ?", (queue_id,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.warning("%s: deleted by operator (%d undelivered recipient(s), no bounce)", queue_id, len(pending))
+    return len(pending)

@@ -146,7 +146,7 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
             # Finished messages keep their rows (status history) but not their bodies.
             db.executemany(
                 "UPDATE messages SET body = x'' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM recipients r"
-                " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired'))",
+                " WHERE r.message_id = messages.id AND r.state NOT IN ('delivered', 'bounced', 'expired', 'deleted'))",
                 [(m,) for m in done])
     return job
 

@@ -27,13 +27,13 @@ class QueueEntry:
 
 DISPLAY_STATE = ("CASE WHEN r.state = 'queued' AND r.throttled_since IS NOT NULL THEN 'throttled'"
                  " WHEN r.state = 'queued' AND r.attempts > 0 THEN 'deferred' ELSE r.state END")
-STATES = ("queued", "deferred", "throttled", "active", "hold", "delivered", "bounced", "expired")
+STATES = ("queued", "deferred", "throttled", "active", "hold", "delivered", "bounced", "expired", "deleted")
 
 
 UNFINISHED = ("queued", "active", "hold")
 WAITING = ("queued", "deferred", "throttled", "hold")      # shown states that have a next attempt
 FAILED = ("bounced", "expired")                            # the only ones a bounce class describes
-FINISHED = ("delivered", "bounced", "expired")
+FINISHED = ("delivered", "bounced", "expired", "deleted")   # `deleted`: queue delete
 # A shown state is a stored state, sometimes with a condition (DISPLAY_STATE).
 _SHOWN = {"queued": ("queued", "r.attempts = 0 AND r.throttled_since IS NULL"),
           "deferred": ("queued", "r.attempts > 0 AND r.throttled_since IS NULL"),
@@ -68,7 +68,7 @@ def list_queue(conn: sqlite3.Connection, state: str | None = None, domain: str |
         where.append(f"{DISPLAY_STATE} = ?")
         args.append(state)
     elif not include_finished:
-        where.append("r.state NOT IN ('delivered', 'bounced', 'expired')")
+        where.append(f"r.state NOT IN ({', '.join(repr(s) for s in FINISHED)})")
     if domain:
         where.append("r.domain = ?")
         args.append(domain)

@@ -83,4 +83,4 @@ class QueueService:
         return QueueAction("released", admin.release(self.store, queue_id, self.ctx.now()), queue_id)
 
     def delete(self, queue_id: str) -> QueueAction:
-        return QueueAction("undelivered_recipients", admin.delete(self.store, queue_id), queue_id)
+        return QueueAction("undelivered_recipients", admin.delete(self.store, queue_id, self.ctx.now()), queue_id)

@@ -297,7 +297,18 @@ def test_queue_tools_act_on_the_running_server(make_relay, servers, tmp_path: Pa
     relay.cli("queue", "flush", "later.example")
     wait_for(lambda: states(relay).get("keep@later.example") == "delivered", seconds=10)  # within 2 s of a scan
     assert states(relay)["held@later.example"] == "hold"
-    assert "dropped@later.example" not in states(relay)
+    # A deleted message keeps its history (issue 23, item 3): a final `deleted` state, a
+    # `deleted` event for status and webhooks, no body, and deleting again is refused.
+    assert states(relay)["dropped@later.example"] == "deleted"
+    status = relay.cli_json("status", dropped)
+    assert status["recipients"][0]["state"] == "deleted"
+    assert [e["type"] for e in status["recipients"][0]["events"]][-1] == "deleted"
+    again_deleted = relay.cli("queue", "delete", dropped, check=False)
+    assert again_deleted.returncode == 1 and "stays in the history" in again_deleted.stderr
+    assert dropped not in [m["id"] for m in relay.cli_json("queue", "list")["messages"]]
+    assert relay.cli_json("queue", "list", "--state", "deleted")["messages"][0]["id"] in (dropped, extra)
+    with relay.db() as conn:
+        assert conn.execute("SELECT length(body) FROM messages WHERE id = ?", (dropped,)).fetchone()[0] == 0
     relay.cli("queue", "release", held)
     wait_for(lambda: states(relay).get("held@later.example") == "delivered", seconds=10)
     assert sorted(r for t in rx.transactions() for r in t["rcpts"]) == ["held@later.example", "keep@later.example"]
