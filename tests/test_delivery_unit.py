@@ -30,6 +30,12 @@ SCHEDULE = (60.0, 300.0, 900.0)
     (421, "4.7.0 Try again later", Result.DEFERRED, BounceClass.REPUTATION),
     (451, "4.7.1 Rate limited, too many messages", Result.DEFERRED, BounceClass.REPUTATION),
     (450, "4.3.0 Error: command failed", Result.DEFERRED, BounceClass.OTHER),
+    # Greylisting is a plain deferral, not a reputation signal (issue 23, item 2).
+    (450, "4.2.0 <a@b.test>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/b.test.html",
+     Result.DEFERRED, BounceClass.OTHER),
+    (451, "4.7.1 Please try again later", Result.DEFERRED, BounceClass.OTHER),
+    (451, "4.7.1 Greylisting in action, please come back later", Result.DEFERRED, BounceClass.OTHER),
+    (451, "4.7.1 Client blocked, try again later", Result.DEFERRED, BounceClass.REPUTATION),
     (554, "5.3.0 Something else", Result.BOUNCED, BounceClass.OTHER),
 ])
 def test_classify(code: int, text: str, result: Result, klass: BounceClass | None) -> None:

@@ -180,6 +180,26 @@ def test_reputation_replies_pause_the_pair_with_a_growing_backoff_reset_by_succe
                          clock.now())
 
 
+def test_greylisting_is_no_backoff_and_a_flush_lifts_pauses() -> None:
+    """Issue 23, item 2."""
+    t, clock = throttle()
+    w1 = t.admit([work()], clock.now()).take[0]
+    assert not t.observe([(w1, Result.DEFERRED, Reply(451, "4.7.1 Please try again later"), BounceClass.OTHER)],
+                         clock.now())
+    assert t.pairs[("news.example", "gmail")].paused_until == 0.0
+    w2 = t.admit([work()], clock.now()).take[0]
+    w3 = t.admit([work(provider="microsoft")], clock.now()).take[0]
+    t.observe([(w2, Result.DEFERRED, Reply(421, "4.7.0 Try again later"), BounceClass.REPUTATION),
+               (w3, Result.DEFERRED, Reply(421, "4.7.0 Try again later"), BounceClass.REPUTATION)], clock.now())
+    paused = {k for k, p in t.pairs.items() if p.paused_until > clock.now()}
+    assert paused == {("news.example", "gmail"), ("news.example", "microsoft")}
+    t.domain_providers["gmail.test"] = "gmail"
+    assert t.lift_pauses("gmail.test") == 1                       # only that domain's provider
+    assert t.pairs[("news.example", "gmail")].paused_until == 0.0 and t.pairs[("news.example", "gmail")].backoff_step == 0
+    assert t.admit([work()], clock.now()).take                    # it sends again at once
+    assert t.lift_pauses(None) == 1 and t.transitions[-1].kind == "resumed"
+
+
 def test_per_provider_hourly_shaping_and_schedule_override() -> None:
     t, clock = throttle(warmup={"overrides": {"gmail": {"max_per_hour": 3, "schedule": [5]}}})
     first = t.admit([work() for _ in range(10)], clock.now())

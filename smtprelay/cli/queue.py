@@ -45,7 +45,10 @@ def queue_show(args: argparse.Namespace) -> int:
 
 def queue_flush(args: argparse.Namespace) -> int:
     done = services(args).queue.flush(args.domain)
-    emit(args, done.doc(), lambda: print(f"{done.count} deferred recipient(s) will be retried now"))
+    emit(args, done.doc(), lambda: print(
+        f"{done.count} deferred recipient(s) will be retried now; the running relay also tries dead "
+        f"destinations again and lifts the backoff pauses " +
+        (f"at {args.domain}'s mailbox provider" if args.domain else "of every sender domain") + " within 2 s"))
     return 0
 
 

@@ -22,6 +22,18 @@ _REPUTATION = re.compile(r"block ?list|blacklist|blocked|listed|reputation|rate 
                          r"spamhaus|rbl|dnsbl|not allowed to send|throttl|deferred due to", re.I)
 
 
+# Greylisting (postgrey and friends): "450 4.2.0 ... Greylisted", "451 4.7.1 Please try again
+# later". A plain temporary refusal of a first attempt: retried on the normal schedule, never a
+# reputation signal (it is not about us, and it passes on the next try).
+_GREYLIST = re.compile(r"gr[ae]y ?list|come back later|please (try again|retry) later", re.I)
+_BLOCK_WORDS = re.compile(r"block ?list|blacklist|blocked|reputation|rate limit|too many|spamhaus|rbl|dnsbl|"
+                          r"not allowed to send|throttl", re.I)
+
+
+def is_greylisting(reply: Reply) -> bool:
+    return reply.code in (450, 451) and bool(_GREYLIST.search(reply.text)) and not _BLOCK_WORDS.search(reply.text)
+
+
 class Result(str, enum.Enum):
     DELIVERED = "delivered"
     DEFERRED = "deferred"
@@ -62,6 +74,8 @@ def classify(reply: Reply) -> tuple[Result, BounceClass | None]:
 def bounce_class(reply: Reply) -> BounceClass:
     enhanced = reply.enhanced or ""
     text = reply.text
+    if is_greylisting(reply):
+        return BounceClass.OTHER
     if enhanced in ("5.1.1", "5.1.10", "5.1.0", "5.1.2", "5.1.6") or (reply.code >= 500 and _INVALID.search(text)
                                                                      and not _REPUTATION.search(text)):
         return BounceClass.INVALID_ADDRESS

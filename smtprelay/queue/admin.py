@@ -19,7 +19,8 @@ def _require(conn: sqlite3.Connection, queue_id: str) -> None:
 
 
 def flush(conn: sqlite3.Connection, now: float, domain: str | None = None) -> int:
-    """Retry now: deferred recipients become due, and the server forgets dead destinations."""
+    """Retry now: deferred recipients become due, and the server forgets dead destinations and
+    lifts backoff pauses (for DOMAIN's provider, or all)."""
     # Throttled recipients wait for warm-up budget, not for a retry: a flush does not bypass it.
     sql = ("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
            " AND throttled_since IS NULL")
@@ -28,6 +29,10 @@ def flush(conn: sqlite3.Connection, now: float, domain: str | None = None) -> in
         sql += " AND domain = ?"
         args.append(domain.lower())
     count = conn.execute(sql, args).rowcount
+    # The running scheduler reads both: it forgets dead destinations and lifts the backoff
+    # pauses of DOMAIN's mailbox provider ("*": every pause).
+    conn.execute("INSERT INTO meta (key, value) VALUES ('flush_scope', ?) ON CONFLICT (key) DO UPDATE SET"
+                 " value = excluded.value", (domain.lower() if domain else "*",))
     conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'flush_generation'")
     log.info("queue flush%s: %d recipient(s) due now", f" {domain}" if domain else "", count)
     return count

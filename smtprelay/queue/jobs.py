@@ -201,6 +201,16 @@ def prune(before: float, now: float, chunk: int = 5000, events_before: float | N
     return job
 
 
+def wake_throttled(now: float) -> Job:
+    """Throttled recipients are looked at again now (a pause was lifted); the throttle decides
+    again, and what still has no budget waits again."""
+    def job(db: sqlite3.Connection) -> int:
+        return int(db.execute("UPDATE recipients INDEXED BY recipients_throttled SET next_attempt_at = ?"
+                              " WHERE state = 'queued' AND throttled_since IS NOT NULL AND next_attempt_at > ?",
+                              (now, now)).rowcount)
+    return job
+
+
 def reclaim(now: float, everything: bool) -> Job:
     """Expired leases go back to queued (all of them at start: nothing can be in flight then)."""
     def job(db: sqlite3.Connection) -> int:

@@ -179,14 +179,22 @@ class Scheduler(WarmupSeam):
 
     async def _check_flush(self) -> None:
         assert self._reader is not None
-        row = self._reader.execute("SELECT value FROM meta WHERE key = 'flush_generation'").fetchone()
-        generation = int(row[0]) if row else 0
+        meta = dict(self._reader.execute("SELECT key, value FROM meta WHERE key IN ('flush_generation',"
+                                         " 'flush_scope')").fetchall())
+        generation = int(meta.get("flush_generation", 0))
         if generation != self._flush_generation:
             if self._flush_generation != -1:
                 for dest in self.destinations.values():
                     dest.dead_until, dest.failures = 0.0, 0
                 self.dead.forget()
-                log.info("queue flush: dead destinations are tried again")
+                # Two flushes within one scan: lift every pause rather than guess which domains.
+                scope = str(meta.get("flush_scope", "*"))
+                domain = None if scope == "*" or generation - self._flush_generation > 1 else scope
+                lifted = self.throttle.lift_pauses(domain)
+                if lifted:
+                    await self.store.run(jobs.wake_throttled(self.clock.now()))
+                log.info("queue flush: dead destinations are tried again; %d backoff pause(s) lifted%s", lifted,
+                         f" at the provider of {domain}" if domain else "")
             self._flush_generation = generation
 
     async def _route(self, works: list[Work], now: float) -> None:

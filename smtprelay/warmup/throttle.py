@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from smtprelay.clock import Clock
 from smtprelay.config import Config
-from smtprelay.delivery.outcome import BounceClass, Reply, Result
+from smtprelay.delivery.outcome import BounceClass, Reply, Result, is_greylisting
 from smtprelay.http.metrics import Metrics
 from smtprelay.warmup import schedule as W
 from smtprelay.queue.jobs import Work
@@ -90,7 +90,7 @@ class Admission:
 
 
 def is_backoff_reply(reply: Reply, klass: BounceClass | None, patterns: tuple[str, ...]) -> bool:
-    if not 400 <= reply.code < 500:
+    if not 400 <= reply.code < 500 or is_greylisting(reply):
         return False
     if reply.code == 421 or klass is BounceClass.REPUTATION or (reply.enhanced or "").startswith("4.7."):
         return True
@@ -289,6 +289,22 @@ class Throttle:
         for domain in domains_only - {k[0] for k in touched}:
             self._evaluate(domain, None, now)
         return backed_off
+
+    def lift_pauses(self, recipient_domain: str | None) -> int:
+        """`queue flush [DOMAIN]`: backoff pauses end now — every pair's, or those at the mailbox
+        provider DOMAIN's mail goes to (known from earlier deliveries; else DOMAIN's own key).
+        Returns how many pairs were paused."""
+        now = self.clock.now()
+        provider = None if recipient_domain is None else self.domain_providers.get(recipient_domain,
+                                                                                    recipient_domain)
+        lifted = 0
+        for key, pair in self.pairs.items():
+            if pair.paused_until > now and (provider is None or key[1] == provider):
+                pair.paused_until, pair.backoff_step = 0.0, 0
+                self.dirty_pairs.add(key)
+                lifted += 1
+                self._transition("resumed", key[0], key[1], "backoff pause lifted by queue flush")
+        return lifted
 
     def note_request(self, sender_domain: str, blocklisted: bool) -> None:
         """A RCPT for mail from this domain (from the front end); blocklisted when refused so."""

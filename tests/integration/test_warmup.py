@@ -136,7 +136,7 @@ def test_a_provider_answering_421_pauses_only_that_pair(make_relay: Callable[...
     try:
         relay = make_relay({"warmup": {"enabled": True, "backoff_initial": "10m"},
                             "delivery": {"routes": {"*": f"127.0.0.1:{rx.port}"}}}).start()
-        send(relay, ["slow@p.test"])
+        slow = send(relay, ["slow@p.test"])
         wait_for(lambda: pairs(relay).get("p.test", {}).get("state") == "paused")
         status = pairs(relay)["p.test"]
         assert "421 4.7.0 Try again later" in status["why"] and status["paused_until"]
@@ -148,6 +148,27 @@ def test_a_provider_answering_421_pauses_only_that_pair(make_relay: Callable[...
         assert relay.metric("smtprelay_warmup_transitions_total", 'transition="paused"') == 1.0
         rows = {m["recipients"][0]: m["state"] for m in relay.cli_json("queue", "list")["messages"]}
         assert rows == {"slow@p.test": "deferred", "ok@p.test": "throttled"}
+        # queue flush DOMAIN lifts that provider's pause, says so, and the waiting mail goes (item 2).
+        relay.cli("queue", "hold", slow)      # its retry would meet the 421 again and pause the pair anew
+        flushed = relay.cli("queue", "flush", "p.test").stdout
+        assert "lifts the backoff pauses at p.test's mailbox provider" in flushed
+        wait_for(lambda: arrived(rx)["p.test"] == 1)               # ok@p.test, without waiting 10 min
+        assert "1 backoff pause(s) lifted at the provider of p.test" in relay.log()
+    finally:
+        rx.stop()
+
+
+def test_greylisting_is_a_plain_deferral(make_relay: Callable[..., Relay], tmp_path: Path) -> None:
+    rx = Receiver(tmp_path, "127.0.0.1", None, "--rcpt-reply", "grey=451 4.7.1 Please try again later").start()
+    try:
+        relay = make_relay({"warmup": {"enabled": True},
+                            "delivery": {"routes": {"*": f"127.0.0.1:{rx.port}"}}}).start()
+        send(relay, ["grey@p.test"])
+        wait_for(lambda: relay.cli_json("queue", "list", "--state", "deferred")["messages"] != [])
+        send(relay, ["ok@p.test"])                                   # the pair is not paused: it goes
+        wait_for(lambda: arrived(rx)["p.test"] == 1)
+        assert pairs(relay)["p.test"]["state"] != "paused"
+        assert relay.metric("smtprelay_warmup_transitions_total", 'transition="paused"') == 0.0
     finally:
         rx.stop()
 
