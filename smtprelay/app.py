@@ -100,6 +100,8 @@ class Relay:
         self.gate = Gate(config, store, self.metrics, self.clock)
         tracking.load_key(config)   # created here once, before the workers read it
         self.scheduler = Scheduler(config, store, self.clock, self.metrics)
+        self.scheduler.on_blocklist_change = self.blocklist_changed
+        self.scheduler.on_senders_change = self.senders_changed
         await self.scheduler.start()
         self.webhooks = Dispatcher(config.webhooks, store, schema.database_path(config.server.data_dir), self.clock,
                                    self.metrics)
@@ -185,6 +187,20 @@ class Relay:
         if version != self._blocklist_version:
             gate.blocklist = await view.blocklist_view(self.clock.now())
             self._blocklist_version = version
+
+    async def blocklist_changed(self) -> None:
+        """The back end itself changed the blocklist (an unsubscribe, an automatic entry): the
+        gate sees it before this returns, so the next RCPT is judged by it."""
+        self._blocklist_version = -1
+        try:
+            await self._refresh_catalog()
+        except sqlite3.Error as exc:
+            log.error("could not refresh the blocklist from the store: %s", exc)
+
+    def senders_changed(self) -> None:
+        """The back end itself changed the senders (a suspension): the workers reload now."""
+        if self.pool is not None:
+            self.pool.broadcast("catalog")
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -285,7 +301,7 @@ class Relay:
         def endpoints(app: web.Application) -> None:
             assert self._reader is not None
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
-                                     self._reader, self.clock.now)
+                                     self._reader, self.clock.now, self.blocklist_changed)
         app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token,
                         lambda: open_services(self.config_path, self.clock, self.config), endpoints)
         self._http = web.AppRunner(app, access_log=None)

@@ -19,7 +19,7 @@ import base64
 import html
 import logging
 import sqlite3
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -59,7 +59,8 @@ def _unsubscribe_job(account_id: int | None, sender_domain: str, queue_id: str, 
 
 
 def add_routes(app: web.Application, config: Callable[[], Config], store: QueueStore, secret: bytes,
-               reader: StoreReader, now: Callable[[], float]) -> None:
+               reader: StoreReader, now: Callable[[], float],
+               blocklist_changed: Callable[[], Awaitable[None]] | None = None) -> None:
     def record(request: web.Request, kind: str, queue_id: str, recipient: str, url: str = "") -> None:
         agent = request.headers.get("User-Agent", "")
         cfg = config().tracking
@@ -103,6 +104,8 @@ def add_routes(app: web.Application, config: Callable[[], Config], store: QueueS
             await store.run(_unsubscribe_job(row[0], sender_domain, queue_id, recipient, now()))
         except StoreUnavailable:
             return web.Response(status=503, text="please try again in a minute\n", headers=NO_STORE)
+        if blocklist_changed is not None:
+            await blocklist_changed()   # before the answer: the next RCPT to this address is refused
         log.info("%s: to=<%s>, unsubscribed from %s", queue_id, recipient, sender_domain)
         return web.Response(text=f"<!doctype html><meta charset=utf-8><p>{html.escape(recipient)} will get no more "
                                  f"mail from {html.escape(sender_domain)}.</p>", content_type="text/html",

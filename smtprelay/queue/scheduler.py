@@ -21,6 +21,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from typing import Awaitable, Callable
 
 from smtprelay.clock import Clock
 from smtprelay.config import Config, DeliveryTls
@@ -73,6 +74,10 @@ class Scheduler(WarmupSeam):
         self._reader: sqlite3.Connection | None = None       # point look-ups on the loop
         self._gauge_reader: StoreReader | None = None         # the gauges' index scans (aiosqlite)
         self._flush_generation = -1
+        # The app's hooks: a change the back end itself made to the blocklist or to the senders
+        # (a suspension) reaches the gate and the workers at once, not at their next poll.
+        self.on_blocklist_change: Callable[[], Awaitable[None]] | None = None
+        self.on_senders_change: Callable[[], None] | None = None
         self._last_reclaim = 0.0
         self._last_gauges = -GAUGES_EVERY
         self._gauges_every = GAUGES_EVERY
@@ -466,6 +471,12 @@ class Scheduler(WarmupSeam):
         except StoreUnavailable as exc:
             # The recipients stay leased and go back to the queue when the lease expires.
             log.error("could not record delivery outcomes (%s); they will be retried", exc)
+        else:
+            # An automatic blocklist entry applies to the next RCPT, not the next poll.
+            if self.on_blocklist_change is not None and any(
+                    o.bounce_class in ("invalid_address", "mailbox_full") and o.result != "delivered"
+                    for o in outcomes):
+                await self.on_blocklist_change()
         self.in_window -= len(batch)
         if dsns:
             self.wake()

@@ -176,6 +176,12 @@ class WorkerPool:
         if waiting:
             await asyncio.wait(waiting, timeout=5.0)
 
+    def broadcast(self, op: str, *args: Any) -> None:
+        """A notice to every running worker (no answer)."""
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.notify(op, *args)
+
     async def stop(self, grace: float) -> None:
         """Stop every worker (close_listeners first if not done): messages being received may
         finish (their commits still go through the gate meanwhile), then they exit."""

@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import ssl
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import uvloop
@@ -52,10 +53,11 @@ class Worker:
         self._servers: list[asyncio.AbstractServer] = []
         self._reader: sqlite3.Connection | None = None
         self._backend_lost = False
+        self._catalog_lock = asyncio.Lock()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        link = Channel(on_lost=self._on_backend_lost)
+        link = Channel(handler=self._from_backend, on_lost=self._on_backend_lost)
         await loop.create_unix_connection(lambda: link, sock=socket.socket(fileno=self.channel_fd))
         self.frontend = FrontEnd(self.config, link, self.clock)
         self.frontend.tracking_secret = tracking.load_key(self.config)
@@ -102,13 +104,23 @@ class Worker:
             frontend.tracking_accounts, frontend.tracking_domains = tracking.resolve(catalog.tracking_rows())
             frontend.credentials.replace(logins, accounts, version)
 
+    async def _refresh(self) -> None:
+        try:
+            async with self._catalog_lock:
+                await asyncio.to_thread(self._load_catalog)
+        except sqlite3.Error as exc:
+            log.error("worker: could not refresh the catalog from the store: %s", exc)
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(CATALOG_REFRESH_SECONDS)
-            try:
-                await asyncio.to_thread(self._load_catalog)
-            except sqlite3.Error as exc:
-                log.error("worker: could not refresh the catalog from the store: %s", exc)
+            await self._refresh()
+
+    def _from_backend(self, op: str, args: tuple[Any, ...]) -> None:
+        """The back end's notices: "catalog" — it changed the senders itself (a suspension):
+        reload now rather than at the next poll."""
+        if op == "catalog":
+            asyncio.ensure_future(self._refresh())
 
     # -- listeners ------------------------------------------------------------------------------
     async def _start_listeners(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 
 from smtprelay.clock import Clock
@@ -39,15 +39,20 @@ class WarmupSeam:
     _feedback_id: int
 
     if TYPE_CHECKING:
+        on_senders_change: Callable[[], None] | None
+
         def wake(self) -> None: ...
         async def _body(self, message_id: str) -> bytes | None: ...
         async def _finish(self, batch: list[Work], decided: Any, relay: str | None, tls: str | None,
                           duration: float, now: float, body: bytes | None, text: str | None = None) -> None: ...
 
     async def _save_throttle(self) -> None:
+        suspending = bool(self.throttle.new_suspensions)
         job = ledger.save(self.throttle, self.clock.now())
         if job is not None:
             await self.store.run(job)
+        if suspending and self.on_senders_change is not None:
+            self.on_senders_change()          # the workers refuse MAIL for it now, not at their next poll
 
     async def _check_warmup(self) -> None:
         """Operator changes (set-day, resume) and new complaints, read from the store."""
@@ -80,10 +85,13 @@ class WarmupSeam:
         if admission.wait or admission.hold or admission.expire:
             await self._not_admitted(admission, now)
         if admission.take and admission.persist:
+            suspending = bool(self.throttle.new_suspensions)
             job = ledger.save(self.throttle, now)
             try:
                 if job is not None:
                     await self.store.run(job)
+                    if suspending and self.on_senders_change is not None:
+                        self.on_senders_change()
             except StoreUnavailable as exc:
                 self.throttle.refund(admission.take)
                 log.error("could not record the warm-up budget (%s); deferring without an attempt", exc)
