@@ -208,6 +208,7 @@ class Relay:
             try:
                 await self._refresh_catalog()
                 self.gate.lockout.prune()
+                self.gate.repeats.flush()
             except sqlite3.Error as exc:
                 log.error("could not refresh credentials from the store: %s", exc)
             await self._flush_events()

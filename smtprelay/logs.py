@@ -14,14 +14,19 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._pid = os.getpid()      # as in the text lines' smtprelay[PID]; looked up once
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "ts": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "pid": self._pid,
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -119,6 +124,47 @@ class LoopBufferedHandler(logging.Handler):
             self._write()
         finally:
             self.release()
+
+
+class RepeatLimiter:
+    """Postfix anvil-style summaries for lines one client can repeat at will (refused
+    connections, refusals, locked-out logins): per key, the first `burst` lines of a `window`
+    are logged one by one, the rest counted and logged as one summary line when the window
+    ends (`flush`, called every second) or the key comes back after it."""
+
+    def __init__(self, logger: logging.Logger, monotonic: Callable[[], float], window: float = 60.0,
+                 burst: int = 10):
+        self.logger = logger
+        self.monotonic = monotonic
+        self.window = window
+        self.burst = burst
+        self._keys: dict[tuple[str, ...], list[Any]] = {}   # key → [until, count, suppressed, level, what]
+
+    def log(self, key: tuple[str, ...], what: str, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        """`what` names the repeated line in its summary ("[203.0.113.9]: connections refused")."""
+        now = self.monotonic()
+        entry = self._keys.get(key)
+        if entry is None or now >= entry[0]:
+            if entry is not None:
+                self._summary(entry)
+            entry = self._keys[key] = [now + self.window, 0, 0, level, what]
+        entry[1] += 1
+        if entry[1] <= self.burst:
+            self.logger.log(level, msg, *args, **kwargs)
+        else:
+            entry[2] += 1
+
+    def _summary(self, entry: list[Any]) -> None:
+        if entry[2]:
+            self.logger.log(entry[3], "%s: %d more in the last %ds (after %d logged one by one)", entry[4],
+                            entry[2], int(self.window), self.burst)
+
+    def flush(self) -> None:
+        now = self.monotonic()
+        for key, entry in list(self._keys.items()):
+            if now >= entry[0]:
+                self._summary(entry)
+                del self._keys[key]
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

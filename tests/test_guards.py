@@ -55,3 +55,33 @@ def test_generated_passwords_are_strong_and_shell_safe() -> None:
     assert len(passwords) == 2000
     assert all(len(p) == 32 and set(p) <= set(string.ascii_letters + string.digits) for p in passwords)
     assert 32 * math.log2(62) >= 128
+
+
+def test_repeated_lines_are_summarized_past_a_burst() -> None:
+    """Issue 23, item 7: anvil-style summaries instead of a flood, with a fake clock."""
+    import logging as logging_
+    from smtprelay.logs import JsonFormatter, RepeatLimiter
+    records: list[str] = []
+
+    class Keep(logging_.Handler):
+        def emit(self, record: logging_.LogRecord) -> None:
+            records.append(record.getMessage())
+    logger = logging_.getLogger("test.repeats")
+    logger.handlers[:], logger.propagate = [Keep()], False
+    logger.setLevel(logging_.INFO)
+    now = [100.0]
+    limiter = RepeatLimiter(logger, lambda: now[0], window=60.0, burst=3)
+    for _ in range(10):
+        limiter.log(("c", "192.0.2.1"), "[192.0.2.1]: connections refused", logging_.WARNING, "refused %s", "x")
+    limiter.log(("c", "192.0.2.2"), "[192.0.2.2]: connections refused", logging_.WARNING, "refused %s", "y")
+    assert records == ["refused x"] * 3 + ["refused y"]
+    limiter.flush()                                  # the window is not over: nothing yet
+    now[0] += 60
+    limiter.flush()
+    assert records[-1] == "[192.0.2.1]: connections refused: 7 more in the last 60s (after 3 logged one by one)"
+    assert len(records) == 5                         # 192.0.2.2 had nothing suppressed: no summary
+    limiter.log(("c", "192.0.2.1"), "[192.0.2.1]: connections refused", logging_.WARNING, "refused %s", "z")
+    assert records[-1] == "refused z"                # a new window logs again
+    # JSON lines carry the pid the README promises.
+    line = JsonFormatter().format(logging_.LogRecord("smtprelay", logging_.INFO, "", 0, "hello", (), None))
+    assert __import__("json").loads(line)["pid"] == __import__("os").getpid()

@@ -25,6 +25,7 @@ from smtprelay.clock import Clock
 from smtprelay.config import Config
 from smtprelay.events import types as events
 from smtprelay.http.metrics import Metrics
+from smtprelay.logs import RepeatLimiter
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
 from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
@@ -55,6 +56,9 @@ class Gate:
         self.clock = clock
         self.limiter = ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_client)
         self.lockout = AuthLockout(clock, config.auth.max_failures, config.auth.failure_window, config.auth.lockout)
+        # Lines a client can repeat at will are summarized past a burst (a flood of 1 000
+        # refused connections is 10 lines and a count, not 1 000 lines).
+        self.repeats = RepeatLimiter(log, clock.monotonic)
         self.send_limits = SendLimiter(clock, config.limits.recipient_hourly_cap,
                                        SendsHistory(schema.reader(config.server.data_dir)))
         self.blocklist = BlocklistView([], set())
@@ -94,8 +98,9 @@ class Gate:
         refused = self.limiter.acquire(ip)
         if refused is not None:
             self.metrics.smtp_connections_refused.labels(reason=refused).inc()
-            log.warning("warning: [%s]: connection refused: too many connections (%s cap)", ip,
-                        refused.replace("_", "-"))
+            self.repeats.log(("connection", ip, refused), f"[{ip}]: connections refused ({refused.replace('_', '-')} cap)",
+                             logging.WARNING, "[%s]: connection refused: too many connections (%s cap)", ip,
+                             refused.replace("_", "-"))
             return refused
         peer.connections[ip] = peer.connections.get(ip, 0) + 1
         self.sessions += 1
@@ -120,6 +125,8 @@ class Gate:
         "locked" (refused without looking: the address is locked out) or "locked_now"."""
         if self.lockout.locked(ip):
             self.metrics.auth_attempts.labels(result="locked_out").inc()
+            self.repeats.log(("locked", ip), f"[{ip}]: AUTH refused while locked out", logging.WARNING,
+                             "[%s]: AUTH refused: the address is locked out after failed attempts (421 4.7.0)", ip)
             return "locked"
         if valid:
             self.lockout.success(ip)
@@ -201,5 +208,6 @@ class Gate:
                 self.pending_events.append(("rejected", now, account_id, None, address or None, sender_domain,
                                             address.rpartition("@")[2].lower() or None, None, None, detail))
         to = f" to=<{rcpt}>" if rcpt else ""
-        log.info("NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, ip, verdict.reply, mail_from, to)
+        self.repeats.log(("reject", ip, verdict.reason), f"[{ip}]: NOQUEUE rejects ({verdict.reason})", logging.INFO,
+                         "NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, ip, verdict.reply, mail_from, to)
         return verdict.reply

@@ -205,11 +205,11 @@ class FrontEnd:
         if verdict == "locked":
             return LOCKED_OUT, True
         if verdict == "locked_now":
-            log.warning("warning: [%s]: %s authentication failed for \"%s\"; address locked out for %ds",
+            log.warning("[%s]: %s authentication failed for \"%s\"; address locked out for %ds",
                         ip, mechanism, username[:64], int(self.config.auth.lockout))
             return LOCKED_OUT, True
         if verdict == "failed" or found is None:
-            log.warning("warning: [%s]: %s authentication failed for \"%s\"", ip, mechanism, username[:64])
+            log.warning("[%s]: %s authentication failed for \"%s\"", ip, mechanism, username[:64])
             return AUTH_INVALID, False
         server.state.login = found
         log.info("[%s]: sasl_method=%s, sasl_username=%s", ip, mechanism, username)
@@ -277,6 +277,15 @@ class FrontEnd:
         self.link.call("rcpt", state.client_ip, state.account_id, state.mail_from, state.sender_domain,
                        address).add_done_callback(done)
         return answer
+
+    def refuse_command(self, server: Session, stage: str, reply: str) -> None:
+        """A refusal the protocol decided before any policy (530 without AUTH, 552 for a SIZE=
+        over the limit): counted, recorded and logged like every other."""
+        state = server.state
+        assert state is not None
+        reason = {"530": "auth_required", "552": "message_size"}.get(reply[:3], "protocol")
+        code, status, text = reply.split(" ", 2)
+        self.reject(state, stage, V.reject(int(code), status, text, reason), [])
 
     def refuse_message(self, server: Session, reply: str) -> None:
         """The protocol refused the data itself (too big, a line too long): end the transaction."""

@@ -72,6 +72,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         self._out: list[bytes] = []
         self._slot_held = False
         self._bogus = 0
+        self._verb = ""                # the command being handled (for refusal lines)
         self._discarding_line = False      # inside a command line that is too long
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -292,6 +293,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
             self._reply(f'500 5.5.1 Error: command "{name[:32]}" not recognized')
             return
         self._arm(self.frontend.config.limits.command_timeout)
+        self._verb = name
         handler(self, arg)
 
     def _needs_helo(self) -> bool:
@@ -303,6 +305,7 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
     def _needs_auth(self) -> bool:
         assert self.state is not None
         if not self.trusted and self.state.login is None:
+            self.frontend.refuse_command(self, self._verb, C.AUTH_REQUIRED)
             self._reply(C.AUTH_REQUIRED)
             return True
         return False
@@ -373,6 +376,8 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         parsed = C.mail_argument(arg, self.extended, self.state.mail_from is not None,
                                  self.frontend.config.limits.max_message_bytes, self.client_ip)
         if isinstance(parsed, str):
+            if parsed == TOO_BIG:
+                self.frontend.refuse_command(self, "MAIL", parsed)
             self._reply(parsed)
             return
         self._reply(self.frontend.mail(self, *parsed))

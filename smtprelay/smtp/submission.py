@@ -243,6 +243,7 @@ class SubmissionSMTP(SMTP):
         """Trusted networks submit without AUTH (as their listener's account); others log in."""
         assert self.state is not None
         if not self.trusted and self.state.login is None:
+            self.frontend.refuse_command(self, caller_method, C.AUTH_REQUIRED)
             await self.push(C.AUTH_REQUIRED)
             return True
         return False
@@ -286,6 +287,8 @@ class SubmissionSMTP(SMTP):
         parsed = C.mail_argument(arg or "", self.session.extended_smtp, self.state.mail_from is not None,
                                  self.frontend.config.limits.max_message_bytes, self.client_ip)
         if isinstance(parsed, str):
+            if parsed == C.TOO_BIG:
+                self.frontend.refuse_command(self, "MAIL", parsed)
             await self.push(parsed)
             return
         await self.push(await self.event_handler.handle_MAIL(self, self.session, self.envelope, *parsed))

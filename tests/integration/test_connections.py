@@ -32,6 +32,9 @@ def test_1000_idle_connections_do_not_stop_another_client(relay: Relay) -> None:
             assert s.sendmail("a@example.com", ["b@example.org"], b"From: a@example.com\r\nSubject: hi\r\n\r\nhi\r\n") == {}
         assert relay.metric("smtprelay_smtp_connections_refused_total", 'reason="per_client"') == 950
         assert relay.metric("smtprelay_smtp_sessions_active") == 50
+        # 950 refusals are 10 lines and a count at the end of the minute, not 950 lines (issue 23.7).
+        lines = [line for line in relay.log().splitlines() if "connection refused: too many" in line]
+        assert len(lines) == 10 and "WARNING [127.0.0.1]: connection refused" in lines[0]   # one level word
     finally:
         for s in idle:
             s.close()

@@ -138,6 +138,8 @@ def test_every_row_of_the_replies_table_with_smtplib_and_swaks(table_relay: Rela
     assert seen == {row.name: ("250 2.0.0",) * 2 if row.fills else (row.expect,) * 2 for row in rows()}
     again = {row.name: (by_smtplib(relay, row), by_swaks(relay, row)) for row in rows() if row.fills}
     assert again == {row.name: (row.expect,) * 2 for row in rows() if row.fills}
+    # So does MAIL without AUTH (item 7: it had none).
+    relay.wait_for_log("NOQUEUE: reject: MAIL from [127.0.0.1]: 530 5.7.0 Authentication required")
 
 
 def test_lockout_421_after_failures_with_smtplib_and_swaks(table_relay: Relay) -> None:
@@ -150,6 +152,8 @@ def test_lockout_421_after_failures_with_smtplib_and_swaks(table_relay: Relay) -
     # The locked address is refused even with the right password; another address is not.
     assert by_smtplib(relay, Row("locked", "", source="127.0.0.2")) == "421 4.7.0"
     assert by_swaks(relay, Row("other", "", source="127.0.0.4")) == "250 2.0.0"
+    # A refusal of a locked-out address has its log line (issue 23, item 7).
+    relay.wait_for_log("[127.0.0.2]: AUTH refused: the address is locked out")
 
 
 def test_auth_before_tls_and_size_parameter_with_smtplib(table_relay: Relay) -> None:
@@ -165,3 +169,5 @@ def test_auth_before_tls_and_size_parameter_with_smtplib(table_relay: Relay) -> 
         s.login(relay.user, relay.password)  # type: ignore[attr-defined]
         code, reply = s.docmd("MAIL", "FROM:<a@example.com> SIZE=20001")
         assert (code, reply.split()[0]) == (552, b"5.3.4")
+    # A SIZE= refusal has its NOQUEUE line like every other (item 7).
+    relay.wait_for_log("NOQUEUE: reject: MAIL from [127.0.0.1]: 552 5.3.4 Message size exceeds fixed limit")
