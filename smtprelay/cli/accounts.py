@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from smtprelay.cli.base import Registry, UsageError, emit, positive_float, positive_int, print_table, services
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
@@ -24,10 +25,15 @@ def account_set(args: argparse.Namespace) -> int:
 
 
 def account_list(args: argparse.Namespace) -> int:
-    views = services(args).accounts.all()
-    emit(args, {"accounts": [v.doc() for v in views]}, lambda: print_table(
-        ["name", "daily_quota", "rate/s", "level", "credentials", "created"],
-        [[v.name, v.daily_quota, v.rate_per_second, v.level, v.credentials, v.doc()["created_at"]] for v in views]))
+    listing = services(args).accounts.listing()
+
+    def human() -> None:
+        print_table(["name", "daily_quota", "rate/s", "level", "credentials", "created"],
+                    [[v.name, v.daily_quota, v.rate_per_second, v.level, v.credentials, v.doc()["created_at"]]
+                     for v in listing.accounts])
+        print()
+        print(textwrap.fill(listing.rule, 100))
+    emit(args, listing.doc(), human)
     return 0
 
 

@@ -112,7 +112,8 @@ _ACCOUNT = Field("account", required=True)
 _DOMAIN = Field("domain", required=True)
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/accounts", "List accounts", lambda s, p: _docs("accounts", s.accounts.all(), lambda v: v.doc())),
+    Route("GET", "/accounts", "List accounts, and the reputation rule that sets their quotas",
+          lambda s, p: s.accounts.listing().doc()),
     Route("POST", "/accounts", "Create an account",
           lambda s, p: s.accounts.add(p["name"], p.get("daily_quota"), p.get("rate")).doc(),
           (Field("name", required=True), Field("daily_quota", "integer", description="recipients per rolling 24 h"),

@@ -28,6 +28,21 @@ class AccountRow:
     level: int
 
 
+def describe_rule(config: Config) -> str:
+    """The levels and how an account moves between them, in one sentence (`account list`)."""
+    rep = config.reputation
+    if not rep.levels:
+        return (f"no reputation levels ([reputation] levels = []): every account sends "
+                f"limits.account_daily_quota = {config.limits.account_daily_quota} recipients a day "
+                "unless 'account set --daily-quota' gives it its own")
+    ladder = " → ".join(f"{n:,}".replace(",", " ") for n in rep.levels)
+    return (f"reputation levels (recipients per day): {ladder}. An account starts at level 0 and moves up one "
+            f"level after a UTC day in which it used at least {rep.promote_usage:.0%} of its quota with a bounce "
+            f"rate under {rep.max_bounce_rate:.1%} and a complaint rate under {rep.max_complaint_rate:.2%}; a day "
+            f"over either rate moves it down one (rates are judged from {MIN_SAMPLE} finished deliveries). "
+            "'account set --daily-quota' overrides the levels for one account")
+
+
 def effective_limits(row: AccountRow, config: Config) -> AccountLimits:
     levels = config.reputation.levels
     if row.daily_quota:

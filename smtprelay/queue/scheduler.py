@@ -35,8 +35,7 @@ from smtprelay.queue.listing import STATES
 from smtprelay.warmup import ledger
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
-from smtprelay.warmup.providers import provider_for
-from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable, recipient_domain
+from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
 from smtprelay.warmup.admission import WarmupSeam
 from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination

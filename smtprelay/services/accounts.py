@@ -13,7 +13,7 @@ from typing import Any
 from smtprelay.accounts import digest_password, new_password
 from smtprelay.catalog.records import Account, Credential
 from smtprelay.errors import Invalid, NotFound, Refused
-from smtprelay.policy.reputation import AccountRow, effective_limits
+from smtprelay.policy.reputation import AccountRow, describe_rule, effective_limits
 from smtprelay.services.context import Context
 from smtprelay.when import iso
 
@@ -41,6 +41,18 @@ class AccountView:
         if self.credentials is not None:
             doc["credentials"] = self.credentials
         return doc
+
+
+@dataclass(frozen=True, slots=True)
+class AccountList:
+    """Every account, and the reputation rule that sets their quotas."""
+    accounts: list[AccountView]
+    levels: tuple[int, ...]
+    rule: str
+
+    def doc(self) -> dict[str, Any]:
+        return {"accounts": [a.doc() for a in self.accounts], "reputation": {"levels": list(self.levels),
+                                                                          "rule": self.rule}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +129,9 @@ class AccountService:
 
     def all(self) -> list[AccountView]:
         return [self.view(a, n) for a, n in self.catalog.accounts()]
+
+    def listing(self) -> AccountList:
+        return AccountList(self.all(), self.ctx.config.reputation.levels, describe_rule(self.ctx.config))
 
     def add_credential(self, account_name: str) -> NewCredential:
         account = self.get(account_name)

@@ -274,4 +274,8 @@ def test_levels_are_visible_in_account_list(make_relay) -> None:  # type: ignore
     accounts = {a["name"]: a for a in relay.cli_json("account", "list")["accounts"]}
     assert accounts["fresh"]["level"] == 0 and accounts["fresh"]["daily_quota"] == 5
     assert accounts["fresh"]["quota_source"] == "reputation level"
-    assert "LEVEL" in relay.cli("account", "list").stdout.splitlines()[0]
+    text = relay.cli("account", "list").stdout
+    assert "LEVEL" in text.splitlines()[0]
+    # The rule is printed with the list (issue 23, item 10), and is in the JSON too.
+    assert "reputation levels (recipients per day): 5 → 50 → 500" in text and "moves up one" in " ".join(text.split())
+    assert relay.cli_json("account", "list")["reputation"]["levels"] == [5, 50, 500]
