@@ -81,3 +81,18 @@ def test_the_tag_header_is_taken_out_whole_even_folded() -> None:
     assert take_tag(b"Subject: s\r\n\r\nx") == (b"Subject: s\r\n\r\nx", None, None)
     _, _, twice = take_tag(b"X-Smtprelay-Tag: a\r\nX-Smtprelay-Tag: b\r\n\r\nx")
     assert twice is not None and twice.reply.startswith("550 5.6.0")
+
+
+def test_a_registered_display_name_fills_a_bare_from_only() -> None:
+    from smtprelay.policy.content import apply_display_name
+    names = {"news@example.com": "Example News", "plain@example.com": None}
+    bare = b"Subject: x\r\nFrom:\r\n news@Example.com\r\nTo: a@b.example\r\n\r\nbody\r\n"
+    assert apply_display_name(bare, names) == \
+        b"Subject: x\r\nFrom: Example News <news@Example.com>\r\nTo: a@b.example\r\n\r\nbody\r\n"   # in place
+    named = b"From: \"Me\" <news@example.com>\r\n\r\nb"
+    assert apply_display_name(named, names) == named                     # the client named someone
+    assert apply_display_name(b"From: plain@example.com\r\n\r\nb", names) == b"From: plain@example.com\r\n\r\nb"
+    two = b"From: news@example.com, other@example.com\r\n\r\nb"
+    assert apply_display_name(two, names) == two                         # only one bare address
+    quoted = apply_display_name(b"From: news@example.com\r\n\r\nb", {"news@example.com": "News, Inc."})
+    assert quoted.startswith(b'From: "News, Inc." <news@example.com>')

@@ -364,9 +364,9 @@ class SqliteCatalog:
         accounts = {r[0]: r[1] for r in self.conn.execute("SELECT name, id FROM accounts")}
         return logins, accounts
 
-    def senders(self, data_dir: Path) -> tuple[dict[str, SenderDomain], set[str]]:
+    def senders(self, data_dir: Path) -> tuple[dict[str, SenderDomain], dict[str, str | None]]:
         """Every sender domain with its active signing keys (read from their files), and the
-        registered addresses."""
+        registered addresses with their display names."""
         from smtprelay.dkim import keys as dkim_keys
         keys: dict[int, list[dkim_keys.SigningKey]] = {}
         for domain_id, name, selector, algorithm in self.conn.execute(
@@ -383,5 +383,5 @@ class SqliteCatalog:
                                       r[7] or "suspended" if r[6] is not None else None)
                    for r in self.conn.execute("SELECT id, name, account_id, status, failing_since, failing_record,"
                                               " suspended_at, suspended_reason FROM domains")}
-        addresses = {r[0] for r in self.conn.execute("SELECT address FROM addresses")}
+        addresses = {r[0]: r[1] for r in self.conn.execute("SELECT address, display_name FROM addresses")}
         return domains, addresses

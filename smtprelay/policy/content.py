@@ -9,7 +9,9 @@ Must never: do I/O.
 from __future__ import annotations
 
 import email.header
+import email.utils
 import re
+from collections.abc import Mapping
 
 from smtprelay.config import BareNewline
 from smtprelay.policy.verdict import Verdict, reject
@@ -116,3 +118,30 @@ def remove_headers(content: bytes, names: tuple[bytes, ...]) -> bytes:
         if not skipping:
             kept.append(line)
     return b"\r\n".join(kept) + content[len(headers):]
+
+
+def apply_display_name(content: bytes, names: Mapping[str, str | None]) -> bytes:
+    """A From: header that holds one bare address (no display name) gets the display name
+    registered for that address (`address add --name`), before stamping and signing. A From:
+    that already names someone is the client's choice and stays as it is."""
+    headers = header_block(content)
+    values = header_values(headers, b"from")
+    if len(values) != 1:
+        return content
+    pairs = email.utils.getaddresses([values[0].decode("utf-8", "replace")])
+    if len(pairs) != 1 or pairs[0][0] or "@" not in pairs[0][1]:
+        return content
+    local, _, domain = pairs[0][1].rpartition("@")
+    name = names.get(f"{local}@{domain.lower()}")
+    if not name:
+        return content
+    header = b"From: " + email.utils.formataddr((name, pairs[0][1]), charset="utf-8").encode("ascii")
+    lines, in_from = [], False
+    for line in headers.split(b"\r\n"):              # in place: the header keeps its position
+        if line[:1] in (b" ", b"\t"):
+            if not in_from:
+                lines.append(line)
+            continue
+        in_from = line[:5].lower() == b"from:"
+        lines.append(header if in_from else line)
+    return b"\r\n".join(lines) + content[len(headers):]

@@ -6,7 +6,7 @@ Pure: takes the account, the addresses and a snapshot of the sender domains.
 from __future__ import annotations
 
 import email.utils
-from typing import Mapping, Protocol
+from typing import Collection, Mapping, Protocol
 
 from smtprelay.domains.status import DomainState, sending_refusal
 from smtprelay.policy.content import header_values
@@ -24,7 +24,7 @@ class Sender(Protocol):
     def suspended(self) -> str | None: ...
 
 
-def check_sender(account_id: int | None, mail_from: str, domains: Mapping[str, Sender], addresses: set[str],
+def check_sender(account_id: int | None, mail_from: str, domains: Mapping[str, Sender], addresses: Collection[str],
                  now: float, grace: float, require_registered: bool) -> Verdict | None:
     domain = mail_from.rpartition("@")[2].lower()
     sender = domains.get(domain)

@@ -29,7 +29,7 @@ from smtprelay.config import Config, ListenerConfig
 from smtprelay.dkim.signer import MalformedMessage, Signer
 from smtprelay.events import tracking
 from smtprelay.policy import verdict as V
-from smtprelay.policy.content import check_subject, header_block, normalize_newlines, take_tag
+from smtprelay.policy.content import apply_display_name, check_subject, header_block, normalize_newlines, take_tag
 from smtprelay.policy.sender import check_from_header, check_sender
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.store import QueuedMessage
@@ -101,10 +101,10 @@ class SenderTable:
 
     def __init__(self) -> None:
         self.domains: dict[str, SenderDomain] = {}
-        self.addresses: set[str] = set()
+        self.addresses: dict[str, str | None] = {}     # registered address → display name
         self.signers: dict[str, Signer] = {}
 
-    def replace(self, domains: dict[str, SenderDomain], addresses: set[str]) -> None:
+    def replace(self, domains: dict[str, SenderDomain], addresses: dict[str, str | None]) -> None:
         signers = {}
         for name, domain in domains.items():
             if domain.signing_keys:
@@ -342,6 +342,7 @@ class FrontEnd:
         tag = None
         if verdict is None:
             content, tag, verdict = take_tag(content)   # before stamping and signing
+            content = apply_display_name(content, self.senders.addresses)
         signer = self.senders.signers.get(state.sender_domain)
         if verdict is None and signer is None:  # the key went away since MAIL (domain deleted)
             verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}",

@@ -4,6 +4,7 @@ MX records from a real DNS server; DSNs back to the sender; crashes and queue to
 from __future__ import annotations
 
 import email
+import email.policy
 import re
 import shutil
 import signal
@@ -89,6 +90,26 @@ def test_delivered_in_one_transaction_with_connection_reuse(make_relay, servers,
         assert conn.execute("SELECT count(*) FROM attempts WHERE result = 'delivered'").fetchone()[0] == 5
     shown = relay.cli_json("queue", "show", ids[0])
     assert shown["recipients"][0]["history"][0]["reply"] == "250 2.0.0 Ok: queued"
+
+
+def test_registered_display_name_fills_a_bare_from(make_relay, servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23, item 11: `address add --name` is applied to a From: that names no one (before
+    signing, so the signature covers it); a From: with its own display name is kept."""
+    rx = Receiver(tmp_path).start()
+    servers.append(rx)
+    relay = delivery_relay(make_relay, {"dest.example": f"127.0.0.1:{rx.port}"}).start()   # seeds apps.example
+    relay.stop()
+    relay.cli("address", "add", "team@apps.example", "--name", "Apps Team, Zoë")
+    relay.start()                                  # (a running relay would see it within 2 s)
+    send(relay, ["a@dest.example"], "bare", sender="team@apps.example")
+    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+        s.sendmail("team@apps.example", ["b@dest.example"],
+                   b"From: Someone Else <team@apps.example>\r\nSubject: named\r\n\r\nHi.\r\n")
+    wait_for(lambda: len(rx.transactions()) == 2)
+    got = {t["rcpts"][0]: email.message_from_bytes(t["data"], policy=email.policy.default) for t in rx.transactions()}
+    assert str(got["a@dest.example"]["From"]) == '"Apps Team, Zoë" <team@apps.example>'
+    assert str(got["b@dest.example"]["From"]) == "Someone Else <team@apps.example>"
+    assert "from" in got["a@dest.example"]["DKIM-Signature"].replace(" ", "").lower()
 
 
 @needs_sink
