@@ -49,7 +49,7 @@ def _print_recipient(r: dict[str, Any]) -> None:
     for e in r.get("events", []):
         detail = e.get("smtp_response") or e.get("reason") or e.get("rule") or ""
         print(f"    {e['at']}  {e['type']:<10} {detail}" + (f"  via {e['mx']}" if e.get("mx") else "")
-              + (f"  tls {e['tls'] or 'none'}" if "tls" in e and e.get("mx") else ""))
+              + (f"  tls {e.get('tls') or 'none'}" if e.get("mx") else ""))
 
 
 def status(args: argparse.Namespace) -> int:

@@ -150,6 +150,7 @@ def test_outcomes_from_smtp_sink(make_relay, servers, tmp_path: Path, flags: tup
     text = relay.cli("queue", "show", qid).stdout
     assert f"via 127.0.0.1[127.0.0.1]:{sink.port}  tls none" in text and reply in text
     assert ("next attempt 20" in text) == (state == "deferred")
+    assert f"via 127.0.0.1[127.0.0.1]:{sink.port}  tls none" in relay.cli("status", qid).stdout   # TLS per attempt
     # The gauge has a series per shown state: a deferral is `deferred`, not `queued` (item 4).
     wait_for(lambda: relay.metric("smtprelay_queue_messages", f'state="{state}"') == 1)
     assert relay.metric("smtprelay_queue_messages", 'state="queued"') == 0
