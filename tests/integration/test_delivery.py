@@ -58,6 +58,13 @@ def send(relay: Relay, rcpts: list[str], subject: str = "hello", sender: str = "
     return queued_id(reply)
 
 
+def rcpt_code(relay: Relay, address: str) -> int:
+    with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+        s.ehlo()
+        s.mail("app@apps.example")
+        return s.rcpt(address)[0]
+
+
 def delivery_relay(make_relay: Callable[..., Relay], routes: dict[str, Any], **delivery: Any) -> Relay:
     return make_relay({"delivery": {"routes": routes, **delivery}})
 
@@ -180,7 +187,9 @@ def test_bounce_sends_a_dsn_and_a_dsn_never_bounces(make_relay, servers, tmp_pat
     home.stop()
     hostile = Receiver(tmp_path, "127.0.0.2", home.port, "--rcpt-reply", "@=550 5.1.1 No such user").start()
     servers.append(hostile)
-    send(relay, ["nobody@bad.example"], "second")
+    # (nobody@ itself is now on the blocklist: its hard bounce blocked it at once, issue 23.1.)
+    assert rcpt_code(relay, "nobody@bad.example") == 550
+    send(relay, ["nobody2@bad.example"], "second")
     wait_for(lambda: sum(1 for r in rows(relay) if r["mail_from"] == "" and r["state"] == "bounced") == 1)
     time.sleep(0.5)  # give a (wrong) bounce-of-a-bounce the chance to appear before counting
     assert sum(1 for r in rows(relay) if r["mail_from"] == "") == 2  # two DSNs, no DSN of a DSN
