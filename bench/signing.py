@@ -2,7 +2,7 @@
 semantics, the private-key step in OpenSSL), for RSA-2048, Ed25519 and both at once, on
 messages of 1, 4 and 64 KB (relaxed/relaxed, the headers the relay signs); beside it, for
 RSA-2048 on 4 KB, dkimpy's own `dkim.sign` (pure-Python RSA, the PEM key parsed per call)
-with the same key. Keys are made here with the relay's own key generator. Every signature
+with the same key; and the worst case for a worker's loop, one header folded over 0.25–4 MB. Keys are made here with the relay's own key generator. Every signature
 of a run is checked once at the end by dkimpy's verifier (not timed).
 
     .venv/bin/python bench/signing.py [--count 2000]
@@ -27,6 +27,12 @@ def message(size: int) -> bytes:
             b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
     line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
     return head + line * max(1, (size - len(head)) // len(line))
+
+
+def _timed(signer: Signer, message_bytes: bytes) -> float:
+    started = time.perf_counter()
+    signer.sign(message_bytes)
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -76,6 +82,19 @@ def main() -> int:
                  f"{percentile(us, 99):.0f}"])
     report.data["dkimpy_sign_rsa_4k_mean_us"] = sum(us) / len(us)
     report.table(["algorithms", "message", "mean µs", "p50 µs", "p99 µs"], rows)
+    # The worst case for one worker's loop: a header folded over many lines (issue 24: dkimpy's
+    # rfc822_parse grew it by concatenation, quadratic). The cost must grow linearly with size.
+    ed = Signer([made[DkimAlgorithm.ED25519_SHA256]])
+    folded = []
+    for mb in (0.25, 1, 4):
+        lines = int(mb * 1024 * 1024 / 50)
+        big = (b"From: a@bench.example\r\nX-Long: start\r\n" + b"".join(b" " + b"x" * 47 + b"\r\n" for _ in range(lines))
+               + b"Subject: folded\r\n\r\nbody\r\n")
+        best = min(_timed(ed, big) for _ in range(5))
+        folded.append([f"{mb} MB", f"{best * 1000:.1f}", f"{best * 1000 / mb:.1f}"])
+        report.data.setdefault("folded_header", []).append({"mb": mb, "ms": best * 1000})
+    report.line("# one folded header (50-byte continuation lines), Ed25519, best of 5")
+    report.table(["header", "ms", "ms per MB"], folded)
     failures = []
     for name, size, signed, count in checks:
         for index in range(count):

@@ -121,3 +121,49 @@ def test_header_selection_is_dkimpys_with_from_oversigned() -> None:
                 max_size=40).map(b"".join))
 def test_fast_relaxed_body_is_dkimpys(body: bytes) -> None:
     assert RelaxedBody.canonicalize_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body)
+
+
+_PIECES = [b"a", b"Subject", b":", b" ", b"  ", b"\t", b"\r\n", b"\r\n ", b"\r\n\t", b"\n", b"\r", b"x-y",
+           b"From ", b"\xc3\xa9"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_linear_header_parse_equals_dkimpys(pieces: list[bytes]) -> None:
+    """Issue 24, item 1: the linear parse gives dkimpy's rfc822_parse headers, and refuses what
+    it refuses (and a leading continuation line, where dkimpy raises IndexError)."""
+    from smtprelay.dkim.signer import MalformedMessage, rfc822_headers
+    head = b"".join(pieces) + b"\r\n"
+    try:
+        expected: Any = dkim.rfc822_parse(head + b"\r\n")[0]
+    except (dkim.MessageFormatError, IndexError) as exc:
+        expected = type(exc)
+    try:
+        got: Any = rfc822_headers(head)
+    except MalformedMessage:
+        got = dkim.MessageFormatError if expected is not IndexError else IndexError
+    assert got == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"Subject", b"X-A ", b"FROM"]),
+                          st.lists(st.sampled_from(_PIECES[3:]), max_size=12).map(b"".join)), max_size=5))
+def test_relaxed_header_fast_path_equals_dkimpys(headers: list[tuple[bytes, bytes]]) -> None:
+    from smtprelay.dkim.signer import RelaxedHeaders
+    assert RelaxedHeaders.canonicalize_headers(headers) == \
+        [tuple(h) for h in dkim.canonicalization.Relaxed.canonicalize_headers(headers)]
+
+
+def test_a_1mb_folded_header_signs_and_verifies() -> None:
+    """The linear parse signs what dkimpy verifies (cost is measured in bench/, not here)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    public = base64.b64encode(key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                            serialization.PublicFormat.Raw)).decode()
+    signer = Signer([SigningKey("example.com", "s1", DkimAlgorithm.ED25519_SHA256, pem)])
+    head = b"From: a@example.com\r\nX-Long: start\r\n" + \
+        b"".join(b" " + b"y" * 47 + b"\r\n" for _ in range(20_000)) + b"Subject: big\r\n"
+    signed = signer.sign(head + b"\r\nbody\r\n")   # (dkimpy's verifier parses quadratically: 1 MB, not 4)
+    record = f"v=DKIM1; k=ed25519; p={public}".encode()
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record)
