@@ -120,6 +120,9 @@ class LimitsConfig:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     bare_newline: BareNewline = BareNewline.NORMALIZE
+    # NOOP, RSET, VRFY and HELP a session may send between messages before it is closed with
+    # 421 4.7.0 (Postfix's smtpd_junk_command_limit): a trickle of NOOPs cannot hold a slot.
+    junk_command_limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)

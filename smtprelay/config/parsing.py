@@ -80,6 +80,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         command_timeout=lim.duration("command_timeout", 300.0),
         data_timeout=lim.duration("data_timeout", 600.0),
         bare_newline=lim.choice("bare_newline", BareNewline.NORMALIZE, BareNewline),
+        junk_command_limit=lim.positive_int("junk_command_limit", 100),
     )
     lim.finish()
     if limits.max_connections_per_client > limits.max_connections:

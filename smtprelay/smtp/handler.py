@@ -93,6 +93,7 @@ class SessionState:
     mail_from: str | None = None          # the transaction: MAIL FROM given
     recipients: list[str] = field(default_factory=list)
     reservations: list[int] = field(default_factory=list)   # the gate's tokens for the recipients
+    junk: int = 0                         # NOOP/RSET/VRFY/HELP since the last accepted message
 
 
 class SenderTable:
@@ -278,6 +279,19 @@ class FrontEnd:
                        address).add_done_callback(done)
         return answer
 
+    def junk_command(self, server: Session, command: str) -> bool:
+        """Count a NOOP/RSET/VRFY/HELP; True when the session has sent more than
+        limits.junk_command_limit of them since its last accepted message: the caller answers
+        JUNK_LIMIT and closes."""
+        state = server.state
+        assert state is not None
+        state.junk += 1
+        if state.junk <= self.config.limits.junk_command_limit:
+            return False
+        log.warning("[%s]: %d %s/NOOP/RSET/VRFY/HELP commands without a message: closing (limits.junk_command_limit)",
+                    state.client_ip, state.junk, command)
+        return True
+
     def refuse_command(self, server: Session, stage: str, reply: str) -> None:
         """A refusal the protocol decided before any policy (530 without AUTH, 552 for a SIZE=
         over the limit): counted, recorded and logged like every other."""
@@ -322,6 +336,7 @@ class FrontEnd:
             if not committing and tokens:
                 self.link.notify("release", tokens)
         if reply.startswith("250"):
+            state.junk = 0
             log.info("%s: client=[%s], %s, tls=%s, message-id=%s, from=<%s>, size=%d, nrcpt=%d (queue active)",
                      message.id, state.client_ip,
                      f"sasl_username={state.username}" if state.username else f"trusted_account={state.account}",

@@ -335,7 +335,17 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
                              self.tls_version is not None or not self._auth_needs_tls)
         self._out.append("".join(f"250-{x}\r\n" for x in lines[:-1]).encode() + f"250 {lines[-1]}\r\n".encode())
 
+    def _junk(self) -> bool:
+        """Past limits.junk_command_limit: 421 and the session ends."""
+        if self.state is not None and self.frontend.junk_command(self, self._verb):
+            self._reply(C.JUNK_LIMIT)
+            self._close()
+            return True
+        return False
+
     def _noop(self, arg: str) -> None:
+        if self._junk():
+            return
         self._reply("250 2.0.0 Ok")
 
     def _quit(self, arg: str) -> None:
@@ -346,6 +356,8 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         self._close()
 
     def _rset(self, arg: str) -> None:
+        if self._junk():
+            return
         if arg:
             self._reply("501 5.5.4 Syntax: RSET")
             return
@@ -353,12 +365,12 @@ class RelaySMTP(SecureCommands, asyncio.Protocol):
         self._reply("250 2.0.0 Ok")
 
     def _help(self, arg: str) -> None:
-        if self._needs_auth():
+        if self._junk() or self._needs_auth():
             return
         self._reply(C.HELP)
 
     def _vrfy(self, arg: str) -> None:
-        if self._needs_auth():
+        if self._junk() or self._needs_auth():
             return
         if not arg:
             self._reply("501 5.5.4 Syntax: VRFY <address>")

@@ -265,12 +265,31 @@ class SubmissionSMTP(SMTP):
                              self.tls_version is not None or not self.auth_needs_tls)
         await self.push("\r\n".join([f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]))
 
+    async def _junk(self, command: str) -> bool:
+        """Past limits.junk_command_limit: 421 and the session ends (aiosmtpd has no such limit)."""
+        if self.state is not None and self.frontend.junk_command(self, command):
+            await self.push(C.JUNK_LIMIT)
+            if self.transport is not None:
+                self.transport.close()
+            return True
+        return False
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk("RSET"):
+            await super().smtp_RSET(arg)
+
     async def smtp_HELP(self, arg: str) -> None:
+        if await self._junk("HELP"):
+            return
         if not await self.check_auth_needed("HELP"):
             await self.push(C.HELP)
 
     async def smtp_VRFY(self, arg: str) -> None:
-        if await self.check_auth_needed("VRFY"):
+        if await self._junk("VRFY") or await self.check_auth_needed("VRFY"):
             return
         await self.push(C.VRFY if arg else "501 5.5.4 Syntax: VRFY <address>")
 

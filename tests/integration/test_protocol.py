@@ -174,3 +174,23 @@ def test_tls_client_gets_its_version_in_received(relay: Relay) -> None:
     qid = queued_id(s.reply())
     version = s.sock.version() if isinstance(s.sock, ssl.SSLSocket) else None
     assert f"(using {version})".encode() in relay.body(qid)
+
+
+def test_a_noop_trickle_is_closed_after_the_junk_limit(relay: Relay) -> None:
+    """Issue 24, item 6: limits.junk_command_limit (100) NOOP/RSET/VRFY/HELP between messages,
+    then 421 4.7.0 and the session ends; an accepted message starts the count again."""
+    c = connect(relay.trusted_port)
+    c.send(b"EHLO trickle.test\r\n")
+    c.reply()
+    c.send(b"NOOP\r\n" * 60 + b"RSET\r\n" * 39)
+    assert all(r.startswith(b"250") for r in c.replies(99))
+    c.send(b"MAIL FROM:<app@apps.example>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    assert [r[:3] for r in c.replies(3)] == [b"250", b"250", b"354"]
+    c.send(MESSAGE)
+    assert c.reply().startswith(b"250 2.0.0")
+    c.send(b"NOOP\r\n" * 99 + b"HELP\r\n")                    # 100 since the message: still allowed
+    assert all(r[:1] in (b"2",) for r in c.replies(100))
+    c.send(b"VRFY someone\r\n")
+    assert c.reply() == b"421 4.7.0 Too many commands without a message; closing the connection"
+    assert c.file.readline() == b""                            # closed
+    relay.wait_for_log("commands without a message: closing (limits.junk_command_limit)")
