@@ -24,6 +24,7 @@ StoreUnavailable and leaves everything committed before untouched.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import sqlite3
 import time
@@ -123,7 +124,11 @@ class QueueStore:
         self._checkpointer: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0          # transactions committed (for tests and metrics)
-        self.healthy = True
+        # Whether a message can be committed now (what /healthz reports): false from a failed
+        # commit holding messages until one holding messages succeeds — a small background job
+        # that still fits on a full disk proves nothing — or until the disk has room again.
+        self._messages_ok = True
+        self._jobs_ok = True
         self.on_enqueued: Callable[[], None] | None = None   # the scheduler's wake-up
         # The scheduler's dead destinations: new mail for them is queued already deferred.
         self.deferred_until: Callable[[str, float], tuple[float, str] | None] | None = None
@@ -329,6 +334,24 @@ class QueueStore:
                     raise
                 await asyncio.sleep(min(left, BUSY_RETRY[min(step, len(BUSY_RETRY) - 1)]))
 
+    @property
+    def healthy(self) -> bool:
+        """Whether a message commit can succeed now: none has failed since the last that
+        succeeded, or the disk (and the store's own cap) has room again."""
+        if self._messages_ok:
+            return True
+        try:
+            stat = os.statvfs(self._data_dir)
+        except OSError:
+            return False
+        if stat.f_bavail * stat.f_frsize < _ROOM_BYTES:
+            return False
+        if self._max_store_bytes:
+            used = sum(p.stat().st_size for p in (self._path, self._path.with_name(self._path.name + "-wal"))
+                       if p.exists())
+            return used + min(_ROOM_BYTES // 4, self._max_store_bytes // 10) < self._max_store_bytes
+        return True
+
     async def _commit(self, batch: list[tuple[QueuedMessage | Job, asyncio.Future[Any]]]) -> None:
         assert self._db is not None
         db = self._db
@@ -354,9 +377,13 @@ class QueueStore:
                 _rollback(db)
                 raise
         except Exception as exc:  # any failure must reach every waiting session as 452
-            if self.healthy:
-                log.error("store: commit of %d item(s) failed: %s", len(batch), exc)
-            self.healthy = False
+            if messages and self._messages_ok:
+                log.error("store: failing: messages cannot be committed (%s); they get 452 4.3.1", exc)
+                self._messages_ok = False
+            elif not messages and self._jobs_ok and self._messages_ok:
+                log.warning("store: a background commit failed (%s); it is retried", exc)
+            if not messages:
+                self._jobs_ok = False
             if self._on_commit is not None:
                 self._on_commit(False)
             error = StoreUnavailable(str(exc))
@@ -364,15 +391,19 @@ class QueueStore:
                 if not future.done():
                     future.set_exception(error)
             return
-        if not self.healthy:
-            log.warning("store: commits succeed again")
-        self.healthy = True
+        if messages and not self._messages_ok:
+            log.warning("store: recovered: messages are committed again")
+            self._messages_ok = True
+        self._jobs_ok = True
         self.commits += 1
         if self._on_commit is not None:
             self._on_commit(True)
         for (_, future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
+
+
+_ROOM_BYTES = 16 * 1024 * 1024     # free disk under which a failed message store stays "failing"
 
 
 def insert_messages(db: sqlite3.Connection, messages: list[QueuedMessage],
