@@ -23,6 +23,7 @@ import uvloop
 from aiohttp import web
 
 from smtprelay import __version__, logs
+from smtprelay.logs import Outage
 from smtprelay.accounts import evaluate_levels
 from smtprelay.catalog import CatalogView
 from smtprelay.catalog.view import SqliteCatalogView
@@ -203,14 +204,16 @@ class Relay:
             self.pool.broadcast("catalog")
 
     async def _refresh_loop(self) -> None:
+        refresh = Outage(log, "catalog refresh")
         while True:
             await asyncio.sleep(CATALOG_REFRESH_SECONDS)
             try:
                 await self._refresh_catalog()
                 self.gate.lockout.prune()
                 self.gate.repeats.flush()
+                refresh.ok()
             except sqlite3.Error as exc:
-                log.error("could not refresh credentials from the store: %s", exc)
+                refresh.failed(exc)
             await self._flush_events()
 
     async def _flush_events(self) -> None:

@@ -167,6 +167,32 @@ class RepeatLimiter:
                 del self._keys[key]
 
 
+class Outage:
+    """A loop's dependency failing and recovering: one line when it starts failing (with the
+    traceback of an unexpected error), one when it recovers with how many rounds failed, and
+    nothing in between — not a line (or a traceback) per retry."""
+
+    def __init__(self, logger: logging.Logger, what: str, monotonic: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.what = what
+        self.monotonic = monotonic
+        self.failures = 0
+        self._since = 0.0
+
+    def failed(self, exc: BaseException, expected: bool = True) -> None:
+        if not self.failures:
+            self._since = self.monotonic()
+            self.logger.error("%s: failing (%s); retrying quietly until it recovers", self.what, exc,
+                              exc_info=None if expected else exc)
+        self.failures += 1
+
+    def ok(self) -> None:
+        if self.failures:
+            self.logger.warning("%s: recovered after %d failed round(s) in %.0fs", self.what, self.failures,
+                                self.monotonic() - self._since)
+            self.failures = 0
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     # Nothing we print needs the caller's file and line, the thread or the process name, and
     # the logging module would look each up for every line (a stack walk; a getpid() call).

@@ -85,3 +85,33 @@ def test_repeated_lines_are_summarized_past_a_burst() -> None:
     # JSON lines carry the pid the README promises.
     line = JsonFormatter().format(logging_.LogRecord("smtprelay", logging_.INFO, "", 0, "hello", (), None))
     assert __import__("json").loads(line)["pid"] == __import__("os").getpid()
+
+
+def test_an_outage_is_two_lines_not_one_per_retry() -> None:
+    """Issue 24, item 5: one line when a loop's dependency starts failing, one when it recovers."""
+    import logging as logging_
+    from smtprelay.logs import Outage
+    records: list[logging_.LogRecord] = []
+
+    class Keep(logging_.Handler):
+        def emit(self, record: logging_.LogRecord) -> None:
+            records.append(record)
+    logger = logging_.getLogger("test.outage")
+    logger.handlers[:], logger.propagate = [Keep()], False
+    now = [0.0]
+    outage = Outage(logger, "webhooks", lambda: now[0])
+    outage.ok()
+    for _ in range(60):
+        outage.failed(OSError("database or disk is full"))
+        now[0] += 1
+    outage.ok()
+    outage.ok()
+    assert [r.getMessage() for r in records] == [
+        "webhooks: failing (database or disk is full); retrying quietly until it recovers",
+        "webhooks: recovered after 60 failed round(s) in 60s"]
+    assert records[0].exc_info is None                       # an expected failure: no traceback
+    try:
+        raise KeyError("bug")
+    except KeyError as exc:
+        outage.failed(exc, expected=False)
+    assert records[-1].exc_info is not None                  # an unexpected one keeps its traceback

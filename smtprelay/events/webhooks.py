@@ -33,7 +33,8 @@ import aiohttp
 from smtprelay.clock import Clock
 from smtprelay.config.model import WebhooksConfig
 from smtprelay.http.metrics import Metrics
-from smtprelay.queue.store import Job, QueueStore
+from smtprelay.logs import Outage
+from smtprelay.queue.store import Job, QueueStore, StoreUnavailable
 
 log = logging.getLogger("smtprelay.webhooks")
 
@@ -187,11 +188,13 @@ class Dispatcher:
             self._reader.close()
 
     async def _loop(self) -> None:
+        outage = Outage(log, "webhooks")
         while not self._stopping:
             try:
                 busy = await self.run_once()
-            except Exception:
-                log.exception("webhooks: a round failed; trying again")
+                outage.ok()
+            except Exception as exc:
+                outage.failed(exc, expected=isinstance(exc, StoreUnavailable))
                 busy = False
             if not busy:
                 await asyncio.sleep(self.config.poll_interval)

@@ -29,6 +29,7 @@ from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport,
 from smtprelay.delivery.dsn import FailedRecipient, build_dsn
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
+from smtprelay.logs import Outage
 from smtprelay.http.metrics import Metrics
 from smtprelay.queue import backoff, jobs, schema
 from smtprelay.queue.listing import STATES
@@ -73,6 +74,8 @@ class Scheduler(WarmupSeam):
         self._reader: sqlite3.Connection | None = None       # point look-ups on the loop
         self._gauge_reader: StoreReader | None = None         # the gauges' index scans (aiosqlite)
         self._flush_generation = -1
+        self._outage = Outage(log, "scheduler: scans")
+        self._record_outage = Outage(log, "scheduler: recording delivery outcomes (the recipients are retried)")
         # The app's hooks: a change the back end itself made to the blocklist or to the senders
         # (a suspension) reaches the gate and the workers at once, not at their next poll.
         self.on_blocklist_change: Callable[[], Awaitable[None]] | None = None
@@ -144,10 +147,9 @@ class Scheduler(WarmupSeam):
                 return
             try:
                 await self.scan()
-            except StoreUnavailable as exc:
-                log.error("scheduler: the store is unavailable (%s); retrying at the next scan", exc)
-            except Exception:
-                log.exception("scheduler: scan failed; retrying at the next scan")
+                self._outage.ok()
+            except Exception as exc:   # one line when scans start failing, one when they recover
+                self._outage.failed(exc, expected=isinstance(exc, StoreUnavailable))
 
     # -- picking work ----------------------------------------------------------------------
     async def scan(self) -> None:
@@ -469,8 +471,9 @@ class Scheduler(WarmupSeam):
             await self.store.run(jobs.record(outcomes, dsns, auto))
         except StoreUnavailable as exc:
             # The recipients stay leased and go back to the queue when the lease expires.
-            log.error("could not record delivery outcomes (%s); they will be retried", exc)
+            self._record_outage.failed(exc)
         else:
+            self._record_outage.ok()
             # An automatic blocklist entry applies to the next RCPT, not the next poll.
             if self.on_blocklist_change is not None and any(
                     o.bounce_class in ("invalid_address", "mailbox_full") and o.result != "delivered"
