@@ -139,7 +139,13 @@ class QueueStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_window = commit_window     # server.commit_window: see _gather
         self._checkpoint_seconds = checkpoint_seconds
-        self._wal_limit = wal_limit_bytes
+        # With server.max_store_bytes the cap holds the database and its WAL: the WAL is
+        # restarted at a quarter of the cap (at most wal_limit_bytes) and the database may use
+        # the rest; a message commit that would take the two past the cap gets 452.
+        self._wal_limit = min(wal_limit_bytes, max(256 * 1024, max_store_bytes // 4)) if max_store_bytes \
+            else wal_limit_bytes
+        self._wal_path = Path(f"{self._path}-wal")
+        self._page_size = 4096
         self.wal_restarts = 0     # RESTART checkpoints that succeeded (for tests)
         self._restart_due = False
         self._restarter: sqlite3.Connection | None = None
@@ -164,7 +170,8 @@ class QueueStore:
         db.execute(f"PRAGMA journal_size_limit = {self._wal_limit}")
         if self._max_store_bytes:
             page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-            db.execute(f"PRAGMA max_page_count = {max(1, self._max_store_bytes // page_size)}")
+            self._page_size = page_size
+            db.execute(f"PRAGMA max_page_count = {max(1, (self._max_store_bytes - self._wal_limit) // page_size)}")
         self._db = db
         self._loop = asyncio.get_running_loop()
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
@@ -334,6 +341,19 @@ class QueueStore:
                     raise
                 await asyncio.sleep(min(left, BUSY_RETRY[min(step, len(BUSY_RETRY) - 1)]))
 
+    def _check_room(self, db: sqlite3.Connection, messages: list[QueuedMessage]) -> None:
+        """server.max_store_bytes counts the database and its WAL: refuse (452) a batch of
+        messages that would take them past it. The estimate is generous (pages and WAL frames)."""
+        used = int(db.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
+        try:
+            used += self._wal_path.stat().st_size
+        except FileNotFoundError:
+            pass
+        incoming = sum(len(m.body) + sum(len(b) for b in m.bodies or ()) for m in messages) * 5 // 4 + 16384
+        if used + incoming > self._max_store_bytes:
+            raise sqlite3.OperationalError(f"the store is at server.max_store_bytes ({self._max_store_bytes} bytes, "
+                                           f"database and WAL {used} bytes)")
+
     @property
     def healthy(self) -> bool:
         """Whether a message commit can succeed now: none has failed since the last that
@@ -358,6 +378,8 @@ class QueueStore:
         messages = [m for m, _ in batch if isinstance(m, QueuedMessage)]
         results: list[Any] = []
         try:
+            if messages and self._max_store_bytes:
+                self._check_room(db, messages)
             await self._begin(db)
             try:
                 if messages:

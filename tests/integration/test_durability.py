@@ -94,6 +94,9 @@ def test_store_full_answers_452_and_keeps_what_was_acknowledged(make_relay) -> N
     assert log.count("store: failing: messages cannot be committed") == 1 and "store: recovered" not in log
     assert relay.metric("smtprelay_recipients_rejected_total", 'reason="store_unavailable"') == 3
     assert relay.queued_ids() == {queued_id(r) for _, r in acked}
+    # The cap holds the database and its WAL together (issue 24, item 3: the WAL grew past it).
+    files = [relay.data_dir / "relay.db", relay.data_dir / "relay.db-wal"]
+    assert sum(f.stat().st_size for f in files if f.exists()) <= 600_000
 
 
 def test_locked_store_answers_452_then_recovers(relay: Relay) -> None:
