@@ -341,14 +341,19 @@ class QueueStore:
                     raise
                 await asyncio.sleep(min(left, BUSY_RETRY[min(step, len(BUSY_RETRY) - 1)]))
 
-    def _check_room(self, db: sqlite3.Connection, messages: list[QueuedMessage]) -> None:
-        """server.max_store_bytes counts the database and its WAL: refuse (452) a batch of
-        messages that would take them past it. The estimate is generous (pages and WAL frames)."""
+    def _used(self, db: sqlite3.Connection) -> int:
+        """The database's pages and its WAL file, in bytes (what server.max_store_bytes caps)."""
         used = int(db.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
         try:
             used += self._wal_path.stat().st_size
         except FileNotFoundError:
             pass
+        return used
+
+    def _check_room(self, db: sqlite3.Connection, messages: list[QueuedMessage]) -> None:
+        """server.max_store_bytes counts the database and its WAL: refuse (452) a batch of
+        messages that would take them past it. The estimate is generous (pages and WAL frames)."""
+        used = self._used(db)
         incoming = sum(len(m.body) + sum(len(b) for b in m.bodies or ()) for m in messages) * 5 // 4 + 16384
         if used + incoming > self._max_store_bytes:
             raise sqlite3.OperationalError(f"the store is at server.max_store_bytes ({self._max_store_bytes} bytes, "
@@ -366,9 +371,11 @@ class QueueStore:
             return False
         if stat.f_bavail * stat.f_frsize < _ROOM_BYTES:
             return False
-        if self._max_store_bytes:
-            used = sum(p.stat().st_size for p in (self._path, self._path.with_name(self._path.name + "-wal"))
-                       if p.exists())
+        if self._max_store_bytes and self._db is not None:
+            try:
+                used = self._used(self._db)
+            except sqlite3.Error:
+                return False
             return used + min(_ROOM_BYTES // 4, self._max_store_bytes // 10) < self._max_store_bytes
         return True
 
