@@ -61,6 +61,9 @@ class Channel(asyncio.Protocol):
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(ChannelClosed("the other process closed the channel"))
+                # A caller that went away meanwhile (its session closed) will never look: mark
+                # it seen, or asyncio logs "Future exception was never retrieved" for each.
+                future.exception()
         self._waiting.clear()
         if self._on_lost is not None:
             self._on_lost()

@@ -66,3 +66,41 @@ def test_reject_mode_refuses(make_relay, sequence: bytes) -> None:  # type: igno
     assert replies[-2].startswith(b"550 5.6.0 Message contains bare CR, bare LF or NUL")
     assert relay.queued_ids() == set()
     assert relay.metric("smtprelay_recipients_rejected_total", 'reason="bare_newline"') == 1
+
+
+PIECES = SEQUENCES + [b"\r\n", b"\r\n.", b".\r\n", b"\r\n..\r\n", b"x", b"\x00", b"\r", b"\n", b"."]
+
+
+def test_random_end_of_data_lookalikes_split_across_packets(relay: Relay) -> None:
+    """Fuzzing the DATA scanner (issue 24, item 7): 40 payloads made of end-of-data look-alikes,
+    each sent in random pieces (TCP_NODELAY, one send per piece), seeds fixed so a failure
+    replays. Each transaction is exactly one message or one refusal, never two, and the replies
+    stay in step."""
+    import random
+    rng = random.Random(2026)
+    before = len(relay.queued_ids())
+    accepted = 0
+    for case in range(40):
+        payload = b"".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+        data = b"From: app@apps.example\r\nSubject: fuzz %d\r\n\r\nstart" % case + payload + b"marker\r\n.\r\n"
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 8))))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        with socket.create_connection(("127.0.0.1", relay.trusted_port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"220")
+            sock.sendall(b"EHLO fuzz.test\r\nMAIL FROM:<app@apps.example>\r\nRCPT TO:<friend@example.org>\r\nDATA\r\n")
+            lines = []
+            while len(lines) < 4:
+                line = f.readline()
+                if line[3:4] != b"-":
+                    lines.append(line)
+            assert [x[:3] for x in lines] == [b"250", b"250", b"250", b"354"], (case, lines)
+            for piece in pieces:
+                sock.sendall(piece)
+            sock.sendall(b"QUIT\r\n")
+            rest = [line.strip() for line in f.readlines()]
+        assert len(rest) == 2 and rest[-1] == b"221 2.0.0 Bye", (case, payload, pieces, rest)
+        assert rest[0][:1] in (b"2", b"5"), (case, rest)          # one message, or one refusal
+        accepted += rest[0].startswith(b"250")
+    assert len(relay.queued_ids()) - before == accepted          # never a second (smuggled) message
