@@ -193,3 +193,14 @@ def test_pending_domains_are_rechecked_on_a_schedule(tmp_path: Path) -> None:
     assert s.domains.due_for_recheck() == ["new.example"]
     clock.advance(3 * 86400)                                        # 3 days old: the operator's turn
     assert s.domains.due_for_recheck() == ["old.example"]           # verified: every recheck_interval
+
+
+def test_a_store_from_a_newer_smtprelay_is_refused_in_words(tmp_path: Path) -> None:
+    from smtprelay.services import open_services
+    (tmp_path / "relay.toml").write_text(f'[server]\ndata_dir = "{tmp_path / "var"}"\n'
+                                         '[[listeners]]\nname = "s"\nport = 2599\n')
+    conn = schema.connect(tmp_path / "var")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreUnavailable, match="newer than this smtprelay"):
+        open_services(tmp_path / "relay.toml")

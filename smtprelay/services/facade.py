@@ -75,6 +75,8 @@ def open_services(config_path: Path, clock: Clock | None = None, config: Config 
         conn = schema.connect(config.server.data_dir, config.server.store_busy_timeout)
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"the store could not be used: {exc}") from None
+    except RuntimeError as exc:     # a store migrated by a newer smtprelay
+        raise StoreUnavailable(str(exc)) from None
     catalog = SqliteCatalog(conn)
     register_errors(catalog.errors)
     return Services(Context(config, catalog, conn, clock or SystemClock()))
