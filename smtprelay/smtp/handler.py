@@ -20,7 +20,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from smtprelay.accounts import check_password
 from smtprelay.catalog.records import Login, SenderDomain
@@ -133,6 +133,8 @@ class FrontEnd:
         self.tracking_accounts: dict[int, tracking.Settings] = {}
         self.tracking_domains: dict[str, tracking.Settings] = {}
         self.tracking_secret = b""
+        # The worker's look-up "is this queue id in the store?" (after the back end died).
+        self.committed: Callable[[str], bool] | None = None
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -292,6 +294,14 @@ class FrontEnd:
                     state.client_ip, state.junk, command)
         return True
 
+    async def _was_committed(self, queue_id: str) -> bool:
+        assert self.committed is not None
+        try:
+            return await asyncio.to_thread(self.committed, queue_id)
+        except Exception as exc:     # the store cannot say either: the client must retry
+            log.error("%s: could not tell whether the message was committed: %s", queue_id, exc)
+            return False
+
     def refuse_command(self, server: Session, stage: str, reply: str) -> None:
         """A refusal the protocol decided before any policy (530 without AUTH, 552 for a SIZE=
         over the limit): counted, recorded and logged like every other."""
@@ -330,8 +340,16 @@ class FrontEnd:
                 reply: str = await self.link.call("enqueue", message.fields(), tokens, sign_seconds,
                                                   state.client_ip)
             except (ChannelClosed, RemoteError) as exc:
-                log.error("%s: the back end did not take the message: %s", message.id, exc)
-                return BACKEND_GONE
+                # The back end died with the commit in flight. Once it is gone nothing more can
+                # commit, so the store says what happened: answering 451 for a message that was
+                # committed makes the client send it twice (issue 24, item 4).
+                if isinstance(exc, ChannelClosed) and self.committed is not None \
+                        and await self._was_committed(message.id):
+                    log.warning("%s: the back end went away after committing it; answered as queued", message.id)
+                    reply = f"250 2.0.0 Ok: queued as {message.id}"
+                else:
+                    log.error("%s: the back end did not take the message: %s", message.id, exc)
+                    return BACKEND_GONE
         finally:
             if not committing and tokens:
                 self.link.notify("release", tokens)

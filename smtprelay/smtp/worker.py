@@ -61,6 +61,7 @@ class Worker:
         await loop.create_unix_connection(lambda: link, sock=socket.socket(fileno=self.channel_fd))
         self.frontend = FrontEnd(self.config, link, self.clock)
         self.frontend.tracking_secret = tracking.load_key(self.config)
+        self.frontend.committed = self._committed
         self._reader = schema.reader(self.config.server.data_dir)
         await asyncio.to_thread(self._load_catalog)
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
@@ -115,6 +116,15 @@ class Worker:
         while True:
             await asyncio.sleep(CATALOG_REFRESH_SECONDS)
             await self._refresh()
+
+    def _committed(self, queue_id: str) -> bool:
+        """Whether the store holds this message (asked in a thread once the back end is gone:
+        nothing can commit after that). Its own connection: the catalog reader may be busy."""
+        conn = schema.reader(self.config.server.data_dir)
+        try:
+            return conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is not None
+        finally:
+            conn.close()
 
     def _from_backend(self, op: str, args: tuple[Any, ...]) -> None:
         """The back end's notices: "catalog" — it changed the senders itself (a suspension):

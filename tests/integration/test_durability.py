@@ -5,6 +5,7 @@ import smtplib
 import sqlite3
 import time
 import threading
+from pathlib import Path
 
 from tests.support import Relay, queued_id
 
@@ -128,3 +129,99 @@ def test_store_is_wal_full_sync_with_schema_version(relay: Relay) -> None:
     relay.start()
     with relay.db() as conn:
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = 'acme'").fetchone()[0] == 1
+
+
+def test_a_worker_killed_mid_data_loses_only_that_message(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24, item 8: SIGKILL of the front-end worker while a client is in DATA. That
+    client gets no 250 (its connection ends), nothing half-received is stored, and the
+    replacement worker takes the next message."""
+    import os
+    import signal
+    import socket as socket_
+    relay = make_relay({"server": {"workers": 1}}).start()
+    with relay.db() as conn:
+        before = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+               and Path(f"/proc/{p}/stat").exists() and _parent(int(p)) == relay.proc.pid]   # type: ignore[union-attr]
+    assert len(workers) == 1
+    with socket_.create_connection(("127.0.0.1", relay.trusted_port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        sock.sendall(b"EHLO mid.test\r\nMAIL FROM:<app@apps.example>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        replies = []
+        while len(replies) < 4:
+            line = f.readline()
+            if line[3:4] != b"-":
+                replies.append(line[:3])
+        assert replies == [b"250", b"250", b"250", b"354"]
+        sock.sendall(b"From: app@apps.example\r\nSubject: half\r\n\r\nthe first half of the")
+        os.kill(workers[0], signal.SIGKILL)
+        try:
+            rest = f.read()
+        except OSError:
+            rest = b""
+        assert b"250" not in rest
+    relay.wait_for_log("front-end worker")                      # logged, and another one started
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="after.test", timeout=10) as s:
+                assert s.sendmail("app@apps.example", ["b@example.org"], MSG) == {}
+            break
+        except (smtplib.SMTPException, OSError):
+            assert time.monotonic() < deadline, relay.log()[-2000:]
+            time.sleep(0.2)      # the replacement starts after 1 s (its restart delay)
+    with relay.db() as conn:
+        bodies = [row[0] for row in conn.execute("SELECT body FROM messages")]
+    assert len(bodies) == before + 1 and not any(b"first half" in bytes(b) for b in bodies)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_a_message_the_store_holds_is_never_answered_as_failed_when_the_back_end_dies(relay: Relay) -> None:
+    """Issue 24, item 4: when the back end is SIGKILLed with commits in flight, a worker
+    answering "451, try again" for a message that was in fact committed makes the client send
+    it twice. The worker now asks the store. Three kills; every explicit refusal must be a
+    message the store does not hold, and every 250 one it does."""
+    for round_ in range(3):
+        results: dict[str, int] = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            try:
+                with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname=f"k{n}.test", timeout=20) as s:
+                    s.ehlo()
+                    for i in range(200):
+                        if stop.is_set():
+                            return
+                        subject = f"k{round_}-{n}-{i}"
+                        s.mail("app@apps.example")
+                        s.rcpt(f"{subject}@example.org")
+                        code, _ = s.data(b"From: app@apps.example\r\nSubject: " + subject.encode() + b"\r\n\r\n" + MSG[-800:])
+                        with lock:
+                            results[subject] = code
+            except (smtplib.SMTPException, OSError):
+                pass     # the connection ended without an answer: the outcome is unknown to the client
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(10)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while sum(1 for c in list(results.values()) if c == 250) < 60 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        relay.kill()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        relay.start()
+        with relay.db() as conn:
+            stored = {address.partition("@")[0] for (address,) in conn.execute("SELECT address FROM recipients")}
+        acked = {s for s, c in results.items() if c == 250}
+        refused = {s for s, c in results.items() if c != 250}
+        assert acked <= stored, round_
+        assert refused & stored == set(), (round_, sorted(refused & stored))
