@@ -7,6 +7,8 @@ import time
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.support import Relay, queued_id
 
 MSG = b"From: app@apps.example\r\nSubject: durable\r\n\r\n" + (b"x" * 76 + b"\r\n") * 52  # about 4 KB
@@ -225,3 +227,48 @@ def test_a_message_the_store_holds_is_never_answered_as_failed_when_the_back_end
         refused = {s for s, c in results.items() if c != 250}
         assert acked <= stored, round_
         assert refused & stored == set(), (round_, sorted(refused & stored))
+
+
+def test_a_real_full_disk_refuses_recovers_and_health_follows(make_relay) -> None:  # type: ignore[no-untyped-def]
+    """Issue 24, item 8: the store on a small filesystem (a 40 MB tmpfs the test mounts) filled
+    until messages get 452; /healthz stays 503 while background commits still fit; space comes
+    back and so do 250 and 200; the log says failing once and recovered once."""
+    import os
+    import shutil
+    import subprocess
+    relay = make_relay()
+    relay.data_dir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(relay.data_dir)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        relay.start()
+        filler = relay.data_dir / "filler"
+        free = shutil.disk_usage(relay.data_dir).free
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (free - 2 * 1024 * 1024))        # 2 MB left for the store
+        big = b"From: app@apps.example\r\nSubject: fill\r\n\r\n" + (b"z" * 998 + b"\r\n") * 20
+        codes = []
+        with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=20) as s:
+            s.ehlo()
+            for i in range(400):
+                s.mail("app@apps.example")
+                s.rcpt(f"r{i}@example.org")
+                codes.append(s.data(big)[0])
+                if codes[-1] != 250:
+                    break
+        assert codes[-1] == 452 and codes.count(250) >= 10, codes[-5:]
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:                    # background commits do not flip it
+            assert relay.http_get("/healthz")[0] == 503
+            time.sleep(0.2)    # observing a running process over time; nothing to inject
+        os.unlink(filler)                                      # space comes back
+        with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=20) as s:
+            assert s.sendmail("app@apps.example", ["after@example.org"], big) == {}      # 250 again
+        assert relay.http_get("/healthz")[0] == 200
+        log = relay.wait_for_log("store: recovered")
+        assert log.count("store: failing") == 1 and log.count("store: recovered") == 1
+    finally:
+        relay.stop()
+        subprocess.run(["umount", str(relay.data_dir)], capture_output=True)
