@@ -38,6 +38,7 @@ from smtprelay.smtp.tls import server_context
 log = logging.getLogger("smtprelay.worker")
 
 CATALOG_REFRESH_SECONDS = 1.0   # credential revocations and domain changes reach sessions within 2 s
+BACKEND_LOST_GRACE = 1.0        # seconds for sessions at their final dot to get the store's answer
 
 
 class Worker:
@@ -176,18 +177,18 @@ class Worker:
             server.close()
         if not self._backend_lost:
             self.frontend.link.notify("closed")   # the back end waits for this before it says so
-        if self._backend_lost:   # nothing can be committed any more
-            for session in list(sessions):
-                session.refuse_and_close("421 4.3.2 Service shutting down")
-            return
-        deadline = self.clock.monotonic() + self.config.server.shutdown_grace
+        # Nothing can be committed once the back end is lost, but a session whose message had
+        # reached its final dot learns from the store whether it was (FrontEnd.message): a
+        # moment for those answers, so a committed message is not answered "421" (issue 24.4).
+        grace = BACKEND_LOST_GRACE if self._backend_lost else self.config.server.shutdown_grace
+        deadline = self.clock.monotonic() + grace
         while True:
             # Idle sessions close at once; a session receiving DATA may finish it.
             for session in [s for s in sessions if not s.in_data]:
                 session.refuse_and_close("421 4.3.2 Service shutting down")
-            if not sessions or self.clock.monotonic() >= deadline or self._backend_lost:
+            if not sessions or self.clock.monotonic() >= deadline:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         for session in list(sessions):
             session.refuse_and_close("421 4.3.2 Service shutting down")
 
