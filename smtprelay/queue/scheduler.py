@@ -76,8 +76,7 @@ class Scheduler(WarmupSeam):
         self._flush_generation = -1
         self._outage = Outage(log, "scheduler: scans")
         self._record_outage = Outage(log, "scheduler: recording delivery outcomes (the recipients are retried)")
-        # The app's hooks: a change the back end itself made to the blocklist or to the senders
-        # (a suspension) reaches the gate and the workers at once, not at their next poll.
+        # The app's hooks: blocklist or sender changes made here reach gate and workers at once.
         self.on_blocklist_change: Callable[[], Awaitable[None]] | None = None
         self.on_senders_change: Callable[[], None] | None = None
         self._last_reclaim = 0.0
@@ -193,14 +192,9 @@ class Scheduler(WarmupSeam):
                 for dest in self.destinations.values():
                     dest.dead_until, dest.failures = 0.0, 0
                 self.dead.forget()
-                # Two flushes within one scan: lift every pause rather than guess which domains.
+                # Two flushes within one scan: every pause is lifted rather than guessing which.
                 scope = str(meta.get("flush_scope", "*"))
-                domain = None if scope == "*" or generation - self._flush_generation > 1 else scope
-                lifted = self.throttle.lift_pauses(domain)
-                if lifted:
-                    await self.store.run(jobs.wake_throttled(self.clock.now()))
-                log.info("queue flush: dead destinations are tried again; %d backoff pause(s) lifted%s", lifted,
-                         f" at the provider of {domain}" if domain else "")
+                await self._lift_pauses(None if scope == "*" or generation - self._flush_generation > 1 else scope)
             self._flush_generation = generation
 
     async def _route(self, works: list[Work], now: float) -> None:

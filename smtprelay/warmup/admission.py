@@ -54,6 +54,15 @@ class WarmupSeam:
         if suspending and self.on_senders_change is not None:
             self.on_senders_change()          # the workers refuse MAIL for it now, not at their next poll
 
+    async def _lift_pauses(self, domain: str | None) -> None:
+        """`queue flush [DOMAIN]`: the backoff pauses at DOMAIN's provider (None: all) end, and
+        the throttled mail is looked at again (the throttle decides anew)."""
+        lifted = self.throttle.lift_pauses(domain)
+        if lifted:
+            await self.store.run(jobs.wake_throttled(self.clock.now()))
+        log.info("queue flush: dead destinations are tried again; %d backoff pause(s) lifted%s", lifted,
+                 f" at the provider of {domain}" if domain else "")
+
     async def _check_warmup(self) -> None:
         """Operator changes (set-day, resume) and new complaints, read from the store."""
         assert self._reader is not None
