@@ -103,6 +103,7 @@ class SenderTable:
     def __init__(self) -> None:
         self.domains: dict[str, SenderDomain] = {}
         self.addresses: dict[str, str | None] = {}     # registered address → display name
+        self.display_names: dict[str, str] = {}         # only those that have one
         self.signers: dict[str, Signer] = {}
 
     def replace(self, domains: dict[str, SenderDomain], addresses: dict[str, str | None]) -> None:
@@ -114,6 +115,7 @@ class SenderTable:
                 except ValueError as exc:
                     log.error("dkim: %s", exc)
         self.domains, self.addresses, self.signers = domains, addresses, signers
+        self.display_names = {a: n for a, n in addresses.items() if n}
 
 
 class FrontEnd:
@@ -375,7 +377,8 @@ class FrontEnd:
         tag = None
         if verdict is None:
             content, tag, verdict = take_tag(content)   # before stamping and signing
-            content = apply_display_name(content, self.senders.addresses)
+            if self.senders.display_names:      # most relays register none: no parse per message
+                content = apply_display_name(content, self.senders.display_names)
         signer = self.senders.signers.get(state.sender_domain)
         if verdict is None and signer is None:  # the key went away since MAIL (domain deleted)
             verdict = V.temporary(451, "4.3.0", f"No DKIM key is available for {state.sender_domain}",
