@@ -48,7 +48,7 @@ log = logging.getLogger("smtprelay.delivery")
 CLAIM_BATCH = 500
 CONNECTION_CACHE_SECONDS = 2.0  # like Postfix's smtp_connection_cache_time_limit
 RECLAIM_EVERY = 60.0
-GAUGES_EVERY = 10.0
+GAUGES_EVERY = 10.0            # and at most 60 s: a count slowed by a busy loop never leaves them staler
 
 
 class Scheduler(WarmupSeam):
@@ -180,7 +180,7 @@ class Scheduler(WarmupSeam):
             await self._update_gauges(now)
             # Counting scans an index as long as the queue: at most ~1 % of a core on it
             # (a million recipients: every ~10-30 s rather than every 10 s).
-            self._gauges_every = max(GAUGES_EVERY, 100 * (time.perf_counter() - started))
+            self._gauges_every = min(60.0, max(GAUGES_EVERY, 100 * (time.perf_counter() - started)))
 
     async def _check_flush(self) -> None:
         assert self._reader is not None
