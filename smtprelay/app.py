@@ -300,14 +300,17 @@ class Relay:
         await self.pool.start()
 
     async def _start_http(self) -> None:
+        from smtprelay.http import send as send_http
         from smtprelay.http import tracking as tracking_http
 
         def endpoints(app: web.Application) -> None:
-            assert self._reader is not None
+            assert self._reader is not None and self.pool is not None
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
                                      self._reader, self.clock.now, self.blocklist_changed)
+            send_http.add_route(app, lambda: self.config, self.pool.send)
         app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token,
-                        lambda: open_services(self.config_path, self.clock, self.config), endpoints)
+                        lambda: open_services(self.config_path, self.clock, self.config), endpoints,
+                        client_max_size=send_http.body_limit(self.config))
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         assert self._http_socket is not None

@@ -93,3 +93,21 @@ class TrackingRow:
     opens: bool | None
     clicks: bool | None
     unsubscribe: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRecord:
+    id: int
+    account_id: int
+    account: str
+    name: str
+    description: str | None
+    version: int
+    status: str                  # active, inactive
+    status_reason: str | None
+    created_at: float
+    updated_at: float
+    subject: str | None
+    html: str | None
+    text: str | None
+    variables: tuple[str, ...]

@@ -13,28 +13,29 @@ from smtprelay.events.stats import COUNTS
 
 def stats(args: argparse.Namespace) -> int:
     result = services(args).reports.stats(args.since, args.until, args.sender_domain, args.recipient_domain,
-                                          whole_day(args))
+                                          whole_day(args), args.template, args.account)
     rows = result.days
     if args.json or args.format == "json":
         args.json = True
         emit(args, result.doc(), lambda: None)
     elif args.format == "csv":
         out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(["day", "day_epoch_ms", "sender_domain", "recipient_domain", "tag", *COUNTS,
+        out.writerow(["day", "day_epoch_ms", "sender_domain", "recipient_domain", "tag", "template", *COUNTS,
                       "delivery_rate", "open_rate"])
         for r in rows:
             start = datetime.datetime.fromisoformat(r["day"]).replace(tzinfo=datetime.timezone.utc)
             out.writerow([r["day"] + "T00:00:00Z", int(start.timestamp() * 1000), r["sender_domain"] or "",
-                          r["recipient_domain"] or "", r["tag"] or "", *[r[c] for c in COUNTS],
+                          r["recipient_domain"] or "", r["tag"] or "", r["template"] or "", *[r[c] for c in COUNTS],
                           "" if r["delivery_rate"] is None else r["delivery_rate"],
                           "" if r["open_rate"] is None else r["open_rate"]])
     else:
         if not rows:
             print("no events in this period")
-        print_table(["day", "sender_domain", "recipient_domain", "tag", "requests", "accepted", "rejected",
+        print_table(["day", "sender_domain", "recipient_domain", "tag", "template", "requests", "accepted", "rejected",
                      "delivered", "deferred", "bounced(inv/spam/other)", "expired", "opened(u)", "clicked(u)",
                      "unsub", "complaints", "delivery%"],
-                    [[r["day"], r["sender_domain"], r["recipient_domain"], r["tag"], r["requests"], r["accepted"],
+                    [[r["day"], r["sender_domain"], r["recipient_domain"], r["tag"], r["template"], r["requests"],
+                      r["accepted"],
                       r["rejected"], r["delivered"], r["deferred"],
                       f"{r['bounced']} ({r['bounced_invalid']}/{r['bounced_spam']}/{r['bounced_other']})",
                       r["expired"], f"{r['opened']} ({r['opened_unique']})",
@@ -60,7 +61,9 @@ def status(args: argparse.Namespace) -> int:
         doc = reports.message(args.queue_id).doc()
 
         def human_message() -> None:
-            print(f"{doc['id']}  from <{doc['from']}>  accepted {doc['created_at']}  account {doc['account']}")
+            print(f"{doc['id']}  from <{doc['from']}>  accepted {doc['created_at']}  account {doc['account']}"
+                  + (f"  tag {doc['tag']}" if doc.get("tag") else "")
+                  + (f"  template {t['name'] or t['id']} v{t['version']}" if (t := doc.get("template")) else ""))
             for r in doc["recipients"]:
                 _print_recipient(r)
         emit(args, doc, human_message)
@@ -92,11 +95,14 @@ def explain(args: argparse.Namespace) -> int:
 
 
 def register(reg: Registry) -> None:
-    p = reg.command(reg.top, "stats", stats, "daily counts by sender domain, recipient domain and tag, from events")
+    p = reg.command(reg.top, "stats", stats, "daily counts by sender domain, recipient domain, tag and template, "
+                                                  "from events")
     p.add_argument("--from", dest="since", action=When, default=None, help="first day (default: 7 days ago)")
     p.add_argument("--to", dest="until", action=When, default=None, help="last day, inclusive (default: now)")
     p.add_argument("--sender-domain")
     p.add_argument("--recipient-domain")
+    p.add_argument("--template", help="one template's rows (its id, or its name)")
+    p.add_argument("--account", help="the template's account, when several use its name")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p = reg.command(reg.top, "status", status,
                     "delivery status and history of a message, or of the mail to one address")

@@ -1,4 +1,4 @@
-"""Daily statistics by sender domain × recipient domain × tag, counted from events.
+"""Daily statistics by sender domain × recipient domain × tag × template, counted from events.
 
 Reads only; shared by the CLI and, later, the admin API. Counts cover what the events
 table holds (`events.retention`, 30 days by default). Bounces are split by class:
@@ -18,7 +18,10 @@ _TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired",
 
 
 def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: str | None = None,
-          recipient_domain: str | None = None) -> list[dict[str, Any]]:
+          recipient_domain: str | None = None, template_id: int | None = None,
+          template_names: dict[int, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Rows per day and group; `template_names` (id → account, name) names the template of
+    each row (its id when the name is not known)."""
     where = ["at >= ?", "at < ?", f"type IN ({','.join('?' * len(_TYPES))})"]
     args: list[Any] = [since, until, *_TYPES]
     if sender_domain:
@@ -27,17 +30,23 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
     if recipient_domain:
         where.append("recipient_domain = ?")
         args.append(recipient_domain.lower())
+    if template_id is not None:
+        where.append("template_id = ?")
+        args.append(template_id)
     rows = conn.execute(
         "SELECT date(at, 'unixepoch'), coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
         " coalesce(tag, ''), type, json_extract(data, '$.bounce_type'), count(*),"
         " count(DISTINCT coalesce(queue_id, '') || ' ' || coalesce(recipient, ''))"
-        " , coalesce(json_extract(data, '$.machine'), 0)"
-        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9", args).fetchall()
-    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for day, sd, rd, tag, kind, klass, total, unique, machine in rows:
-        g = groups.setdefault((day, sd, rd, tag), {"day": day, "sender_domain": sd or None,
-                                                   "recipient_domain": rd or None, "tag": tag or None,
-                                                   **{c: 0 for c in COUNTS}})
+        " , coalesce(json_extract(data, '$.machine'), 0), coalesce(template_id, 0)"
+        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9, 10", args).fetchall()
+    names = template_names or {}
+    groups: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
+    for day, sd, rd, tag, kind, klass, total, unique, machine, template in rows:
+        g = groups.setdefault((day, sd, rd, tag, template), {
+            "day": day, "sender_domain": sd or None, "recipient_domain": rd or None, "tag": tag or None,
+            "template_id": template or None,
+            "template": (names[template][1] if template in names else str(template)) if template else None,
+            **{c: 0 for c in COUNTS}})
         if kind in ("opened", "clicked") and machine:   # prefetchers and scanners are counted apart
             g[kind + "_machine"] += total
             continue

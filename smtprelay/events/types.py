@@ -40,10 +40,16 @@ OUTCOME_EVENTS = frozenset({"delivered", "deferred", "bounced", "expired", "thro
 INSERT = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain,"
           " provider, tag, data) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
-# An outcome's event: the recipient's message gives account, queue id, domains and tag.
+# `accepted`: the message's template (id, version) as well.
+INSERT_WITH_TEMPLATE = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain,"
+                        " recipient_domain, provider, tag, data, template_id, template_version)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
+# An outcome's event: the recipient's message gives account, queue id, domains, tag and template.
 INSERT_FOR_RECIPIENT = (
     "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
-    " tag, data) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain, r.domain, ?, m.tag, ?"
+    " tag, data, template_id, template_version) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain,"
+    " r.domain, ?, m.tag, ?, m.template_id, m.template_version"
     " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ? AND m.mail_from != ''")
 
 

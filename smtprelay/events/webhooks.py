@@ -138,8 +138,8 @@ def event_documents(db: sqlite3.Connection, event_ids: list[int]) -> dict[int, d
             "SELECT e.id, e.type, e.at, a.name, m.header_message_id, e.queue_id,"
             " coalesce(m.mail_from, json_extract(e.data, '$.from')), e.recipient, e.sender_domain, e.recipient_domain,"
             " e.provider, e.tag, e.data, coalesce(e.account_id, (SELECT d.account_id FROM domains d"
-            " WHERE d.name = e.sender_domain))"
-            f" FROM events e LEFT JOIN messages m ON m.id = e.queue_id LEFT JOIN accounts a ON a.id = coalesce("
+            " WHERE d.name = e.sender_domain)), e.template_id, e.template_version, t.name"
+            f" FROM events e LEFT JOIN templates t ON t.id = e.template_id LEFT JOIN messages m ON m.id = e.queue_id LEFT JOIN accounts a ON a.id = coalesce("
             f"e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
             f" WHERE e.id IN ({marks})", event_ids).fetchall()
     docs = {}
@@ -148,7 +148,9 @@ def event_documents(db: sqlite3.Connection, event_ids: list[int]) -> dict[int, d
         extra.pop("from", None)
         docs[r[0]] = {"id": f"evt_{r[0]}", "type": r[1], "timestamp": _iso(r[2]), "account": r[3],
                       "message_id": r[4], "queue_id": r[5], "from": r[6], "recipient": r[7],
-                      "sender_domain": r[8], "recipient_domain": r[9], "provider": r[10], "tag": r[11], **extra}
+                      "sender_domain": r[8], "recipient_domain": r[9], "provider": r[10], "tag": r[11],
+                      "template": {"id": r[14], "version": r[15], "name": r[16]} if r[14] is not None else None,
+                      **extra}
     return docs
 
 

@@ -32,6 +32,7 @@ from smtprelay.queue.listing import STATES
 from smtprelay.services import Services, guard
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
+from smtprelay.services.templates import template_doc
 from smtprelay.services.tracking import CHOICES
 from smtprelay.services.webhooks import webhook_doc
 
@@ -42,7 +43,7 @@ Params = dict[str, Any]
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: str = "string"            # string, integer, number, boolean, when (a past moment), deadline
+    type: str = "string"            # string, integer, number, boolean, object, when (a past moment), deadline
     required: bool = False
     choices: tuple[str, ...] = ()
     description: str = ""
@@ -110,6 +111,35 @@ def _credential_revoke(s: Services, p: Params) -> dict[str, Any]:
 
 _ACCOUNT = Field("account", required=True)
 _DOMAIN = Field("domain", required=True)
+_PARTS = (Field("html", description="the HTML part, with {{variables}}"),
+          Field("text", description="the plain-text part (else made from the HTML)"),
+          Field("subject", description="may hold variables"), Field("description"))
+_BY_NAME = Field("account", description="the template's account, when a name (not an id) is given")
+
+TEMPLATE_ROUTES = (
+    Route("GET", "/templates", "List templates",
+          lambda s, p: _docs("templates", s.templates.all(p.get("account")), template_doc), (Field("account"),)),
+    Route("POST", "/templates", "Add a template (its variables are computed)",
+          lambda s, p: template_doc(s.templates.add(p["account"], p["name"], p.get("html"), p.get("text"),
+                                                    p.get("subject"), p.get("description"))),
+          (_ACCOUNT, Field("name", required=True), *_PARTS)),
+    Route("GET", "/templates/{id}", "A template and its parts (an id, or a name)",
+          lambda s, p: template_doc(s.templates.get(p["id"], p.get("account"), p.get("version")), parts=True),
+          (_BY_NAME, Field("version", "integer"))),
+    Route("PATCH", "/templates/{id}", "Change a template: a new version (\"\" removes a part)",
+          lambda s, p: template_doc(s.templates.update(p["id"], p.get("account"), p.get("html"), p.get("text"),
+                                                       p.get("subject"), p.get("description"), p.get("name"))),
+          (_BY_NAME, Field("name", description="rename it"), *_PARTS)),
+    Route("DELETE", "/templates/{id}", "Delete a template",
+          lambda s, p: {"deleted": template_doc(s.templates.delete(p["id"], p.get("account")))}, (_BY_NAME,)),
+    Route("POST", "/templates/{id}/preview", "Render a template with data, without sending",
+          lambda s, p: s.templates.preview(p["id"], p.get("data") or {}, p.get("account"), p.get("version")).doc(),
+          (_BY_NAME, Field("data", "object"), Field("version", "integer"))),
+    Route("POST", "/templates/{id}/check", "What a mailbox provider's filter would hold against a template "
+                                           "(strict: warnings are errors, and errors make it inactive)",
+          lambda s, p: s.templates.check(p["id"], p.get("data"), bool(p.get("strict")), p.get("account")).doc(),
+          (_BY_NAME, Field("data", "object"), Field("strict", "boolean"))),
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/accounts", "List accounts, and the reputation rule that sets their quotas",
@@ -187,8 +217,10 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/queue/{id}", "Delete a message (no bounce)", lambda s, p: s.queue.delete(p["id"]).doc()),
     Route("GET", "/stats", "Daily statistics (counts: " + ", ".join(COUNTS) + ")",
           lambda s, p: s.reports.stats(p.get("from"), p.get("to"), p.get("sender_domain"),
-                                       p.get("recipient_domain")).doc(),
-          (Field("from", "when"), Field("to", "when"), Field("sender_domain"), Field("recipient_domain"))),
+                                       p.get("recipient_domain"), template=p.get("template"),
+                                       account=p.get("account")).doc(),
+          (Field("from", "when"), Field("to", "when"), Field("sender_domain"), Field("recipient_domain"),
+           Field("template", description="an id, or a name"), _BY_NAME)),
     Route("GET", "/status/{queue_id}", "Delivery status and history of a message",
           lambda s, p: s.reports.message(p["queue_id"]).doc()),
     Route("GET", "/status", "Delivery status of the mail to one address", _status,
@@ -215,6 +247,7 @@ ROUTES: tuple[Route, ...] = (
                                       clicks=p.get("clicks"), unsubscribe=p.get("unsubscribe")),
           (Field("account"), Field("domain"), *(Field(k, choices=tuple(CHOICES))
                                                 for k in ("opens", "clicks", "unsubscribe")))),
+    *TEMPLATE_ROUTES,
     Route("GET", "/explain", "Every policy that applies to a sender and recipient now",
           lambda s, p: s.reports.explain(p["account"], p["from"], p["to"]).doc(),
           (_ACCOUNT, Field("from", required=True), Field("to", required=True))),
@@ -222,6 +255,7 @@ ROUTES: tuple[Route, ...] = (
 
 _SCHEMA: dict[str, dict[str, Any]] = {"string": {"type": "string"}, "integer": {"type": "integer", "minimum": 1},
            "number": {"type": "number", "exclusiveMinimum": 0}, "boolean": {"type": "boolean"},
+           "object": {"type": "object", "description": "variable names and their values"},
            "when": {"type": "string", "description": "a date (2026-12-31), a time (2026-12-31T12:00:00Z) or a "
                                                      "duration back from now (7d)"},
            "deadline": {"type": "string", "description": "a date, a time, or a duration from now (30d)"}}
@@ -271,6 +305,10 @@ def _typed(f: Field, value: Any, from_query: bool, now: float) -> Any:
         if from_query and value in ("true", "false", "1", "0"):
             return value in ("true", "1")
         raise bad("true or false")
+    if f.type == "object":
+        if not isinstance(value, dict):
+            raise bad("a JSON object")
+        return value
     if not isinstance(value, str):
         raise bad("a string")
     if f.choices and value not in f.choices:
@@ -317,9 +355,13 @@ def openapi() -> dict[str, Any]:
         if params:
             entry["parameters"] = params
         paths.setdefault(route.path, {})[route.method.lower()] = entry
-    return {"openapi": "3.0.3", "info": {"title": "smtprelay admin API", "version": __version__},
+    from smtprelay.http.send import openapi_path
+    paths["/send"] = openapi_path()
+    return {"openapi": "3.0.3", "info": {"title": "smtprelay admin and send API", "version": __version__},
             "servers": [{"url": PREFIX}],
-            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"},
+                                               "basic": {"type": "http", "scheme": "basic",
+                                                         "description": "an account's SMTP credential"}},
                            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {
                                "error": {"type": "string"},
                                "field": {"type": "string", "description": "the field to blame (400)"}}}}},

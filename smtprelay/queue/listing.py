@@ -83,8 +83,10 @@ def list_queue(conn: sqlite3.Connection, state: str | None = None, domain: str |
 
 
 def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] | None:
-    row = conn.execute("SELECT id, account_id, username, mail_from, size, created_at, client_address,"
-                       " tls, header_message_id FROM messages WHERE id = ?", (queue_id,)).fetchone()
+    row = conn.execute("SELECT m.id, m.account_id, m.username, m.mail_from, m.size, m.created_at, m.client_address,"
+                       " m.tls, m.header_message_id, m.tag, m.template_id, m.template_version, t.name"
+                       " FROM messages m LEFT JOIN templates t ON t.id = m.template_id WHERE m.id = ?",
+                       (queue_id,)).fetchone()
     if row is None:
         return None
     rcpts = conn.execute(f"SELECT r.id, r.address, {DISPLAY_STATE}, r.attempts, r.next_attempt_at, r.last_reply,"
@@ -105,7 +107,8 @@ def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] |
                            "history": attempts})
     return {
         "id": row[0], "account": account, "username": row[2], "from": row[3], "size": row[4],
-        "created_at": row[5], "client_address": row[6], "tls": row[7], "message_id": row[8],
+        "created_at": row[5], "client_address": row[6], "tls": row[7], "message_id": row[8], "tag": row[9],
+        "template": {"id": row[10], "version": row[11], "name": row[12]} if row[10] is not None else None,
         "recipients": recipients,
     }
 

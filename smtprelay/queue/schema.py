@@ -296,6 +296,38 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recipients_deferred ON recipients (next_attempt_at)
         WHERE state = 'queued' AND attempts > 0 AND throttled_since IS NULL;
     """,
+    # 10: templates (issue 16). A template's versions are kept: a message records the one it
+    # was rendered from, and statistics name it after the template is deleted (deleted_at).
+    """
+    CREATE TABLE templates (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        description TEXT,
+        version INTEGER NOT NULL,       -- the current version (template_versions)
+        status TEXT NOT NULL,           -- active; inactive: a strict check found errors (status_reason)
+        status_reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deleted_at REAL
+    );
+    CREATE UNIQUE INDEX templates_name ON templates (account_id, name) WHERE deleted_at IS NULL;
+    CREATE TABLE template_versions (
+        template_id INTEGER NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        subject TEXT,
+        html TEXT,
+        text TEXT,
+        variables TEXT NOT NULL,        -- JSON list of the dotted variable names the parts use
+        created_at REAL NOT NULL,
+        PRIMARY KEY (template_id, version)
+    );
+    ALTER TABLE messages ADD COLUMN template_id INTEGER;
+    ALTER TABLE messages ADD COLUMN template_version INTEGER;
+    ALTER TABLE events ADD COLUMN template_id INTEGER;
+    ALTER TABLE events ADD COLUMN template_version INTEGER;
+    {catalog_triggers}
+    """.replace("{catalog_triggers}", _bump_triggers("templates")),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -61,12 +61,14 @@ class QueuedMessage:
     header_message_id: str | None
     tag: str | None = None          # X-Smtprelay-Tag, for statistics
     bodies: tuple[bytes, ...] | None = None   # one copy per recipient (tracking tokens), same order
+    template: tuple[int, int] | None = None   # (id, version) of the template it was rendered from
 
     def fields(self) -> tuple[Any, ...]:
         """The fields in order, for the workers' channel: a tuple unpickles several times faster
         than a frozen dataclass with slots, which restores itself field by field."""
         return (self.id, self.account_id, self.username, self.mail_from, self.recipients, self.body,
-                self.created_at, self.client_address, self.tls, self.header_message_id, self.tag, self.bodies)
+                self.created_at, self.client_address, self.tls, self.header_message_id, self.tag, self.bodies,
+                self.template)
 
 
 def recipient_domain(address: str) -> str:
@@ -439,18 +441,20 @@ def insert_messages(db: sqlite3.Connection, messages: list[QueuedMessage],
                     deferred_until: Callable[[str, float], tuple[float, str] | None] | None = None) -> None:
     db.executemany(
         "INSERT INTO messages (id, account_id, username, mail_from, sender_domain, size, created_at,"
-        " client_address, tls, header_message_id, tag, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " client_address, tls, header_message_id, tag, body, template_id, template_version)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [(m.id, m.account_id, m.username, m.mail_from, recipient_domain(m.mail_from) if m.mail_from else None,
-          len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.tag, m.body)
-         for m in messages])
+          len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.tag, m.body,
+          *(m.template or (None, None))) for m in messages])
     # One `accepted` event per recipient, in the same transaction (bounces we generate are not
     # a tenant's sending: no events for them).
     accepted = [
         ("accepted", m.created_at, m.account_id, m.id, rcpt, recipient_domain(m.mail_from), recipient_domain(rcpt),
-         None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}))
+         None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}),
+         *(m.template or (None, None)))
         for m in messages if m.mail_from for rcpt in m.recipients]
     if accepted:
-        db.executemany(events.INSERT, accepted)
+        db.executemany(events.INSERT_WITH_TEMPLATE, accepted)
     rows = []
     for m in messages:
         for i, rcpt in enumerate(m.recipients):

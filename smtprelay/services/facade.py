@@ -15,6 +15,7 @@ from smtprelay.services.context import Context, register_errors
 from smtprelay.services.domains import DomainService
 from smtprelay.services.queue import QueueService
 from smtprelay.services.reports import ReportService
+from smtprelay.services.templates import TemplateService
 from smtprelay.services.tracking import TrackingService
 from smtprelay.services.warmup import WarmupService
 from smtprelay.services.webhooks import WebhookService
@@ -57,6 +58,10 @@ class Services:
     @cached_property
     def tracking(self) -> TrackingService:
         return TrackingService(self.ctx)
+
+    @cached_property
+    def templates(self) -> TemplateService:
+        return TemplateService(self.ctx)
 
     @cached_property
     def reports(self) -> ReportService:

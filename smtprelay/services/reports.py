@@ -24,6 +24,7 @@ from smtprelay.policy.verdict import Verdict
 from smtprelay.queue.store import SendsHistory
 from smtprelay.services.context import Context
 from smtprelay.services.accounts import AccountService
+from smtprelay.services.templates import TemplateService
 from smtprelay.when import iso
 
 
@@ -97,9 +98,18 @@ class ReportService:
         return start, end
 
     def stats(self, since: float | None = None, until: float | None = None, sender_domain: str | None = None,
-              recipient_domain: str | None = None, whole_day: bool = False) -> Stats:
+              recipient_domain: str | None = None, whole_day: bool = False, template: str | None = None,
+              account: str | None = None) -> Stats:
+        """`template` (an id, or a name with `account` when several accounts use it) keeps
+        its rows only; a deleted template is still found by id."""
         start, end = self.period(since, until, 7, whole_day)
-        return Stats(start, end, daily(self.ctx.store, start, end, sender_domain, recipient_domain))
+        names = self.ctx.catalog.template_names()
+        template_id = None
+        if template is not None:
+            template_id = int(template) if template.isdigit() and int(template) in names else \
+                TemplateService(self.ctx).get(template, account).id
+        return Stats(start, end, daily(self.ctx.store, start, end, sender_domain, recipient_domain, template_id,
+                                       names))
 
     def message(self, queue_id: str) -> MessageStatus:
         found = message_status(self.ctx.store, queue_id)

@@ -36,6 +36,7 @@ from smtprelay.queue.store import QueuedMessage
 from smtprelay.smtp.channel import Channel, ChannelClosed, RemoteError
 from smtprelay.smtp.commands import AUTH_INVALID, AUTH_OK, LOCKED_OUT
 from smtprelay.smtp.stamp import Trace, stamp
+from smtprelay.smtp.templating import TemplateRefused, TemplateTable, Use
 
 log = logging.getLogger("smtprelay.smtp")
 
@@ -94,6 +95,7 @@ class SessionState:
     recipients: list[str] = field(default_factory=list)
     reservations: list[int] = field(default_factory=list)   # the gate's tokens for the recipients
     junk: int = 0                         # NOOP/RSET/VRFY/HELP since the last accepted message
+    template: Use | None = None           # the send API rendered this transaction's message from it
 
 
 class SenderTable:
@@ -126,6 +128,7 @@ class FrontEnd:
         self.loop = asyncio.get_running_loop()   # built on the worker's loop; kept (getpid per lookup)
         self.credentials = CredentialTable()
         self.senders = SenderTable()
+        self.templates = TemplateTable()
         # Signing runs on this worker's loop by default: each worker has a core of its own, and
         # a thread would wait for the GIL after every RSA step (dkim.signing_threads > 0 opts in).
         threads = config.dkim.signing_threads
@@ -180,6 +183,7 @@ class FrontEnd:
         self.release(state)
         state.mail_from = None
         state.recipients = []
+        state.template = None
 
     def helo(self, server: Session, name: str) -> None:
         assert server.state is not None
@@ -331,9 +335,10 @@ class FrontEnd:
         tokens, state.reservations = state.reservations, []
         recipients, mail_from = tuple(state.recipients), state.mail_from or ""
         state.mail_from, state.recipients = None, []
+        template, state.template = state.template, None
         committing = False
         try:
-            prepared = await self._prepare(server, state, raw, mail_from, recipients)
+            prepared = await self._prepare(server, state, raw, mail_from, recipients, template)
             if isinstance(prepared, str):
                 return prepared
             message, sign_seconds = prepared
@@ -366,10 +371,19 @@ class FrontEnd:
         return reply
 
     async def _prepare(self, server: Session, state: SessionState, raw: bytes, mail_from: str,
-                       recipients: tuple[str, ...]) -> tuple[QueuedMessage, float] | str:
+                       recipients: tuple[str, ...], template: Use | None) -> tuple[QueuedMessage, float] | str:
         """The message ready for the queue (and the seconds signing took), or a refusal reply."""
         limits = self.config.limits
         content, verdict = normalize_newlines(raw, limits.bare_newline)
+        if verdict is None and template is None and self.templates:   # X-Smtprelay-Template
+            assert state.account_id is not None
+            try:
+                content, template = self.templates.apply_headers(state.account_id, content)
+            except TemplateRefused as exc:
+                verdict = exc.verdict
+            if verdict is None and template is not None and len(content) > limits.max_message_bytes:
+                verdict = V.reject(552, "5.3.4", "Message size exceeds fixed limit (after rendering the template)",
+                                   "message_size")
         if verdict is None:
             headers = header_block(content)
             verdict = check_subject(headers, limits.max_subject_chars) or check_from_header(headers,
@@ -414,7 +428,8 @@ class FrontEnd:
         return QueuedMessage(
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=mail_from,
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
-            header_message_id=message_id, tag=tag, bodies=bodies), sign_seconds
+            header_message_id=message_id, tag=tag, bodies=bodies,
+            template=(template.id, template.version) if template is not None else None), sign_seconds
 
     async def _sign(self, signer: Signer, body: bytes) -> bytes:
         if self.sign_pool is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from smtprelay.config import Config
-from smtprelay.smtp.channel import Channel
+from smtprelay.smtp.channel import Channel, ChannelClosed
 from smtprelay.smtp.gate import Gate, Peer
 
 log = logging.getLogger("smtprelay.workers")
@@ -75,6 +75,7 @@ class WorkerPool:
         self.log_format = log_format
         self.slots = [Slot(i) for i in range(config.server.worker_count)]
         self._stopping = False
+        self._turn = 0
 
     @property
     def alive(self) -> int:
@@ -89,7 +90,7 @@ class WorkerPool:
             waiting: list[asyncio.Future[Any]] = [slot.ready, slot.exited]
             done, _ = await asyncio.wait(waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
             if slot.ready not in done:
-                raise OSError(f"a front-end worker did not start (see its lines above)")
+                raise OSError("a front-end worker did not start (see its lines above)")
         log.info("%d front-end worker(s) ready: pids %s", len(self.slots),
                  ", ".join(str(s.proc.pid) for s in self.slots if s.proc is not None))
 
@@ -175,6 +176,20 @@ class WorkerPool:
                    and s.exited is not None and not s.exited.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=5.0)
+
+    def send(self, *args: Any) -> asyncio.Future[Any]:
+        """A send API request (smtp.api) to the next running worker, round robin: the future
+        holds its Answer (ChannelClosed when no worker is up)."""
+        live = [s for s in self.slots if s.channel is not None and not s.channel.closed
+                and s.ready is not None and s.ready.done()]
+        if not live:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(ChannelClosed("no front-end worker is running"))
+            return future
+        self._turn = (self._turn + 1) % len(live)
+        channel = live[self._turn].channel
+        assert channel is not None
+        return channel.call("send", *args)
 
     def broadcast(self, op: str, *args: Any) -> None:
         """A notice to every running worker (no answer)."""

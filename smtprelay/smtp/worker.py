@@ -31,6 +31,7 @@ from smtprelay.config import Config, ConfigError, ListenerConfig, Protocol, TlsM
 from smtprelay.catalog.sqlite import SqliteCatalog
 from smtprelay.events import tracking
 from smtprelay.queue import schema
+from smtprelay.smtp import api
 from smtprelay.smtp.channel import Channel
 from smtprelay.smtp.handler import FrontEnd
 from smtprelay.smtp.tls import server_context
@@ -104,6 +105,7 @@ class Worker:
             domains, addresses = catalog.senders(self.config.server.data_dir)
             frontend.senders.replace(domains, addresses)
             frontend.tracking_accounts, frontend.tracking_domains = tracking.resolve(catalog.tracking_rows())
+            frontend.templates.replace(catalog.templates())
             frontend.credentials.replace(logins, accounts, version)
 
     async def _refresh(self) -> None:
@@ -127,11 +129,15 @@ class Worker:
         finally:
             conn.close()
 
-    def _from_backend(self, op: str, args: tuple[Any, ...]) -> None:
-        """The back end's notices: "catalog" — it changed the senders itself (a suspension):
-        reload now rather than at the next poll."""
+    def _from_backend(self, op: str, args: tuple[Any, ...]) -> Any:
+        """The back end's notices and calls: "catalog" — it changed the senders itself (a
+        suspension): reload now rather than at the next poll; "send" — a send API request
+        (smtp.api), answered when its message is committed or refused."""
         if op == "catalog":
             asyncio.ensure_future(self._refresh())
+        elif op == "send":
+            return asyncio.ensure_future(api.run(self.frontend, args))
+        return None
 
     # -- listeners ------------------------------------------------------------------------------
     async def _start_listeners(self) -> None:
