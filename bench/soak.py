@@ -1,5 +1,6 @@
 """Soak: a constant load for N minutes, then a table per minute of what should stay flat —
-RSS and open file descriptors of every relay process, the WAL's size, the queue's depth,
+RSS (and its heap part, RssAnon) and open file descriptors of every relay process (the back
+end first, then the workers), the WAL's size, the queue's depth,
 and the p99 end-of-DATA latency — and whether any of them grew (issue 24, item 9).
 
 The load is 60 % of the capacity measured first (smtp-source through the trusted listener,
@@ -27,10 +28,12 @@ from relay_setup import SENDER, BenchRelay
 DEAD, DEFER = "dead.test", "defer.test"
 
 
-def rss_kb(pid: int) -> int:
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory in KiB: VmRSS, or its part RssAnon (the heaps: what a leak grows; the
+    rest is mapped files and shared memory such as SQLite's WAL index)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -135,16 +138,19 @@ def main() -> int:
                         for s in ("queued", "deferred", "throttled", "active", "hold"))
             sample = {"minute": m, "sent": sent, "errors": errors,
                       "rss_mb": {str(pid): round(rss_kb(pid) / 1024, 1) for pid in pids},
+                      "anon_mb": {str(pid): round(rss_kb(pid, "RssAnon") / 1024, 1) for pid in pids},
                       "fds": {str(pid): fds(pid) for pid in pids},
                       "wal_mb": round(wal.stat().st_size / 2**20, 1) if wal.exists() else 0.0,
                       "queue": int(depth), "p99_ms": round(percentile([x * 1000 for x in latencies], 99), 1)
                       if latencies else None}
             samples.append(sample)
             rows.append([m, sent, errors, " ".join(f"{v}" for v in sample["rss_mb"].values()),
+                         " ".join(f"{v}" for v in sample["anon_mb"].values()),
                          " ".join(f"{v}" for v in sample["fds"].values()), sample["wal_mb"], sample["queue"],
                          sample["p99_ms"]])
             print(rows[-1], flush=True)
-        report.table(["min", "sent", "errors", "RSS MB per process", "fds per process", "WAL MB", "queue", "p99 ms"],
+        report.table(["min", "sent", "errors", "RSS MB per process", "of which heap (RssAnon)", "fds per process",
+                      "WAL MB", "queue", "p99 ms"],
                      rows)
         report.data["samples"] = samples
         # Growth: the last third against the second (the first third includes the warm-up).
@@ -154,7 +160,7 @@ def main() -> int:
         if len(samples) >= 3:
             mid = samples[third:2 * third]
             end = samples[-third:]
-            for key in ("rss_mb", "fds"):
+            for key in ("rss_mb", "anon_mb", "fds"):
                 a = sum(total(s, key) for s in mid) / len(mid)
                 b = sum(total(s, key) for s in end) / len(end)
                 report.line(f"{key}: {a:.1f} → {b:.1f} (second third → last third, {100 * (b - a) / max(a, 1):+.1f} %)")
