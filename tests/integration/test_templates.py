@@ -23,6 +23,7 @@ import pytest
 from dns.resolver import Resolver
 
 from tests.dnsserver import DnsServer
+from tests.integration.test_admin_api import call
 from tests.integration.test_delivery import wait_for
 from tests.integration.test_domains import VERIFIER, independent_verify, publish_domain
 from tests.mailservers import Receiver
@@ -234,6 +235,33 @@ def test_refusals_name_the_problem(make_relay: Callable[..., Relay], tmp_path: P
         code, reply = s.data(b"From: app@apps.example\r\nX-Smtprelay-Template: note\r\n"
                              b"X-Smtprelay-Template-Data: [1]\r\n\r\n-\r\n")
         assert code == 550 and reply.startswith(b"5.6.0 X-Smtprelay-Template-Data: must be a JSON object")
+
+
+def test_templates_over_the_admin_api_and_the_send_endpoint_in_openapi(make_relay: Callable[..., Relay]) -> None:
+    relay = make_relay({"http": {"admin_token": "s3cret-token"}}).start()
+    status, doc = call(relay, "POST", "/templates", {"account": "acme", "name": "promo", "subject": "{{title}}",
+                                                     "html": "<p>{{body}}</p>"})
+    assert status == 200 and doc["variables"] == ["title", "body"] and doc["version"] == 1
+    assert call(relay, "GET", "/templates?account=acme")[1]["templates"] == relay.cli_json("template", "list")[
+        "templates"]                                                          # one implementation
+    status, doc = call(relay, "POST", f"/templates/{doc['id']}/preview", {"data": {"title": "T", "body": "<b>"}})
+    assert status == 200 and (doc["subject"], doc["html"]) == ("T", "<p>&lt;b&gt;</p>")
+    assert doc["text"] == "<b>\n"                   # the text part made from the HTML reads as text
+    status, doc = call(relay, "POST", "/templates/promo/preview", {"data": {"title": "T"}})
+    assert status == 400 and doc["field"] == "data" and "missing variable 'body'" in doc["error"]
+    status, doc = call(relay, "PATCH", "/templates/promo", {"html": "<p>{{ body.__class__ }}</p>"})
+    assert status == 400 and doc["field"] == "html"
+    status, doc = call(relay, "POST", "/templates", {"account": "acme", "name": "promo", "text": "x"})
+    assert status == 409 and "already has a template named promo" in doc["error"]
+    status, doc = call(relay, "POST", "/templates/promo/check", {"strict": True})
+    assert status == 200 and doc["status"] == "inactive"
+    assert call(relay, "DELETE", "/templates/promo")[0] == 200
+    assert call(relay, "GET", "/templates/promo")[0] == 404
+    spec = call(relay, "GET", "/openapi.json", token=None)[1]
+    send = spec["paths"]["/send"]["post"]
+    assert send["security"] == [{"basic": []}] and {"202", "400", "401", "413", "422", "429", "503"} <= set(
+        send["responses"])
+    assert "template" in send["requestBody"]["content"]["application/json"]["schema"]["properties"]
 
 
 def test_parallel_api_sends_are_held_to_the_hourly_cap(make_relay: Callable[..., Relay], tmp_path: Path,
