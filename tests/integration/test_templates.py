@@ -10,8 +10,11 @@ import concurrent.futures
 import email
 import email.policy
 import json
+import os
 import shutil
 import smtplib
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -27,7 +30,7 @@ from tests.integration.test_admin_api import call
 from tests.integration.test_delivery import wait_for
 from tests.integration.test_domains import VERIFIER, independent_verify, publish_domain
 from tests.mailservers import Receiver
-from tests.support import Relay, client_tls
+from tests.support import ROOT, Relay, client_tls
 
 HTML = ("<html><body><h1>Hello {{name}}</h1><p>Your order {{order.id}} ships today.</p>{{{footer}}}"
         "<p><a href=\"https://shop.example/o\">Track it on shop.example</a></p></body></html>")
@@ -238,7 +241,11 @@ def test_refusals_name_the_problem(make_relay: Callable[..., Relay], tmp_path: P
 
 
 def test_templates_over_the_admin_api_and_the_send_endpoint_in_openapi(make_relay: Callable[..., Relay]) -> None:
-    relay = make_relay({"http": {"admin_token": "s3cret-token"}}).start()
+    relay = make_relay({"http": {"admin_token": "s3cret-token"}})
+    user, password = relay.add_account_with_credential("acme")
+    (relay.dir / "welcome.txt").write_text("Hello {{name}}, welcome.")
+    relay.cli("template", "add", "acme", "welcome", "--text", str(relay.dir / "welcome.txt"), "--subject", "Hi {{name}}")
+    relay.start()
     status, doc = call(relay, "POST", "/templates", {"account": "acme", "name": "promo", "subject": "{{title}}",
                                                      "html": "<p>{{body}}</p>"})
     assert status == 200 and doc["variables"] == ["title", "body"] and doc["version"] == 1
@@ -262,6 +269,17 @@ def test_templates_over_the_admin_api_and_the_send_endpoint_in_openapi(make_rela
     assert send["security"] == [{"basic": []}] and {"202", "400", "401", "413", "422", "429", "503"} <= set(
         send["responses"])
     assert "template" in send["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    # The README's example application, standard library only.
+    (relay.dir / "invoice.pdf").write_bytes(b"%PDF-1.4 example")
+    example = subprocess.run([sys.executable, str(ROOT / "examples" / "send.py"), "ann@d.test",
+                              str(relay.dir / "invoice.pdf")], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "SMTPRELAY_URL": f"http://127.0.0.1:{relay.http_port}",
+                                  "SMTP_USER": user, "SMTP_PASSWORD": password,
+                                  "SMTPRELAY_FROM": "Acme <a@example.com>"})
+    assert example.returncode == 0, example.stdout + example.stderr
+    queue_id = json.loads(example.stdout.split(" ", 1)[1])["queue_id"]
+    body = relay.body(queue_id)
+    assert b"Hello Ann, welcome." in body and b'filename="invoice.pdf"' in body
 
 
 def test_parallel_api_sends_are_held_to_the_hourly_cap(make_relay: Callable[..., Relay], tmp_path: Path,
