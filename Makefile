@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/signing.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) var *.egg-info

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from harness import ROOT, Report, percentile
 
@@ -32,6 +33,43 @@ def message(size: int) -> bytes:
 def _timed(signer: Signer, message_bytes: bytes) -> float:
     started = time.perf_counter()
     signer.sign(message_bytes)
+    return time.perf_counter() - started
+
+
+def template_costs(report: Report) -> list[list[str]]:
+    """What a template costs per MB: compiling (once per version, in the catalog thread),
+    rendering and building the MIME (per message; on the loop below INLINE_BYTES, else in a
+    thread), and making the text part from HTML."""
+    from smtprelay.smtp.templating import INLINE_BYTES
+    from smtprelay.templates.compiled import CompiledTemplate
+    from smtprelay.templates.markup import to_text
+    from smtprelay.templates.message import build
+    from smtprelay.templates.request import parse
+    rows = []
+    for mb in (0.25, 1, 4):
+        size = int(mb * 1024 * 1024)
+        block = "<p>" + "Thank you for shopping with us, we appreciate it. " * 20 + "</p>\n"
+        html = "<h1>Hi {{name}}</h1>" + block * (size // len(block)) + "<p>{{a}} {{b}} {{c}}</p>"
+        data = {"name": "<Ann>", "a": 1, "b": 2, "c": 3}
+        started = time.perf_counter()
+        compiled = CompiledTemplate.of("Hi {{name}}", "Hi {{name}}", html)
+        compile_s = time.perf_counter() - started
+        rendered = compiled.render(data)
+        render_s = min(_seconds(lambda: compiled.render(data)) for _ in range(3))
+        text_s = min(_seconds(lambda: to_text(rendered.html or "")) for _ in range(3))
+        request = parse({"from": "a@bench.example", "to": ["b@sink.test"], "subject": "s", "html": "x"}, 10)
+        build_s = min(_seconds(lambda: build(request, rendered, "s")) for _ in range(3))
+        where = "loop" if size <= INLINE_BYTES else "thread"
+        for name, seconds, place in (("compile", compile_s, "catalog thread"), ("render", render_s, where),
+                                     ("text from HTML", text_s, where), ("build MIME", build_s, where)):
+            rows.append([name, f"{mb} MB", f"{seconds * 1000:.1f}", f"{seconds * 1000 / mb:.1f}", place])
+            report.data.setdefault("template", []).append({"step": name, "mb": mb, "ms": seconds * 1000})
+    return rows
+
+
+def _seconds(work: Any) -> float:
+    started = time.perf_counter()
+    work()
     return time.perf_counter() - started
 
 
@@ -95,6 +133,7 @@ def main() -> int:
         report.data.setdefault("folded_header", []).append({"mb": mb, "ms": best * 1000})
     report.line("# one folded header (50-byte continuation lines), Ed25519, best of 5")
     report.table(["header", "ms", "ms per MB"], folded)
+    report.table(["template work (issue 16)", "size", "ms", "ms per MB", "where"], template_costs(report))
     failures = []
     for name, size, signed, count in checks:
         for index in range(count):

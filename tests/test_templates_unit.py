@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from smtprelay.errors import Invalid
 from smtprelay.templates import lint
 from smtprelay.templates.compiled import CompiledTemplate
-from smtprelay.templates.engine import TemplateError, compile_part
+from smtprelay.templates.engine import MAX_PLACEHOLDERS, TemplateError, compile_part
 from smtprelay.templates.message import build, rebuild
 from smtprelay.templates.request import parse
 
@@ -51,6 +51,12 @@ def test_anything_but_a_placeholder_is_refused(source: str) -> None:
     with pytest.raises(TemplateError) as info:
         compile_part(source, "html", True)
     assert str(info.value).startswith("html: line 1:")
+
+
+def test_placeholders_are_bounded() -> None:
+    compile_part("{{a}}" * MAX_PLACEHOLDERS, "html", True)
+    with pytest.raises(TemplateError, match=f"more than {MAX_PLACEHOLDERS} placeholders"):
+        compile_part("{{a}}" * (MAX_PLACEHOLDERS + 1), "html", True)
 
 
 def test_look_ups_read_the_data_only() -> None:

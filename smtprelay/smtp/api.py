@@ -25,7 +25,7 @@ from typing import Any
 from smtprelay.config import ListenerConfig, TlsMode
 from smtprelay.smtp.commands import AUTH_OK
 from smtprelay.smtp.handler import FrontEnd, SessionState
-from smtprelay.smtp.templating import TemplateRefused
+from smtprelay.smtp.templating import INLINE_BYTES, TemplateRefused
 from smtprelay.templates import message as mime
 from smtprelay.templates.compiled import Rendered
 from smtprelay.templates.markup import to_text
@@ -113,7 +113,10 @@ async def _transaction(frontend: FrontEnd, session: ApiSession, request: SendReq
     assert state.account_id is not None
     # The body before any recipient: a template or data error costs no reservation.
     try:
-        raw, subject_missing = _render(frontend, request, state.account_id, state)
+        if _size(frontend, request, state.account_id) <= INLINE_BYTES:
+            raw, subject_missing = _render(frontend, request, state.account_id, state)
+        else:
+            raw, subject_missing = await asyncio.to_thread(_render, frontend, request, state.account_id, state)
     except TemplateRefused as exc:
         frontend.reject(state, "END-OF-MESSAGE", exc.verdict, request.recipients)
         frontend.reset(state)
@@ -155,6 +158,16 @@ def _whole(replies: list[str]) -> str:
         if wanted in statuses:
             return replies[statuses.index(wanted)]
     return replies[0]
+
+
+def _size(frontend: FrontEnd, request: SendRequest, account_id: int) -> int:
+    """About what rendering and building the message handle (TemplateRefused for a template
+    the account does not have)."""
+    size = len(request.html or "") + len(request.text or "") + sum(len(a.content) for a in request.attachments)
+    if request.template is not None:
+        template = frontend.templates.find(account_id, request.template)
+        size += len(template.html or "") + len(template.text or "")
+    return size
 
 
 def _render(frontend: FrontEnd, request: SendRequest, account_id: int, state: SessionState) -> tuple[bytes, bool]:

@@ -36,7 +36,7 @@ from smtprelay.queue.store import QueuedMessage
 from smtprelay.smtp.channel import Channel, ChannelClosed, RemoteError
 from smtprelay.smtp.commands import AUTH_INVALID, AUTH_OK, LOCKED_OUT
 from smtprelay.smtp.stamp import Trace, stamp
-from smtprelay.smtp.templating import TemplateRefused, TemplateTable, Use
+from smtprelay.smtp.templating import INLINE_BYTES, TemplateRefused, TemplateTable, Use
 
 log = logging.getLogger("smtprelay.smtp")
 
@@ -378,7 +378,11 @@ class FrontEnd:
         if verdict is None and template is None and self.templates:   # X-Smtprelay-Template
             assert state.account_id is not None
             try:
-                content, template = self.templates.apply_headers(state.account_id, content)
+                if len(content) <= INLINE_BYTES:
+                    content, template = self.templates.apply_headers(state.account_id, content)
+                else:
+                    content, template = await asyncio.to_thread(self.templates.apply_headers, state.account_id,
+                                                                content)
             except TemplateRefused as exc:
                 verdict = exc.verdict
             if verdict is None and template is not None and len(content) > limits.max_message_bytes:

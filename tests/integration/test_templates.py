@@ -35,7 +35,7 @@ from tests.support import ROOT, Relay, client_tls
 HTML = ("<html><body><h1>Hello {{name}}</h1><p>Your order {{order.id}} ships today.</p>{{{footer}}}"
         "<p><a href=\"https://shop.example/o\">Track it on shop.example</a></p></body></html>")
 TEXT = "Hello {{name}}, your order {{order.id}} ships today.\n"
-PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40          # binary: any corruption shows
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 800         # binary, 200 KB: built in a thread (INLINE_BYTES)
 
 
 def api(relay: Relay, body: Any, auth: tuple[str, str] | None, path: str = "/api/v1/send",
