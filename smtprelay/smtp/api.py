@@ -18,7 +18,11 @@ Must never: decide a policy (the FrontEnd and the gate do), or answer 202 before
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import math
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +79,26 @@ def status_of(reply: str) -> int:
     return 503
 
 
-def refusal(reply: str, recipients: list[dict[str, Any]] | None = None) -> Answer:
+_MOMENT = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def retry_after(reply: str, now: float) -> str:
+    """Seconds until a limit lets the next one through: the moment the reply names (the
+    hourly cap, the daily quota), one second for the per-second rate, else a minute."""
+    found = _MOMENT.search(reply)
+    if found:
+        moment = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+        return str(max(1, math.ceil(moment.timestamp() - now)))
+    return "1" if "sending rate" in reply else "60"
+
+
+def refusal(reply: str, recipients: list[dict[str, Any]] | None = None, now: float | None = None) -> Answer:
     status = status_of(reply)
     body: dict[str, Any] = {"error": reply[4:], "smtp_reply": reply}
     if recipients is not None:
         body["recipients"] = recipients
-    return Answer(status, body, {"Retry-After": "60"} if status == 429 else {})
+    return Answer(status, body, {"Retry-After": retry_after(reply, now if now is not None else time.time())}
+                  if status == 429 else {})
 
 
 async def submit(frontend: FrontEnd, request: SendRequest, username: str, password: str, client_ip: str) -> Answer:
@@ -138,7 +156,7 @@ async def _transaction(frontend: FrontEnd, session: ApiSession, request: SendReq
                       **({} if accepted else {"smtp_reply": rcpt_reply})})
     if not state.recipients:
         frontend.reset(state)
-        return refusal(_whole([line["smtp_reply"] for line in lines]), lines)
+        return refusal(_whole([line["smtp_reply"] for line in lines]), lines, frontend.clock.now())
     if session.closing:
         frontend.reset(state)
         return Answer(503, {"error": "the relay is shutting down; try again"})
