@@ -239,6 +239,18 @@ def test_refusals_name_the_problem(make_relay: Callable[..., Relay], tmp_path: P
                              b"X-Smtprelay-Template-Data: [1]\r\n\r\n-\r\n")
         assert code == 550 and reply.startswith(b"5.6.0 X-Smtprelay-Template-Data: must be a JSON object")
 
+    # The API shares SMTP AUTH's lockout: after auth.max_failures (5) bad passwords from one
+    # address, even the right one is refused — over HTTP and over SMTP.
+    for _ in range(5):
+        assert api(relay, {**base, "subject": "s", "text": "t"}, (user, "wrong"))[0] == 401
+    status, doc, _ = api(relay, {**base, "subject": "s", "text": "t"}, auth)
+    assert status == 401 and doc["smtp_reply"].startswith("421 4.7.0 Too many failed authentication attempts")
+    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="app.test", timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.ehlo()
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        assert s.docmd("AUTH", "PLAIN " + token)[0] == 421
+
 
 def test_templates_over_the_admin_api_and_the_send_endpoint_in_openapi(make_relay: Callable[..., Relay]) -> None:
     relay = make_relay({"http": {"admin_token": "s3cret-token"}})
