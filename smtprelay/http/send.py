@@ -9,6 +9,7 @@ Must never: check a credential or a policy itself, or block the loop.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -23,6 +24,7 @@ from smtprelay.smtp.channel import ChannelClosed, RemoteError
 from smtprelay.templates.request import SendRequest, parse
 
 PATH = "/api/v1/send"
+INLINE_BODY = 64 * 1024
 Send = Callable[[SendRequest, str, str, str], Awaitable[Answer]]
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="smtprelay", charset="UTF-8"'}
 
@@ -44,6 +46,14 @@ def credentials(header: str) -> tuple[str, str] | None:
     return (username, password) if colon else None
 
 
+def _decode(raw: bytes, max_recipients: int) -> SendRequest:
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        raise Invalid("the body is not JSON") from None
+    return parse(body, max_recipients)
+
+
 def add_route(app: web.Application, config: Callable[[], Config], send: Send) -> None:
     async def handle(request: web.Request) -> web.Response:
         given = credentials(request.headers.get("Authorization", ""))
@@ -56,11 +66,11 @@ def add_route(app: web.Application, config: Callable[[], Config], send: Send) ->
             return web.json_response({"error": "the request is larger than the message size limit allows"},
                                      status=413)
         try:
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                raise Invalid("the body is not JSON") from None
-            send_request = parse(body, config().limits.max_recipients)
+            limit = config().limits.max_recipients
+            # A large body (attachments) is decoded in a thread: the back end's loop runs the
+            # group commits and the scheduler.
+            send_request = _decode(raw, limit) if len(raw) <= INLINE_BODY else \
+                await asyncio.to_thread(_decode, raw, limit)
         except Invalid as exc:
             return web.json_response({"error": str(exc), **({"field": exc.field} if exc.field else {})}, status=400)
         try:
