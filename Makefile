@@ -13,7 +13,7 @@ TOOLS := tests/tools/node_modules/.installed
 # package without installing it (no Prometheus daemon is set up or started).
 PROMTOOL := tests/tools/bin/promtool
 
-.PHONY: run test bench venv debs clean
+.PHONY: run test bench fuzz venv debs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -64,6 +64,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/signing.py
 	$(BIN)/python bench/api.py
+
+# Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := mail rcpt address unstuff dkim-headers template send-request
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet atheris
+	for target in $(FUZZ_TARGETS); do \
+		$(BIN)/python tests/fuzz/harness.py $$target -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) var *.egg-info
