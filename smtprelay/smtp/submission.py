@@ -191,6 +191,9 @@ class SubmissionSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        task = self._handler_coroutine
+        if task is not None:
+            task.add_done_callback(self._release)
         if self._admitted:
             self._admitted = False
             self.frontend.closed(self)
@@ -199,6 +202,19 @@ class SubmissionSMTP(SMTP):
                 self._left_before_greeting(self._admission)
             else:
                 self._admission.add_done_callback(self._left_before_greeting)
+
+    def _release(self, _task: object = None) -> None:
+        """The connection is over and its task done: drop what it holds. aiosmtpd keeps bound
+        methods of the protocol in its own dicts (commands, AUTH mechanisms, hooks), so every
+        protocol object is in a reference cycle and waits for a full garbage collection — with
+        its TLS layer (~300 KB of buffers), its streams and its last message. A long session
+        reaches the oldest generation, and full collections are rare: the 30-minute soak saw a
+        worker's heap grow 2.3 MB a minute in phases (issue 24). Cut loose, they are freed now."""
+        for name in ("_tls_protocol", "_original_transport", "_reader", "_writer", "_stream_writer",
+                     "_smtp_methods", "_auth_methods", "_handle_hooks", "_authenticator", "_client_connected_cb",
+                     "_handler_coroutine", "_timeout_handle", "session", "envelope", "transport"):
+            if name in self.__dict__:
+                setattr(self, name, None)
 
     def _left_before_greeting(self, decision: asyncio.Future[str | None]) -> None:
         """The client left while the gate was deciding: give back the slot it was granted."""
