@@ -133,7 +133,7 @@ def main() -> int:
     finally:
         relay.stop()
         sink.stop()
-        tear_down(workdir=workdir)
+        tear_down(workdir=workdir, keep=False)
     return 0
 
 
