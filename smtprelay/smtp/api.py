@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from smtprelay.catalog.records import TemplateRecord
 from smtprelay.config import ListenerConfig, TlsMode
 from smtprelay.smtp.commands import AUTH_OK
 from smtprelay.smtp.handler import FrontEnd, SessionState
@@ -123,18 +124,18 @@ async def _transaction(frontend: FrontEnd, session: ApiSession, request: SendReq
     reply, _ = await frontend.authenticate(session, "HTTP-BASIC", username.encode(), password.encode())
     if reply != AUTH_OK:
         status = 503 if reply.startswith("451") else 401
-        return Answer(status, {"error": reply[4:], "smtp_reply": reply},
-                      {"WWW-Authenticate": 'Basic realm="smtprelay"'} if status == 401 else {})
+        return Answer(status, {"error": reply[4:], "smtp_reply": reply})    # http.send adds the challenge
     reply = frontend.mail(session, request.sender[1], [])     # sender policy; reserves nothing
     if not reply.startswith("250"):
         return refusal(reply)
     assert state.account_id is not None
     # The body before any recipient: a template or data error costs no reservation.
     try:
-        if _size(frontend, request, state.account_id) <= INLINE_BYTES:
-            raw, subject_missing = _render(frontend, request, state.account_id, state)
+        template = frontend.templates.find(state.account_id, request.template) if request.template else None
+        if _size(request, template) <= INLINE_BYTES:
+            raw, subject_missing = _render(frontend, request, template, state)
         else:
-            raw, subject_missing = await asyncio.to_thread(_render, frontend, request, state.account_id, state)
+            raw, subject_missing = await asyncio.to_thread(_render, frontend, request, template, state)
     except TemplateRefused as exc:
         frontend.reject(state, "END-OF-MESSAGE", exc.verdict, request.recipients)
         frontend.reset(state)
@@ -178,20 +179,18 @@ def _whole(replies: list[str]) -> str:
     return replies[0]
 
 
-def _size(frontend: FrontEnd, request: SendRequest, account_id: int) -> int:
-    """About what rendering and building the message handle (TemplateRefused for a template
-    the account does not have)."""
+def _size(request: SendRequest, template: TemplateRecord | None) -> int:
+    """About what rendering and building the message handle."""
     size = len(request.html or "") + len(request.text or "") + sum(len(a.content) for a in request.attachments)
-    if request.template is not None:
-        template = frontend.templates.find(account_id, request.template)
+    if template is not None:
         size += len(template.html or "") + len(template.text or "")
     return size
 
 
-def _render(frontend: FrontEnd, request: SendRequest, account_id: int, state: SessionState) -> tuple[bytes, bool]:
+def _render(frontend: FrontEnd, request: SendRequest, template: TemplateRecord | None,
+            state: SessionState) -> tuple[bytes, bool]:
     """The message's bytes (CRLF), and whether a subject is missing."""
-    if request.template is not None:
-        template = frontend.templates.find(account_id, request.template)
+    if template is not None:
         rendered, use = frontend.templates.render(template, request.data)
         state.template = use
     else:
