@@ -25,9 +25,10 @@ from aiohttp import web
 from smtprelay import __version__, logs
 from smtprelay.logs import Outage
 from smtprelay.accounts import evaluate_levels
+from smtprelay.batch.runner import TaskRunner
 from smtprelay.catalog import CatalogView
 from smtprelay.catalog.view import SqliteCatalogView
-from smtprelay.clock import Clock, SystemClock
+from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
 from smtprelay.http.metrics import Metrics
 from smtprelay.services import Context, Services, open_services
@@ -57,7 +58,7 @@ class Relay:
     def __init__(self, config_path: Path, config: Config, clock: Clock | None = None, log_format: str | None = None):
         self.config_path = config_path
         self.config = config
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_environment()
         self.log_format = log_format
         self.metrics = Metrics()
         self._stop = asyncio.Event()
@@ -69,6 +70,7 @@ class Relay:
         self._catalog_version = -1
         self._blocklist_version = -1
         self.pool: WorkerPool | None = None
+        self.tasks: TaskRunner | None = None
 
     def _bind(self) -> None:
         """Every listening socket, before anything else starts: a port in use (a second `serve`)
@@ -117,6 +119,11 @@ class Relay:
         rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
         try:
             await self._start_workers()
+            assert self.pool is not None
+            pool = self.pool
+            self.tasks = TaskRunner(lambda: self.config, store, config.server.data_dir, self.clock, self.gate,
+                                    lambda request, account, row: pool.task(request, account, row), self.metrics)
+            self.tasks.start()
             await self._start_http()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -126,6 +133,8 @@ class Relay:
                      ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners),
                      config.server.worker_count, config.http.address, config.http.port)
             await self._stop.wait()
+            if self.tasks is not None:
+                await self.tasks.stop()     # no new rows; those in flight finish first
             # No new connections: the workers close their copies of the listening sockets, then
             # the back end its own (kept until now to start replacement workers).
             if self.pool is not None:

@@ -41,3 +41,44 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._mono += seconds
+
+
+CLOCK_FILE_ENV = "SMTPRELAY_CLOCK_FILE"
+
+
+class FileClock:
+    """The system clock plus an offset in seconds read from a file: how integration tests move
+    a running relay's time (a schedule, a rolling 24 h quota) without waiting. Only when
+    $SMTPRELAY_CLOCK_FILE names the file (`clock_from_environment`); production never sets it.
+    The file is re-read at most every 50 ms of real time."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._offset = 0.0
+        self._read_at = -1.0
+        self._offset_now()
+
+    def _offset_now(self) -> float:
+        real = time.monotonic()
+        if real - self._read_at >= 0.05:
+            self._read_at = real
+            try:
+                with open(self.path, encoding="ascii") as f:
+                    self._offset = float(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pass        # a test writing it right now: keep the last offset
+        return self._offset
+
+    def now(self) -> float:
+        return time.time() + self._offset_now()
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._offset_now()
+
+
+def clock_from_environment() -> Clock:
+    """The clock every process of the relay and the CLI uses: the system's, or a FileClock for
+    tests (see FileClock)."""
+    import os
+    path = os.environ.get(CLOCK_FILE_ENV)
+    return FileClock(path) if path else SystemClock()

@@ -133,6 +133,21 @@ class Relay:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
         self._seed = seed
+        self.env: dict[str, str] = {}      # extra environment of the relay and the CLI
+
+    def fake_clock(self) -> "Relay":
+        """The relay and its CLI read their time as the system's plus an offset from a file
+        (smtprelay.clock.FileClock); `advance` moves it. Call before `start`."""
+        self.clock_path = self.dir / "clock-offset"
+        self.clock_path.write_text("0")
+        self.env["SMTPRELAY_CLOCK_FILE"] = str(self.clock_path)
+        return self
+
+    def advance(self, seconds: float) -> None:
+        offset = float(self.clock_path.read_text()) + seconds
+        tmp = self.clock_path.with_suffix(".tmp")
+        tmp.write_text(repr(offset))
+        tmp.replace(self.clock_path)       # never a half-written file
 
     def seed_sender(self, account: str, domain: str, addresses: tuple[str, ...]) -> None:
         """Register a sender domain and addresses and mark it verified, in-process.
@@ -158,7 +173,7 @@ class Relay:
     # -- CLI -----------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "smtprelay", *args, "--config", str(self.config_path)],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+                              capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, **self.env})
         if check and proc.returncode != 0:
             raise AssertionError(f"smtprelay {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
         return proc
@@ -180,7 +195,7 @@ class Relay:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "smtprelay", "serve", "--config",
                                       str(self.config_path), *extra], stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+                                     cwd=ROOT, env={**os.environ, **self.env})
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -111,3 +111,56 @@ class TemplateRecord:
     html: str | None
     text: str | None
     variables: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    id: int
+    account_id: int
+    account: str
+    name: str
+    description: str | None
+    columns: tuple[str, ...]
+    size: int
+    skipped: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: int
+    account_id: int
+    account: str
+    group_id: int
+    group: str
+    template_id: int
+    template: str
+    mail_from: str
+    subject: str | None
+    tag: str | None
+    data: str                   # JSON object
+    kind: str                   # now, at, every
+    first_at: float
+    every_seconds: float | None
+    created_at: float
+    held: bool                  # the operator paused it
+    cancelled_at: float | None
+    state: str                  # the runner's: scheduled, running, finished, cancelled
+    wait_reason: str | None
+    wait_until: float | None
+    next_run_at: float | None
+    runs: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a task and its counts (requested = rows resolved so far)."""
+    task_id: int
+    run: int
+    due_at: float
+    started_at: float
+    finished_at: float | None
+    size: int
+    status: str
+    counts: dict[str, int]

@@ -2,7 +2,7 @@
 
 Owns: the parser and `main` (errors → messages and exit statuses: 0 success, 1 refused
 operation, 2 bad usage or bad config). Each area's commands live in their own module of this
-package (accounts, domains, warmup, queue, reports, webhooks, tracking, blocklist, templates), which
+package (accounts, domains, warmup, queue, reports, webhooks, tracking, blocklist, templates, batch), which
 registers them through `cli.base.Registry`; a new command goes there, over a service method.
 Management commands act on the same store as the server; a running server sees changes
 within 2 seconds.
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from smtprelay import __version__
-from smtprelay.cli import accounts, blocklist, domains, queue, reports, templates, tracking, warmup, webhooks
+from smtprelay.cli import (accounts, batch, blocklist, domains, queue, reports, templates, tracking, warmup,
+                           webhooks)
 from smtprelay.cli.base import ParseError, Registry, UsageError, default_config, emit
 from smtprelay.config import ConfigError, load
 from smtprelay.errors import Invalid, ServiceError
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log line format (default: [log] format in relay.toml)")
     reg.command(sub, "check-config", cmd_check_config, "validate relay.toml and print each problem with its key path")
 
-    for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates):
+    for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates, batch):
         module.register(reg)
     return parser
 

@@ -7,13 +7,14 @@ import datetime
 import sys
 from typing import Any
 
-from smtprelay.cli.base import Registry, UsageError, When, emit, print_table, services, whole_day, words
+from smtprelay.cli.base import (Registry, UsageError, When, emit, positive_int, print_table, services, whole_day,
+                                words)
 from smtprelay.events.stats import COUNTS
 
 
 def stats(args: argparse.Namespace) -> int:
     result = services(args).reports.stats(args.since, args.until, args.sender_domain, args.recipient_domain,
-                                          whole_day(args), args.template, args.account)
+                                          whole_day(args), args.template, args.account, args.task, args.run)
     rows = result.days
     if args.json or args.format == "json":
         args.json = True
@@ -103,6 +104,8 @@ def register(reg: Registry) -> None:
     p.add_argument("--recipient-domain")
     p.add_argument("--template", help="one template's rows (its id, or its name)")
     p.add_argument("--account", help="the template's account, when several use its name")
+    p.add_argument("--task", type=positive_int, metavar="ID", help="one sending task's rows")
+    p.add_argument("--run", type=positive_int, metavar="N", help="with --task: one run's rows")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p = reg.command(reg.top, "status", status,
                     "delivery status and history of a message, or of the mail to one address")

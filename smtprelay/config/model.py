@@ -307,6 +307,13 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchConfig:
+    max_group_size: int = 10_000        # rows in one recipient group
+    concurrency: int = 16               # task recipients being submitted at once, all tasks together
+    chunk_rows: int = 500               # group rows a running task reads at a time
+
+
+@dataclass(frozen=True, slots=True)
 class BlocklistConfig:
     invalid_address_days: int = 180
     auto_block_full_inbox: bool = False
@@ -359,6 +366,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
     def warnings(self) -> list[str]:
         """Valid settings a relay that sends to the Internet should not keep: what check-config
@@ -377,7 +385,7 @@ class Config:
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
                        "warmup", "events", "webhooks",
-                       "tracking")
+                       "tracking", "batch")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DomainsConfig, EventsConfig, BatchConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.warmup import fraction, parse_warmup
@@ -23,7 +23,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking"}
+             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -187,6 +187,10 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                                     lambda raw: tuple(str(x).lower() for x in _list(raw))),
         machine_window=tr.duration("machine_window", 60.0))
     tr.finish()
+    ba = _Section(data.get("batch", {}), "batch", problems)
+    batch = BatchConfig(max_group_size=ba.positive_int("max_group_size", 10_000),
+                        concurrency=ba.positive_int("concurrency", 16), chunk_rows=ba.positive_int("chunk_rows", 500))
+    ba.finish()
     if tracking.secret is not None and len(tracking.secret) < 16:
         problems.append("tracking.secret: must be at least 16 characters")
     if webhooks.max_age < 86400.0:
@@ -195,7 +199,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
-                    events=events, webhooks=webhooks, tracking=tracking)
+                    events=events, webhooks=webhooks, tracking=tracking, batch=batch)
     if problems:
         raise ConfigError(problems)
     return config

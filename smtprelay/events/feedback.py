@@ -22,12 +22,12 @@ def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None
                  (account_id, domain, address, kind, now))
     # Every event of a message carries its tag and template, so stats count this in the same
     # row as the message's opens and deliveries.
-    found = conn.execute("SELECT tag, template_id, template_version FROM messages WHERE id = ?",
+    found = conn.execute("SELECT tag, template_id, template_version, task_id, task_run FROM messages WHERE id = ?",
                          (queue_id,)).fetchone() if queue_id else None
-    tag, template_id, version = found if found else (None, None, None)
+    tag, template_id, version, task_id, task_run = found if found else (None, None, None, None, None)
     conn.execute(events.INSERT_WITH_TEMPLATE, ("complained" if kind == "complaint" else "unsubscribed", now, account_id,
                                                queue_id, address, domain, address.rpartition("@")[2], None, tag,
-                                               events.data(), template_id, version))
+                                               events.data(), template_id, version, task_id, task_run))
     exists = conn.execute("SELECT 1 FROM blocklist WHERE address = ? AND type = 'reject' AND sender_domain = ?",
                           (address, domain)).fetchone()
     if not exists:

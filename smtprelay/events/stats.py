@@ -19,7 +19,8 @@ _TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired",
 
 def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: str | None = None,
           recipient_domain: str | None = None, template_id: int | None = None,
-          template_names: dict[int, tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+          template_names: dict[int, tuple[str, str]] | None = None, task_id: int | None = None,
+          task_run: int | None = None) -> list[dict[str, Any]]:
     """Rows per day and group; `template_names` (id → account, name) names the template of
     each row (its id when the name is not known)."""
     where = ["at >= ?", "at < ?", f"type IN ({','.join('?' * len(_TYPES))})"]
@@ -33,6 +34,12 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
     if template_id is not None:
         where.append("template_id = ?")
         args.append(template_id)
+    if task_id is not None:         # a sending task's rows (index events_task)
+        where.append("task_id = ?")
+        args.append(task_id)
+        if task_run is not None:
+            where.append("task_run = ?")
+            args.append(task_run)
     rows = conn.execute(
         "SELECT date(at, 'unixepoch'), coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
         " coalesce(tag, ''), type, json_extract(data, '$.bounce_type'), count(*),"

@@ -40,16 +40,20 @@ OUTCOME_EVENTS = frozenset({"delivered", "deferred", "bounced", "expired", "thro
 INSERT = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain,"
           " provider, tag, data) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
-# `accepted`: the message's template (id, version) as well.
+# The front end's `rejected` events: a sending task's recipient names its task and run.
+INSERT_REJECTED = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain,"
+                   " provider, tag, data, task_id, task_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
+# `accepted`: the message's template (id, version) and sending task (id, run) as well.
 INSERT_WITH_TEMPLATE = ("INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain,"
-                        " recipient_domain, provider, tag, data, template_id, template_version)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+                        " recipient_domain, provider, tag, data, template_id, template_version, task_id, task_run)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 # An outcome's event: the recipient's message gives account, queue id, domains, tag and template.
 INSERT_FOR_RECIPIENT = (
     "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
-    " tag, data, template_id, template_version) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain,"
-    " r.domain, ?, m.tag, ?, m.template_id, m.template_version"
+    " tag, data, template_id, template_version, task_id, task_run) SELECT ?, ?, m.account_id, m.id, r.address,"
+    " m.sender_domain, r.domain, ?, m.tag, ?, m.template_id, m.template_version, m.task_id, m.task_run"
     " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ? AND m.mail_from != ''")
 
 
@@ -58,7 +62,7 @@ def data(**fields: Any) -> str:
 
 
 def insert_job(rows: list[tuple[Any, ...]]) -> Job:
-    """Rows in INSERT's column order (the front end's `rejected` events)."""
+    """Rows in INSERT_REJECTED's column order (the front end's `rejected` events)."""
     def job(db: sqlite3.Connection) -> None:
-        db.executemany(INSERT, rows)
+        db.executemany(INSERT_REJECTED, rows)
     return job

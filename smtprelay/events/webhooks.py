@@ -138,7 +138,7 @@ def event_documents(db: sqlite3.Connection, event_ids: list[int]) -> dict[int, d
             "SELECT e.id, e.type, e.at, a.name, m.header_message_id, e.queue_id,"
             " coalesce(m.mail_from, json_extract(e.data, '$.from')), e.recipient, e.sender_domain, e.recipient_domain,"
             " e.provider, e.tag, e.data, coalesce(e.account_id, (SELECT d.account_id FROM domains d"
-            " WHERE d.name = e.sender_domain)), e.template_id, e.template_version, t.name"
+            " WHERE d.name = e.sender_domain)), e.template_id, e.template_version, t.name, e.task_id, e.task_run"
             f" FROM events e LEFT JOIN templates t ON t.id = e.template_id LEFT JOIN messages m ON m.id = e.queue_id LEFT JOIN accounts a ON a.id = coalesce("
             f"e.account_id, (SELECT d.account_id FROM domains d WHERE d.name = e.sender_domain))"
             f" WHERE e.id IN ({marks})", event_ids).fetchall()
@@ -150,6 +150,7 @@ def event_documents(db: sqlite3.Connection, event_ids: list[int]) -> dict[int, d
                       "message_id": r[4], "queue_id": r[5], "from": r[6], "recipient": r[7],
                       "sender_domain": r[8], "recipient_domain": r[9], "provider": r[10], "tag": r[11],
                       "template": {"id": r[14], "version": r[15], "name": r[16]} if r[14] is not None else None,
+                      "task": r[17], "run": r[18],
                       **extra}
     return docs
 

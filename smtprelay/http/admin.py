@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import math
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import aiohttp
 from aiohttp import web
 
 from smtprelay import __version__, when
@@ -31,6 +33,7 @@ from smtprelay.policy.blocklist import TYPES
 from smtprelay.queue.listing import STATES
 from smtprelay.services import Services, guard
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
+from smtprelay.services.batch import group_doc
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
 from smtprelay.services.templates import template_doc
 from smtprelay.services.tracking import CHOICES
@@ -43,7 +46,8 @@ Params = dict[str, Any]
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: str = "string"            # string, integer, number, boolean, object, when (a past moment), deadline
+    type: str = "string"            # string, integer, number, boolean, object, when (a past moment), deadline,
+                                    # file (multipart/form-data, or a string in JSON)
     required: bool = False
     choices: tuple[str, ...] = ()
     description: str = ""
@@ -141,6 +145,53 @@ TEMPLATE_ROUTES = (
           (_BY_NAME, Field("data", "object"), Field("strict", "boolean"))),
 )
 
+def _task_id(p: Params) -> int:
+    text = p["id"]
+    if not text.isdigit() or int(text) <= 0:
+        raise Invalid(f"a task id is a positive integer, got {text!r}", "id")
+    return int(text)
+
+
+BATCH_ROUTES = (
+    Route("GET", "/groups", "List recipient groups",
+          lambda s, p: _docs("groups", s.groups.all(p.get("account")), group_doc), (Field("account"),)),
+    Route("POST", "/groups", "Upload a recipient group: a CSV (multipart/form-data file \"csv\", or a string) with a "
+                             "header row, an email column and one column per variable; all or nothing unless "
+                             "skip_invalid; bad rows are named by line",
+          lambda s, p: s.groups.add(p["account"], p["name"], io.BytesIO(p["csv"]), p.get("description"),
+                                    bool(p.get("skip_invalid"))).doc(),
+          (_ACCOUNT, Field("name", required=True), Field("csv", "file", required=True), Field("description"),
+           Field("skip_invalid", "boolean", description="import the good rows and list the bad ones"))),
+    Route("GET", "/groups/{id}", "A group and its first rows (an id, or a name)",
+          lambda s, p: s.groups.show(p["id"], p.get("account"), p.get("limit") or 20).doc(),
+          (Field("account"), Field("limit", "integer", description="rows to show (default 20)"))),
+    Route("DELETE", "/groups/{id}", "Delete a group (refused while a task that is not finished uses it)",
+          lambda s, p: {"deleted": group_doc(s.groups.delete(p["id"], p.get("account")))}, (Field("account"),)),
+    Route("GET", "/tasks", "List sending tasks",
+          lambda s, p: {"tasks": [v.doc() for v in s.tasks.all(p.get("account"))]}, (Field("account"),)),
+    Route("POST", "/tasks", "Create a sending task: a template to every row of a group, now, at a time, or every "
+                            "N days",
+          lambda s, p: s.tasks.add(p["account"], p["group"], p["template"], p["from"], p.get("subject"), p.get("tag"),
+                                   p.get("data"), bool(p.get("now")), p.get("at"), p.get("every")).doc(),
+          (_ACCOUNT, Field("group", required=True, description="id or name"),
+           Field("template", required=True, description="id or name"),
+           Field("from", required=True, description="\"Name <user@example.com>\" or user@example.com"),
+           Field("subject", description="overrides the template's"), Field("tag"),
+           Field("data", "object", description="task-wide variables (a row's own columns win)"),
+           Field("now", "boolean", description="start at once (or give at)"),
+           Field("at", description="2026-12-24T09:00:00Z; UTC unless it names a zone (+01:00, or "
+                                   "\"2026-12-24T09:00 Europe/Paris\"); or a duration from now (2h)"),
+           Field("every", description="run again every period (7d; at least 1h)"))),
+    Route("GET", "/tasks/{id}", "A task: status, type, progress, next run, and each run's counts",
+          lambda s, p: s.tasks.show(_task_id(p)).doc()),
+    Route("POST", "/tasks/{id}/pause", "Pause a task (only resume continues it)",
+          lambda s, p: s.tasks.pause(_task_id(p)).doc()),
+    Route("POST", "/tasks/{id}/resume", "Continue a task an operator paused",
+          lambda s, p: s.tasks.resume(_task_id(p)).doc()),
+    Route("POST", "/tasks/{id}/cancel", "Cancel a task (rows already queued are sent)",
+          lambda s, p: s.tasks.cancel(_task_id(p)).doc()),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/accounts", "List accounts, and the reputation rule that sets their quotas",
           lambda s, p: s.accounts.listing().doc()),
@@ -218,9 +269,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/stats", "Daily statistics (counts: " + ", ".join(COUNTS) + ")",
           lambda s, p: s.reports.stats(p.get("from"), p.get("to"), p.get("sender_domain"),
                                        p.get("recipient_domain"), template=p.get("template"),
-                                       account=p.get("account")).doc(),
+                                       account=p.get("account"), task=p.get("task"), run=p.get("run")).doc(),
           (Field("from", "when"), Field("to", "when"), Field("sender_domain"), Field("recipient_domain"),
-           Field("template", description="an id, or a name"), _BY_NAME)),
+           Field("template", description="an id, or a name"), _BY_NAME,
+           Field("task", "integer", description="one sending task's rows"),
+           Field("run", "integer", description="with task: one run's rows"))),
     Route("GET", "/status/{queue_id}", "Delivery status and history of a message",
           lambda s, p: s.reports.message(p["queue_id"]).doc()),
     Route("GET", "/status", "Delivery status of the mail to one address", _status,
@@ -248,6 +301,7 @@ ROUTES: tuple[Route, ...] = (
           (Field("account"), Field("domain"), *(Field(k, choices=tuple(CHOICES))
                                                 for k in ("opens", "clicks", "unsubscribe")))),
     *TEMPLATE_ROUTES,
+    *BATCH_ROUTES,
     Route("GET", "/explain", "Every policy that applies to a sender and recipient now",
           lambda s, p: s.reports.explain(p["account"], p["from"], p["to"]).doc(),
           (_ACCOUNT, Field("from", required=True), Field("to", required=True))),
@@ -256,6 +310,8 @@ ROUTES: tuple[Route, ...] = (
 _SCHEMA: dict[str, dict[str, Any]] = {"string": {"type": "string"}, "integer": {"type": "integer", "minimum": 1},
            "number": {"type": "number", "exclusiveMinimum": 0}, "boolean": {"type": "boolean"},
            "object": {"type": "object", "description": "variable names and their values"},
+           "file": {"type": "string", "format": "binary", "description": "a file (multipart/form-data), or its text "
+                                                                         "in JSON"},
            "when": {"type": "string", "description": "a date (2026-12-31), a time (2026-12-31T12:00:00Z) or a "
                                                      "duration back from now (7d)"},
            "deadline": {"type": "string", "description": "a date, a time, or a duration from now (30d)"}}
@@ -309,6 +365,12 @@ def _typed(f: Field, value: Any, from_query: bool, now: float) -> Any:
         if not isinstance(value, dict):
             raise bad("a JSON object")
         return value
+    if f.type == "file":
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if not isinstance(value, str):
+            raise bad("a file (multipart/form-data) or a string")
+        return value.encode("utf-8")
     if not isinstance(value, str):
         raise bad("a string")
     if f.choices and value not in f.choices:
@@ -348,10 +410,12 @@ def openapi() -> dict[str, Any]:
             params += [{"name": f.name, "in": "query", "required": f.required, "schema": schema(f)}
                        for f in route.fields]
         elif route.fields:
-            entry["requestBody"] = {"required": any(f.required for f in route.fields), "content": {
-                "application/json": {"schema": {
-                    "type": "object", "properties": {f.name: schema(f) for f in route.fields},
-                    "required": [f.name for f in route.fields if f.required], "additionalProperties": False}}}}
+            body = {"schema": {"type": "object", "properties": {f.name: schema(f) for f in route.fields},
+                               "required": [f.name for f in route.fields if f.required], "additionalProperties": False}}
+            content = {"application/json": body}
+            if any(f.type == "file" for f in route.fields):
+                content["multipart/form-data"] = body
+            entry["requestBody"] = {"required": any(f.required for f in route.fields), "content": content}
         if params:
             entry["parameters"] = params
         paths.setdefault(route.path, {})[route.method.lower()] = entry
@@ -396,6 +460,20 @@ def _run(open_services: Callable[[], Services], route: Route, params: Params) ->
             services.close()
 
 
+async def _form(request: web.Request) -> dict[str, Any]:
+    """A multipart/form-data body: text fields as strings, file fields as bytes."""
+    given: dict[str, Any] = {}
+    reader = await request.multipart()
+    while True:
+        part = await reader.next()
+        if part is None:
+            return given
+        if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
+            raise Invalid("a multipart field without a name")
+        data = await part.read()
+        given[part.name] = data if part.filename is not None else data.decode("utf-8", "replace")
+
+
 def add_routes(app: web.Application, token: Callable[[], str | None], open_services: Callable[[], Services]) -> None:
     def authorized(request: web.Request) -> web.Response | None:
         expected = token()
@@ -417,14 +495,16 @@ def add_routes(app: web.Application, token: Callable[[], str | None], open_servi
                 if route.method in ("GET", "DELETE"):
                     given: dict[str, Any] = dict(request.query)
                 else:
+                    form = request.content_type == "multipart/form-data"
                     try:
-                        given = await request.json() if request.can_read_body else {}
+                        given = await _form(request) if form else await request.json() if request.can_read_body \
+                            else {}
                     except ValueError:
                         raise Invalid("the body is not JSON") from None
                     if not isinstance(given, dict):
                         raise Invalid("the body must be a JSON object")
-                params = validate(route, dict(request.match_info), given, route.method in ("GET", "DELETE"),
-                                  time.time())
+                params = validate(route, dict(request.match_info), given,
+                                  route.method in ("GET", "DELETE") or form, time.time())
                 doc = await asyncio.to_thread(_run, open_services, route, params)
             except (ServiceError, ConfigError) as exc:
                 return error_response(exc)

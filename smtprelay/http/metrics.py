@@ -62,7 +62,24 @@ class Metrics:
             self.webhook_deliveries.labels(result=result)
         self.tls_certificate_expiry = Gauge("smtprelay_tls_certificate_expiry_seconds",
                                             "When the submission TLS certificate expires (Unix time)", registry=r)
+        self.tasks = Gauge("smtprelay_tasks", "Sending tasks, by status (scheduled, running, paused, finished, "
+                           "cancelled)", ["status"], registry=r)
+        self.task_recipients = Counter("smtprelay_task_recipients_total",
+                                       "Group rows a sending task submitted, by result (accepted, rejected; "
+                                       "deferred: refused for a while, tried again)", ["result"], registry=r)
+        for result in ("accepted", "rejected", "deferred"):
+            self.task_recipients.labels(result=result)
+        for status in ("scheduled", "running", "paused", "finished", "cancelled"):
+            self.tasks.labels(status=status)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):
             self.auth_attempts.labels(result=result)
+
+    # -- the task runner's (batch.runner.Counters) ------------------------------------------------
+    def recipients(self, result: str) -> None:
+        self.task_recipients.labels(result=result).inc()
+
+    def statuses(self, counts: dict[str, int]) -> None:
+        for status in ("scheduled", "running", "paused", "finished", "cancelled"):
+            self.tasks.labels(status=status).set(counts.get(status, 0))

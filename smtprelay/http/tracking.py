@@ -39,8 +39,8 @@ def _job(kind: str, queue_id: str, recipient: str, url: str, agent: str, machine
     def job(db: sqlite3.Connection) -> None:
         db.execute(
             "INSERT INTO events (type, at, account_id, queue_id, recipient, sender_domain, recipient_domain, provider,"
-            " tag, template_id, template_version, data) SELECT ?, ?, m.account_id, m.id, r.address, m.sender_domain,"
-            " r.domain, NULL, m.tag, m.template_id, m.template_version,"
+            " tag, template_id, template_version, task_id, task_run, data) SELECT ?, ?, m.account_id, m.id, r.address,"
+            " m.sender_domain, r.domain, NULL, m.tag, m.template_id, m.template_version, m.task_id, m.task_run,"
             " json_object('machine', json(CASE WHEN ? OR EXISTS (SELECT 1 FROM events d WHERE d.queue_id = m.id"
             "   AND d.recipient = r.address AND d.type = 'delivered' AND d.at > ?) THEN 'true' ELSE 'false' END),"
             "   'user_agent', ?, 'url', nullif(?, ''))"

@@ -140,6 +140,14 @@ class SendLimiter:
                      daily + self._reserved_acct[account_id], limits.daily_quota,
                      (first_minute + 1) * MINUTE + DAY if first_minute is not None else None)
 
+    def quota_room(self, account_id: int, limits: AccountLimits) -> tuple[int, float | None]:
+        """How many more recipients the account's rolling 24 h quota takes now (reservations
+        count), and when the oldest counted minute leaves the window. No I/O: a sending task
+        asks before each row."""
+        daily, first_minute = self._daily_used(account_id, self.clock.now())
+        return (limits.daily_quota - daily - self._reserved_acct[account_id],
+                (first_minute + 1) * MINUTE + DAY if first_minute is not None else None)
+
     def prune(self) -> None:
         """Drop minutes that left the 24 h window, and accounts with none left."""
         now = self.clock.now()

@@ -328,6 +328,86 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN template_version INTEGER;
     {catalog_triggers}
     """.replace("{catalog_triggers}", _bump_triggers("templates")),
+    # 11: recipient groups and sending tasks (issue 17). A group's rows never change (a new
+    # upload is a new group). The CLI writes what an operator asks (a task, `held`,
+    # `cancelled_at`); the back end's task runner alone writes a task's progress (`state`,
+    # `wait_*`, `next_run_at`, `runs`, task_runs, the `rejected` task_rows). An accepted row's
+    # task_rows line is written in the message's own enqueue transaction: after a crash a row
+    # is either queued and recorded, or neither — never sent twice.
+    """
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        description TEXT,
+        columns TEXT NOT NULL,          -- JSON list: the variable columns, in file order (not email)
+        size INTEGER NOT NULL,
+        skipped INTEGER NOT NULL DEFAULT 0,   -- bad rows left out (--skip-invalid)
+        created_at REAL NOT NULL,
+        deleted_at REAL                 -- its rows are gone; tasks that used it still name it
+    );
+    CREATE UNIQUE INDEX groups_name ON groups (account_id, name) WHERE deleted_at IS NULL;
+    CREATE TABLE group_rows (
+        group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        row INTEGER NOT NULL,           -- 1, 2, ... in file order
+        line INTEGER NOT NULL,          -- its line in the CSV
+        email TEXT NOT NULL,
+        data TEXT NOT NULL,             -- JSON object of the row's variables
+        PRIMARY KEY (group_id, row)
+    ) WITHOUT ROWID;
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        group_id INTEGER NOT NULL REFERENCES groups(id),
+        template_id INTEGER NOT NULL REFERENCES templates(id),
+        mail_from TEXT NOT NULL,        -- as given ("Name <address>" or address)
+        subject TEXT,
+        tag TEXT,
+        data TEXT NOT NULL,             -- JSON object: task-wide variables (a row's own win)
+        kind TEXT NOT NULL,             -- now, at, every
+        first_at REAL NOT NULL,
+        every_seconds REAL,
+        created_at REAL NOT NULL,
+        held INTEGER NOT NULL DEFAULT 0,      -- operator: task pause / task resume
+        cancelled_at REAL,                    -- operator: task cancel
+        state TEXT NOT NULL DEFAULT 'scheduled',   -- runner: scheduled, running, finished, cancelled
+        wait_reason TEXT,                     -- runner: why it waits (daily quota, sender refused)
+        wait_until REAL,
+        next_run_at REAL,                     -- runner: when the next run is due (NULL: none)
+        runs INTEGER NOT NULL DEFAULT 0,      -- runner: runs started
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX tasks_open ON tasks (state) WHERE state IN ('scheduled', 'running');
+    CREATE INDEX tasks_group ON tasks (group_id);
+    CREATE INDEX tasks_template ON tasks (template_id);
+    CREATE TABLE task_runs (
+        task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        run INTEGER NOT NULL,
+        due_at REAL NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        size INTEGER NOT NULL,          -- the group's rows
+        cursor INTEGER NOT NULL DEFAULT 0,    -- every row up to here is resolved
+        status TEXT NOT NULL,           -- running, finished, cancelled
+        PRIMARY KEY (task_id, run)
+    );
+    CREATE TABLE task_rows (
+        task_id INTEGER NOT NULL,
+        run INTEGER NOT NULL,
+        row INTEGER NOT NULL,
+        result TEXT NOT NULL,           -- accepted, rejected
+        queue_id TEXT,
+        reply TEXT,
+        at REAL NOT NULL,
+        PRIMARY KEY (task_id, run, row)
+    ) WITHOUT ROWID;
+    ALTER TABLE messages ADD COLUMN task_id INTEGER;
+    ALTER TABLE messages ADD COLUMN task_run INTEGER;
+    ALTER TABLE events ADD COLUMN task_id INTEGER;
+    ALTER TABLE events ADD COLUMN task_run INTEGER;
+    CREATE INDEX messages_task ON messages (task_id, task_run) WHERE task_id IS NOT NULL;
+    CREATE INDEX events_task ON events (task_id, task_run, type) WHERE task_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

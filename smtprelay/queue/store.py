@@ -62,13 +62,14 @@ class QueuedMessage:
     tag: str | None = None          # X-Smtprelay-Tag, for statistics
     bodies: tuple[bytes, ...] | None = None   # one copy per recipient (tracking tokens), same order
     template: tuple[int, int] | None = None   # (id, version) of the template it was rendered from
+    task: tuple[int, int, int] | None = None  # (task, run, group row) of the sending task that made it
 
     def fields(self) -> tuple[Any, ...]:
         """The fields in order, for the workers' channel: a tuple unpickles several times faster
         than a frozen dataclass with slots, which restores itself field by field."""
         return (self.id, self.account_id, self.username, self.mail_from, self.recipients, self.body,
                 self.created_at, self.client_address, self.tls, self.header_message_id, self.tag, self.bodies,
-                self.template)
+                self.template, self.task)
 
 
 def recipient_domain(address: str) -> str:
@@ -441,17 +442,23 @@ def insert_messages(db: sqlite3.Connection, messages: list[QueuedMessage],
                     deferred_until: Callable[[str, float], tuple[float, str] | None] | None = None) -> None:
     db.executemany(
         "INSERT INTO messages (id, account_id, username, mail_from, sender_domain, size, created_at,"
-        " client_address, tls, header_message_id, tag, body, template_id, template_version)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " client_address, tls, header_message_id, tag, body, template_id, template_version, task_id, task_run)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [(m.id, m.account_id, m.username, m.mail_from, recipient_domain(m.mail_from) if m.mail_from else None,
           len(m.body), m.created_at, m.client_address, m.tls, m.header_message_id, m.tag, m.body,
-          *(m.template or (None, None))) for m in messages])
+          *(m.template or (None, None)), *(m.task[:2] if m.task else (None, None))) for m in messages])
+    # A task's row is recorded with its message: committed together, or neither (issue 17).
+    rows_done = [(*m.task, m.id, m.created_at) for m in messages if m.task]
+    if rows_done:
+        db.executemany("INSERT INTO task_rows (task_id, run, row, result, queue_id, at) VALUES (?,?,?,'accepted',?,?)"
+                       " ON CONFLICT DO UPDATE SET result = 'accepted', queue_id = excluded.queue_id, reply = NULL,"
+                       " at = excluded.at", rows_done)
     # One `accepted` event per recipient, in the same transaction (bounces we generate are not
     # a tenant's sending: no events for them).
     accepted = [
         ("accepted", m.created_at, m.account_id, m.id, rcpt, recipient_domain(m.mail_from), recipient_domain(rcpt),
          None, m.tag, events.data(**{"from": m.mail_from, "message_id": m.header_message_id, "size": len(m.body)}),
-         *(m.template or (None, None)))
+         *(m.template or (None, None)), *(m.task[:2] if m.task else (None, None)))
         for m in messages if m.mail_from for rcpt in m.recipients]
     if accepted:
         db.executemany(events.INSERT_WITH_TEMPLATE, accepted)

@@ -6,10 +6,11 @@ import sqlite3
 from functools import cached_property
 from pathlib import Path
 
-from smtprelay.clock import Clock, SystemClock
+from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, load
 from smtprelay.errors import StoreUnavailable
 from smtprelay.services.accounts import AccountService
+from smtprelay.services.batch import GroupService, TaskService
 from smtprelay.services.blocklist import BlocklistService
 from smtprelay.services.context import Context, register_errors
 from smtprelay.services.domains import DomainService
@@ -64,6 +65,14 @@ class Services:
         return TemplateService(self.ctx)
 
     @cached_property
+    def groups(self) -> GroupService:
+        return GroupService(self.ctx)
+
+    @cached_property
+    def tasks(self) -> TaskService:
+        return TaskService(self.ctx)
+
+    @cached_property
     def reports(self) -> ReportService:
         return ReportService(self.ctx)
 
@@ -84,6 +93,6 @@ def open_services(config_path: Path, clock: Clock | None = None, config: Config 
         raise StoreUnavailable(str(exc)) from None
     catalog = SqliteCatalog(conn)
     register_errors(catalog.errors)
-    return Services(Context(config, catalog, conn, clock or SystemClock()))
+    return Services(Context(config, catalog, conn, clock or clock_from_environment()))
 
 

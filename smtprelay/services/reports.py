@@ -99,17 +99,22 @@ class ReportService:
 
     def stats(self, since: float | None = None, until: float | None = None, sender_domain: str | None = None,
               recipient_domain: str | None = None, whole_day: bool = False, template: str | None = None,
-              account: str | None = None) -> Stats:
+              account: str | None = None, task: int | None = None, run: int | None = None) -> Stats:
         """`template` (an id, or a name with `account` when several accounts use it) keeps
-        its rows only; a deleted template is still found by id."""
+        its rows only; a deleted template is still found by id. `task` (and `run`): one sending
+        task's rows."""
         start, end = self.period(since, until, 7, whole_day)
         names = self.ctx.catalog.template_names()
         template_id = None
         if template is not None:
             template_id = int(template) if template.isdigit() and int(template) in names else \
                 TemplateService(self.ctx).get(template, account).id
+        if task is not None and self.ctx.catalog.find_task(task) is None:
+            raise NotFound(f"no task {task}")
+        if run is not None and task is None:
+            raise Invalid("--run needs --task", "run")
         return Stats(start, end, daily(self.ctx.store, start, end, sender_domain, recipient_domain, template_id,
-                                       names))
+                                       names, task, run))
 
     def message(self, queue_id: str) -> MessageStatus:
         found = message_status(self.ctx.store, queue_id)

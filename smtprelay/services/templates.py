@@ -117,10 +117,10 @@ class TemplateService:
         return self.get(str(current.id))
 
     def delete(self, ref: str, account: str | None = None) -> TemplateRecord:
-        # Scheduled and recurring sending tasks will hold templates (issue 17): deleting one
-        # in use will be refused there.
         found = self.get(ref, account)
-        self.catalog.delete_template(found.id, self.ctx.now())
+        with self.catalog.transaction():
+            refuse_if_tasks_use(f"template {found.name}", self.catalog.open_tasks_using(template_id=found.id))
+            self.catalog.delete_template(found.id, self.ctx.now())
         return found
 
     def preview(self, ref: str, data: dict[str, Any], account: str | None = None,
@@ -166,6 +166,13 @@ class TemplateService:
         except TemplateError as exc:
             raise Invalid(str(exc), exc.part) from None
         return parts, compiled
+
+
+def refuse_if_tasks_use(what: str, using: list[int]) -> None:
+    """A template or group that sending tasks not yet finished use cannot go."""
+    if using:
+        raise Refused(f"{what} is used by task{'s' if len(using) > 1 else ''} {', '.join(map(str, using))} "
+                      "(pending, running, paused or recurring): cancel them first")
 
 
 def current_or(given: str | None, was: str | None) -> str | None:

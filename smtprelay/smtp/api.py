@@ -131,11 +131,7 @@ async def _transaction(frontend: FrontEnd, session: ApiSession, request: SendReq
     assert state.account_id is not None
     # The body before any recipient: a template or data error costs no reservation.
     try:
-        template = frontend.templates.find(state.account_id, request.template) if request.template else None
-        if _size(request, template) <= INLINE_BYTES:
-            raw, subject_missing = _render(frontend, request, template, state)
-        else:
-            raw, subject_missing = await asyncio.to_thread(_render, frontend, request, template, state)
+        raw, subject_missing = await _body(frontend, request, state)
     except TemplateRefused as exc:
         frontend.reject(state, "END-OF-MESSAGE", exc.verdict, request.recipients)
         frontend.reset(state)
@@ -179,6 +175,16 @@ def _whole(replies: list[str]) -> str:
     return replies[0]
 
 
+async def _body(frontend: FrontEnd, request: SendRequest, state: SessionState) -> tuple[bytes, bool]:
+    """The rendered message (in a thread when large) and whether a subject is missing;
+    TemplateRefused for a template or data the renderer refuses."""
+    assert state.account_id is not None
+    template = frontend.templates.find(state.account_id, request.template) if request.template else None
+    if _size(request, template) <= INLINE_BYTES:
+        return _render(frontend, request, template, state)
+    return await asyncio.to_thread(_render, frontend, request, template, state)
+
+
 def _size(request: SendRequest, template: TemplateRecord | None) -> int:
     """About what rendering and building the message handle."""
     size = len(request.html or "") + len(request.text or "") + sum(len(a.content) for a in request.attachments)
@@ -200,6 +206,58 @@ def _render(frontend: FrontEnd, request: SendRequest, template: TemplateRecord |
     if subject is None:
         return b"", True
     return mime.build(request, rendered, subject), False
+
+
+async def submit_task(frontend: FrontEnd, request: SendRequest, account: str,
+                      task: tuple[int, int, int]) -> tuple[str, str]:
+    """One row of a sending task (batch.runner), as the account's trusted session: MAIL,
+    render, RCPT, the message — the same FrontEnd calls as an SMTP client's. Returns (stage,
+    reply): stage "MAIL" (the sender was refused: the whole task waits), "RENDER", "RCPT" or
+    "DATA"; the reply is the SMTP reply of that stage, "250 ... queued as <ID>" when committed.
+    The message carries (task, run, row), and the store records the row with it."""
+    listener = ListenerConfig(name="task", address="", port=0, tls=TlsMode.NONE, trusted_account=account)
+    session = ApiSession("127.0.0.1", frontend.config.server.hostname, listener=listener, trusted=True)
+    state = session.state = frontend.new_session_state(session)
+    state.helo = f"task-{task[0]}"
+    state.task = task
+    frontend.sessions.add(session)     # shutdown waits for it like any session; no connection slot
+    try:
+        reply = frontend.mail(session, request.sender[1], [])
+        if not reply.startswith("250"):
+            return "MAIL", reply
+        assert state.account_id is not None
+        try:
+            raw, subject_missing = await _body(frontend, request, state)
+        except TemplateRefused as exc:
+            frontend.reject(state, "END-OF-MESSAGE", exc.verdict, request.recipients)
+            return ("MAIL" if exc.inactive or exc.field == "template.id" else "RENDER"), exc.verdict.reply
+        if subject_missing:
+            return "MAIL", "550 5.6.0 The template has no subject and the task gives none"
+        if len(raw) > frontend.config.limits.max_message_bytes:
+            reply = "552 5.3.4 Message size exceeds fixed limit"
+            frontend.refuse_command(session, "END-OF-MESSAGE", reply)
+            return "DATA", reply
+        for address in request.recipients:
+            answer = frontend.rcpt(session, address)
+            reply = answer if isinstance(answer, str) else await answer
+            if not reply.startswith("250"):
+                return "RCPT", reply
+        return "DATA", await frontend.message(session, raw)
+    finally:
+        frontend.release(state)
+        frontend.sessions.discard(session)
+
+
+async def run_task(frontend: FrontEnd, args: tuple[Any, ...]) -> tuple[str, str]:
+    """The channel's "task" call: (request, account, (task, run, row))."""
+    request, account, task = args
+    try:
+        return await submit_task(frontend, request, account, task)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("task %d run %d row %d: the submission failed", *task)
+        return "DATA", "451 4.3.0 Internal error; see the relay log"
 
 
 async def run(frontend: FrontEnd, args: tuple[Any, ...]) -> Answer:

@@ -87,6 +87,13 @@ class Gate:
             return AccountLimits(self.config.limits.account_daily_quota, self.config.limits.account_rate_per_second)
         return effective_limits(row, self.config)
 
+    def quota_room(self, account_id: int) -> tuple[int, float | None]:
+        """For a sending task (batch.runner), before each row: room left in the daily quota."""
+        return self.send_limits.quota_room(account_id, self.account_limits(account_id))
+
+    def rate(self, account_id: int) -> float:
+        return self.account_limits(account_id).rate_per_second
+
     # -- calls from a worker (peer is that worker's bookkeeping) -----------------------------
     def handle(self, peer: Peer, op: str, args: tuple[Any, ...]) -> Any:
         if op not in OPS:
@@ -136,17 +143,18 @@ class Gate:
         return "locked_now" if self.lockout.failure(ip) else "failed"
 
     def rcpt(self, peer: Peer, ip: str, account_id: int, mail_from: str, sender_domain: str,
-             address: str) -> tuple[str, int | None]:
-        """The reply to RCPT, and the reservation token when it is accepted."""
+             address: str, task: tuple[int, int] | None = None) -> tuple[str, int | None]:
+        """The reply to RCPT, and the reservation token when it is accepted. `task`: (task, run)
+        when a sending task asks, for its refusals' events."""
         now = self.clock.now()
         verdict = self.blocklist.check(address, account_id, sender_domain, now)
         if self.on_request is not None:
             self.on_request(sender_domain, verdict is not None)
         if verdict is not None:
-            return self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address), None
+            return self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address, task=task), None
         reserved = self.send_limits.reserve(account_id, address, self.account_limits(account_id))
         if isinstance(reserved, V.Verdict):
-            return self.reject(ip, account_id, mail_from, "RCPT", reserved, [address], rcpt=address), None
+            return self.reject(ip, account_id, mail_from, "RCPT", reserved, [address], rcpt=address, task=task), None
         self._next_token += 1
         self.reservations[self._next_token] = reserved
         peer.tokens.add(self._next_token)
@@ -159,11 +167,11 @@ class Gate:
             self.send_limits.release(found)
 
     def rejected(self, peer: Peer, ip: str, account_id: int | None, mail_from: str, stage: str, reply: str,
-                 reason: str, recipients: list[str]) -> None:
+                 reason: str, recipients: list[str], task: tuple[int, int] | None = None) -> None:
         """A refusal the worker decided itself (MAIL, the message content, too many recipients)."""
         code, status, text = reply.split(" ", 2)
         self.reject(ip, account_id, mail_from, stage, V.Verdict(int(code), status, text, reason), recipients,
-                    rcpt=recipients[0] if stage == "RCPT" and recipients else "")
+                    rcpt=recipients[0] if stage == "RCPT" and recipients else "", task=task)
 
     def enqueue(self, peer: Peer, fields: tuple[Any, ...], tokens: list[int], sign_seconds: float,
                 ip: str) -> asyncio.Future[str]:
@@ -197,7 +205,7 @@ class Gate:
 
     # -- refusals ---------------------------------------------------------------------------------
     def reject(self, ip: str, account_id: int | None, mail_from: str, stage: str, verdict: V.Verdict,
-               recipients: list[str], rcpt: str = "") -> str:
+               recipients: list[str], rcpt: str = "", task: tuple[int, int] | None = None) -> str:
         self.metrics.recipients_rejected.labels(reason=verdict.reason).inc()
         if account_id is not None and len(self.pending_events) < MAX_PENDING_EVENTS:
             now = self.clock.now()
@@ -206,7 +214,8 @@ class Gate:
             sender_domain = mail_from.rpartition("@")[2].lower() or None
             for address in recipients or [""]:
                 self.pending_events.append(("rejected", now, account_id, None, address or None, sender_domain,
-                                            address.rpartition("@")[2].lower() or None, None, None, detail))
+                                            address.rpartition("@")[2].lower() or None, None, None, detail,
+                                            *(task or (None, None))))
         to = f" to=<{rcpt}>" if rcpt else ""
         self.repeats.log(("reject", ip, verdict.reason), f"[{ip}]: NOQUEUE rejects ({verdict.reason})", logging.INFO,
                          "NOQUEUE: reject: %s from [%s]: %s; from=<%s>%s", stage, ip, verdict.reply, mail_from, to)

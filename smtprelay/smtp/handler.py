@@ -96,6 +96,7 @@ class SessionState:
     reservations: list[int] = field(default_factory=list)   # the gate's tokens for the recipients
     junk: int = 0                         # NOOP/RSET/VRFY/HELP since the last accepted message
     template: Use | None = None           # the send API rendered this transaction's message from it
+    task: tuple[int, int, int] | None = None   # a sending task's (task, run, group row)
 
 
 class SenderTable:
@@ -229,7 +230,7 @@ class FrontEnd:
         """A refusal decided here: the gate counts it, records the event and logs it."""
         self.link.notify("rejected", state.client_ip, state.account_id,
                          mail_from if mail_from is not None else (state.mail_from or ""), stage, verdict.reply,
-                         verdict.reason, recipients)
+                         verdict.reason, recipients, state.task[:2] if state.task else None)
         return verdict.reply
 
     def mail(self, server: Session, address: str, options: list[str]) -> str:
@@ -284,7 +285,7 @@ class FrontEnd:
                     state.recipients.append(address)
             answer.set_result(reply)
         self.link.call("rcpt", state.client_ip, state.account_id, state.mail_from, state.sender_domain,
-                       address).add_done_callback(done)
+                       address, state.task[:2] if state.task else None).add_done_callback(done)
         return answer
 
     def junk_command(self, server: Session, command: str) -> bool:
@@ -433,7 +434,7 @@ class FrontEnd:
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=mail_from,
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
             header_message_id=message_id, tag=tag, bodies=bodies,
-            template=(template.id, template.version) if template is not None else None), sign_seconds
+            template=(template.id, template.version) if template is not None else None, task=state.task), sign_seconds
 
     async def _sign(self, signer: Signer, body: bytes) -> bytes:
         if self.sign_pool is None:

@@ -180,6 +180,13 @@ class WorkerPool:
     def send(self, *args: Any) -> asyncio.Future[Any]:
         """A send API request (smtp.api) to the next running worker, round robin: the future
         holds its Answer (ChannelClosed when no worker is up)."""
+        return self.call("send", *args)
+
+    def task(self, *args: Any) -> asyncio.Future[Any]:
+        """One row of a sending task (smtp.api.submit_task): the future holds (stage, reply)."""
+        return self.call("task", *args)
+
+    def call(self, op: str, *args: Any) -> asyncio.Future[Any]:
         live = [s for s in self.slots if s.channel is not None and not s.channel.closed
                 and s.ready is not None and s.ready.done()]
         if not live:
@@ -189,7 +196,7 @@ class WorkerPool:
         self._turn = (self._turn + 1) % len(live)
         channel = live[self._turn].channel
         assert channel is not None
-        return channel.call("send", *args)
+        return channel.call(op, *args)
 
     def broadcast(self, op: str, *args: Any) -> None:
         """A notice to every running worker (no answer)."""

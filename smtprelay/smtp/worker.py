@@ -26,7 +26,7 @@ from pathlib import Path
 import uvloop
 
 from smtprelay import logs
-from smtprelay.clock import Clock, SystemClock
+from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, ConfigError, ListenerConfig, Protocol, TlsMode, load
 from smtprelay.catalog.sqlite import SqliteCatalog
 from smtprelay.events import tracking
@@ -50,7 +50,7 @@ class Worker:
         self.channel_fd = channel_fd
         self.listener_fds = listeners
         self.tls_files = tls_files
-        self.clock = clock or SystemClock()
+        self.clock = clock or clock_from_environment()
         self._stop = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
         self._reader: sqlite3.Connection | None = None
@@ -132,11 +132,14 @@ class Worker:
     def _from_backend(self, op: str, args: tuple[Any, ...]) -> Any:
         """The back end's notices and calls: "catalog" — it changed the senders itself (a
         suspension): reload now rather than at the next poll; "send" — a send API request
-        (smtp.api), answered when its message is committed or refused."""
+        (smtp.api), answered when its message is committed or refused; "task" — one row of a
+        sending task (batch.runner), likewise."""
         if op == "catalog":
             asyncio.ensure_future(self._refresh())
         elif op == "send":
             return asyncio.ensure_future(api.run(self.frontend, args))
+        elif op == "task":
+            return asyncio.ensure_future(api.run_task(self.frontend, args))
         return None
 
     # -- listeners ------------------------------------------------------------------------------

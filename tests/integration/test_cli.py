@@ -272,6 +272,25 @@ BAD_USAGE = [
     ["blocklist", "allow", "x@y.example"],
     ["blocklist", "import"],
     ["blocklist", "export", "--bogus"],
+    ["group", "add", "acme", "list"],                          # no --csv
+    ["group", "add", "acme", "list", "--csv", "/nonexistent.csv"],
+    ["group", "add", "acme", "bad name", "--csv", "/dev/null"],
+    ["group", "list", "--bogus"],
+    ["group", "show", "1", "--limit", "0"],
+    ["group", "delete"],
+    ["group", "sample", "extra"],
+    ["task", "add", "acme", "--group", "g", "--template", "t", "--from", "a@acme.example"],   # no --now/--at
+    ["task", "add", "acme", "--group", "g", "--template", "t", "--from", "a@acme.example", "--now", "--at", "1h"],
+    ["task", "add", "acme", "--group", "g", "--template", "t", "--from", "a@acme.example", "--now",
+     "--data", "{nope"],
+    ["task", "list", "--bogus"],
+    ["task", "show", "x"],
+    ["task", "show", "1", "--follow", "--bogus"],
+    ["task", "pause", "0"],
+    ["task", "resume"],
+    ["task", "cancel", "-3"],
+    ["stats", "--task", "zero"],
+    ["stats", "--run", "1"],
     ["frobnicate"],
 ]
 
