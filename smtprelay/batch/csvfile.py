@@ -28,7 +28,7 @@ SHOWN_PROBLEMS = 20          # problems spelled out in the error; the rest are c
 
 SAMPLE = ("email,first_name,plan\r\n"
           "ada@example.com,Ada,pro\r\n"
-          "\"Grace Hopper\" <grace@example.com>,Grace,free\r\n")
+          "\"\"\"Grace Hopper\"\" <grace@example.com>\",Grace,free\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,8 @@ def read(raw: IO[bytes], max_rows: int, progress: Callable[[int], None] | None =
         header = next(reader, None)
     except csv.Error as exc:
         raise Invalid(f"line 1: the header row cannot be read: {exc}", "csv") from None
+    if problems:
+        raise Invalid(f"line 1: the header row cannot be read: it {problems[0].text}", "csv")
     if not header or not any(h.strip() for h in header):
         raise Invalid("line 1: the CSV needs a header row with an \"email\" column", "csv")
     names = [h.strip() for h in header]
@@ -92,8 +94,6 @@ def read(raw: IO[bytes], max_rows: int, progress: Callable[[int], None] | None =
             raise Invalid(f"line 1: the column \"{n}\" appears twice", "csv")
         seen_names.add(n)
     _nesting_conflicts(columns)
-    if problems:
-        raise Invalid(f"line 1: the header row cannot be read: {problems[0].text}", "csv")
     reading = Reading(columns, problems)
     return reading, _rows(reader, reading, names, email_at, max_rows)
 

@@ -37,7 +37,7 @@ import logging
 import math
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
@@ -55,7 +55,7 @@ from smtprelay.when import iso
 log = logging.getLogger("smtprelay.tasks")
 
 TICK = 1.0              # operators' flags and due runs are seen within this
-HOLD_RETRY = 30.0       # a task whose sender is refused tries again after this
+HOLD_RETRIES = (2.0, 5.0, 15.0, 30.0)   # a task whose sender is refused tries again after these
 QUICK_RETRY = 2.0       # a row refused for a moment (store busy, a worker restarting)
 Submit = Callable[[SendRequest, str, tuple[int, int, int]], Awaitable[tuple[str, str]]]
 _MOMENT = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
@@ -150,6 +150,7 @@ class TaskRunner:
         self.slots = asyncio.Semaphore(config().batch.concurrency)
         self._slot_count = config().batch.concurrency
         self._paced: dict[int, float] = {}
+        self._account_inflight: Counter[int] = Counter()      # rows in flight per account
         self._written: dict[int, tuple[str | None, float | None]] = {}
         self._due_logged: set[tuple[int, int]] = set()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -175,6 +176,7 @@ class TaskRunner:
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=grace)
         try:
+            await self._save_waits(self.clock.now())
             await self._flush()
         except StoreUnavailable:
             pass        # the rows are retried after the restart: a rejection costs nothing twice
@@ -283,21 +285,23 @@ class TaskRunner:
         try:
             while not self._stopping and self.runs.get(run.task.id) is run:
                 now = self.clock.now()
-                wait = self._blocked(run, now)
+                if not run.pending and not run.exhausted:
+                    await self._read(run, chunk)
+                    continue
+                due = min((d for d, _, _ in run.later), default=None)
+                if not run.pending and (due is None or due > now):
+                    if due is None and not run.inflight:      # every row resolved
+                        await self._end(run.task, run, "finished")
+                        return
+                    await self._pause(run, max(0.01, min(TICK, (due or now + TICK) - now)))
+                    continue
+                wait = self._blocked(run, now)      # only with a row to send: the last one may use the quota up
                 if wait > 0:
                     await self._pause(run, wait)
                     continue
                 item = self._take(run, now)
                 if item is None:
-                    if not run.exhausted:
-                        await self._read(run, chunk)
-                        continue
-                    if run.inflight or run.later:
-                        due = min((d for d, _, _ in run.later), default=now + TICK)
-                        await self._pause(run, max(0.01, min(TICK, due - now)))
-                        continue
-                    await self._end(run.task, run, "finished")
-                    return
+                    continue
                 row, check = item
                 if check and await asyncio.to_thread(progress.resolved, self._conn, run.task.id, run.number, row[0]):
                     continue        # its answer was lost, but its message was committed
@@ -308,6 +312,7 @@ class TaskRunner:
                     continue
                 await self._pace(run.task.account_id)
                 run.inflight.add(row[0])
+                self._account_inflight[run.task.account_id] += 1
                 one = asyncio.create_task(self._one(run, row))
                 self._inflight.add(one)
                 one.add_done_callback(self._inflight.discard)
@@ -354,21 +359,20 @@ class TaskRunner:
         if task.held or task.cancelled_at is not None:
             return TICK
         until = self.quota_waits.get(task.account_id)
-        if until is not None:
-            if until > now:
-                return until - now
-            del self.quota_waits[task.account_id]
-            log.info("account %s: the daily quota has room again; its tasks go on", task.account)
+        if until is not None:       # only a round ends it, after reading operators' flags
+            return max(until - now, 0.1)
         hold = self.holds.get(task.id)
         if hold is not None and hold[1] > now:
             return hold[1] - now
         room, reset = self.limits.quota_room(task.account_id)
-        if room <= 0:
-            until = reset if reset is not None and reset > now else now + 60.0
-            self.quota_waits[task.account_id] = until
-            log.info("account %s: daily quota used up; its tasks wait until %s", task.account, iso(until))
-            return until - now
-        return 0.0
+        if room - self._account_inflight[task.account_id] > 0:
+            return 0.0
+        if self._account_inflight[task.account_id]:
+            return 0.05     # rows in flight may not have reserved yet: see what they leave
+        until = reset if reset is not None and reset > now else now + 60.0
+        self.quota_waits[task.account_id] = until
+        log.info("account %s: daily quota used up; its tasks wait until %s", task.account, iso(until))
+        return until - now
 
     async def _pace(self, account_id: int) -> None:
         """No faster than the account's rate: the gate would refuse the excess."""
@@ -395,6 +399,7 @@ class TaskRunner:
             self._answered(run, row, stage, reply)
         finally:
             run.inflight.discard(number)
+            self._account_inflight[task.account_id] -= 1
             self.slots.release()
             run.changed.set()
 
@@ -407,11 +412,11 @@ class TaskRunner:
             self._count("accepted")
         elif stage == "MAIL":
             # The whole task waits: 2 s the first time (a template or domain added a moment ago
-            # reaches the workers within a second), then 30 s; rows answered in the same
-            # window do not count again.
+            # reaches the workers within a second), then longer up to 30 s; rows answered in
+            # the same window do not count again.
             reason, until, times = self.holds.get(task.id, ("", 0.0, 0))
             if until <= now:
-                retry = QUICK_RETRY if times == 0 else HOLD_RETRY
+                retry = HOLD_RETRIES[min(times, len(HOLD_RETRIES) - 1)]
                 until, times = now + retry, times + 1
                 self.holds[task.id] = (f"sender refused: {reply}", until, times)
                 if times <= 2:
@@ -438,14 +443,21 @@ class TaskRunner:
 
     # -- what the store learns -------------------------------------------------------------------
     async def _save_waits(self, now: float) -> None:
-        """The runs' waits as the task's `wait_reason` (what `task show` reads)."""
+        """The runs' waits as the task's `wait_reason` (what `task show` reads). A quota wait
+        ends here, for paused tasks too (an operator's pause stays)."""
+        names = {run.task.account_id: run.task.account for run in self.runs.values()}
+        for account_id, ends in list(self.quota_waits.items()):
+            if ends <= now:
+                del self.quota_waits[account_id]
+                log.info("account %s: the daily quota has room again; its tasks go on", names.get(account_id,
+                                                                                                   account_id))
         changes: dict[tuple[str | None, float | None], list[int]] = {}
         for task_id, run in self.runs.items():
             wanted: tuple[str | None, float | None] = (None, None)
-            until = self.quota_waits.get(run.task.account_id)
+            quota_until = self.quota_waits.get(run.task.account_id)
             hold = self.holds.get(task_id)
-            if until is not None and until > now:
-                wanted = ("daily quota", until)
+            if quota_until is not None and quota_until > now:
+                wanted = ("daily quota", quota_until)
             elif hold is not None and hold[2] >= 2:
                 wanted = (hold[0][:300], hold[1])
             if self._written.setdefault(task_id, (run.task.wait_reason, None)) != wanted:
@@ -456,8 +468,8 @@ class TaskRunner:
                              f": resumes at {iso(wanted[1])}" if wanted[0] == "daily quota" else "")
                 else:
                     log.info("task %d run %d resumed", task_id, run.number)
-        for (reason, until), ids in changes.items():
-            await self.store.run(progress.set_wait(ids, reason, until, now))
+        for (reason, wait_until), ids in changes.items():
+            await self.store.run(progress.set_wait(ids, reason, wait_until, now))
 
     async def _flush(self) -> None:
         rejected, self.rejected = self.rejected, []
