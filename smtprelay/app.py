@@ -25,6 +25,7 @@ from aiohttp import web
 from smtprelay import __version__, logs
 from smtprelay.logs import Outage
 from smtprelay.accounts import evaluate_levels
+from smtprelay.batch import progress as task_progress
 from smtprelay.batch.runner import TaskRunner
 from smtprelay.catalog import CatalogView
 from smtprelay.catalog.view import SqliteCatalogView
@@ -257,6 +258,8 @@ class Relay:
                     await asyncio.sleep(0)
                 while await self.store.run(jobs.prune(now - 2 * 86400, now,
                                                            events_before=now - self.config.events.retention)) >= 5000:
+                    await asyncio.sleep(0)
+                while await self.store.run(task_progress.prune(now - self.config.events.retention)) >= 5000:
                     await asyncio.sleep(0)
                 changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtprelay.batch import csvfile, schedule
+from smtprelay.batch import csvfile, progress, schedule
 from smtprelay.batch.runner import Run, TaskRunner, next_after
 from smtprelay.catalog.sqlite import SqliteCatalog
 from smtprelay.clock import FakeClock
@@ -110,6 +111,7 @@ class FrontEnd:
     def __init__(self, store: QueueStore, clock: FakeClock, limits: Limits):
         self.store, self.clock, self.limits = store, clock, limits
         self.sent: list[int] = []
+        self.tasks: list[int] = []
 
     async def __call__(self, request: SendRequest, account: str, ref: tuple[int, int, int]) -> tuple[str, str]:
         address = request.to[0][1]
@@ -122,10 +124,11 @@ class FrontEnd:
             body=b"Subject: x\r\n\r\nx\r\n", created_at=self.clock.now(), client_address="127.0.0.1", tls=None,
             header_message_id=f"<{qid}@t>", task=ref))
         self.sent.append(ref[2])
+        self.tasks.append(ref[0])
         return "DATA", f"250 2.0.0 Ok: queued as {qid}"
 
 
-def make_group(tmp_path: Path, rows: int) -> Any:
+def make_group(tmp_path: Path, rows: int, tasks: int = 1) -> Any:
     config = parse({"server": {"hostname": "relay.test", "data_dir": str(tmp_path / "var")},
                     "listeners": [{"name": "s", "port": 1}], "batch": {"max_group_size": rows, "chunk_rows": 500}})
     conn = schema.connect(config.server.data_dir)
@@ -135,7 +138,8 @@ def make_group(tmp_path: Path, rows: int) -> Any:
     services.templates.add("acme", "hello", text="Hello {{name}}", subject="Hi")
     body = "email,name\n" + "".join(f"u{i}@d.test,N{i}\n" for i in range(rows - 1)) + "blocked@d.test,B\n"
     services.groups.add("acme", "big", io.BytesIO(body.encode()))
-    services.tasks.add("acme", "big", "hello", "a@acme.example", now=True)
+    for _ in range(tasks):
+        services.tasks.add("acme", "big", "hello", "a@acme.example", now=True)
     conn.close()
     return config
 
@@ -216,6 +220,34 @@ async def test_the_blocked_row_is_rejected_once_and_the_run_finishes(tmp_path: P
         assert conn.execute("SELECT result, count(*) FROM task_rows GROUP BY 1 ORDER BY 1").fetchall() == \
             [("accepted", 49), ("rejected", 1)]
         assert conn.execute("SELECT status, cursor, size FROM task_runs").fetchone() == ("finished", 50, 50)
+        # Past events.retention its rows go; its counts stay, frozen.
+        before = SqliteCatalog(conn).run_counts(1, 1)
+        assert (before["requested"], before["accepted"], before["rejected"]) == (50, 49, 1)
+        assert await store.run(progress.prune(clock.now() - 1)) == 0          # it ended just now
+        assert await store.run(progress.prune(clock.now() + 1, chunk=30)) == 30
+        assert await store.run(progress.prune(clock.now() + 1, chunk=30)) == 20
+        assert conn.execute("SELECT count(*) FROM task_rows").fetchone() == (0,)
+        assert SqliteCatalog(conn).run_counts(1, 1) == before
         conn.close()
+    finally:
+        await store.close()
+
+
+async def test_the_tasks_of_one_account_share_its_quota_round_robin(tmp_path: Path) -> None:
+    config = make_group(tmp_path, 5000, tasks=3)
+    clock = FakeClock(START)
+    limits = Limits(quota=900)
+    store = QueueStore(config.server.data_dir)
+    await store.open()
+    try:
+        front = FrontEnd(store, clock, limits)
+        runner = TaskRunner(lambda: config, store, config.server.data_dir, clock, limits, front)
+        runner.start()
+        await run_until(runner, lambda: limits.used == 900 and runner.quota_waits)
+        await runner.stop()
+        shares = Counter(front.tasks)
+        assert sorted(shares) == [1, 2, 3] and sum(shares.values()) == 900
+        # Round robin: each close to a third (the first started a commit earlier than the others).
+        assert min(shares.values()) >= 0.85 * max(shares.values()), shares
     finally:
         await store.close()

@@ -8,8 +8,11 @@ commit. Must never: decide anything.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Callable
+
+from smtprelay.catalog.batch import count_run
 
 Job = Callable[[sqlite3.Connection], Any]
 
@@ -68,6 +71,22 @@ def set_wait(task_ids: list[int], reason: str | None, until: float | None, now: 
     def job(db: sqlite3.Connection) -> None:
         db.executemany("UPDATE tasks SET wait_reason = ?, wait_until = ?, updated_at = ? WHERE id = ?",
                        [(reason, until, now, t) for t in task_ids])
+    return job
+
+
+def prune(before: float, chunk: int = 5000) -> Job:
+    """Runs that ended before `before` (events.retention ago): their counts are frozen into
+    task_runs, then their task_rows go, `chunk` at a time (a job must stay short). Returns how
+    many rows went."""
+    def job(db: sqlite3.Connection) -> int:
+        for task_id, run in db.execute("SELECT task_id, run FROM task_runs WHERE finished_at < ? AND counts IS NULL"
+                                       " LIMIT 20", (before,)).fetchall():
+            db.execute("UPDATE task_runs SET counts = ? WHERE task_id = ? AND run = ?",
+                       (json.dumps(count_run(db, task_id, run)), task_id, run))
+        return int(db.execute(
+            "DELETE FROM task_rows WHERE (task_id, run, row) IN (SELECT t.task_id, t.run, t.row FROM task_rows t"
+            " JOIN task_runs r ON r.task_id = t.task_id AND r.run = t.run WHERE r.counts IS NOT NULL LIMIT ?)",
+            (chunk,)).rowcount)
     return job
 
 

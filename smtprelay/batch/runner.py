@@ -153,6 +153,7 @@ class TaskRunner:
         self._account_inflight: Counter[int] = Counter()      # rows in flight per account
         self._written: dict[int, tuple[str | None, float | None]] = {}
         self._due_logged: set[tuple[int, int]] = set()
+        self._ended: set[tuple[int, int]] = set()         # (task, run) this process ended
         self._inflight: set[asyncio.Task[None]] = set()
         self._conn = schema.reader(data_dir)
         self._loop_task: asyncio.Task[None] | None = None
@@ -220,7 +221,7 @@ class TaskRunner:
             if task.state == "scheduled":
                 if not task.held and task.next_run_at is not None and task.next_run_at <= now:
                     await self._start_run(task, now)
-            elif task.state == "running":
+            elif task.state == "running" and (task.id, task.runs) not in self._ended:   # not a stale read
                 if run is None:     # after a restart: on from the stored cursor
                     self._drive(Run(task, task.runs, task.cursor or 0))
                     log.info("task %d run %d: continuing after row %d", task.id, task.runs, task.cursor or 0)
@@ -264,7 +265,10 @@ class TaskRunner:
         await self.store.run(progress.end_run(task.id, task.runs, self.clock.now(), status, state))
         self._written.pop(task.id, None)
         self.holds.pop(task.id, None)
-        if run is not None or status == "cancelled":
+        self._ended.add((task.id, task.runs))
+        if task.runs == 0:
+            log.info("task %d cancelled before its first run", task.id)
+        else:
             log.info("task %d run %d %s: %d accepted, %d rejected in this process%s", task.id, task.runs, status,
                      run.counts["accepted"] if run else 0, run.counts["rejected"] if run else 0,
                      f"; next run at {iso(task.next_run_at)}" if state == "scheduled" else "")

@@ -147,12 +147,19 @@ class SqliteBatch:
                 for r in rows]
 
     def run_counts(self, task_id: int, run: int) -> dict[str, int]:
-        counts = dict.fromkeys(COUNT_NAMES, 0)
-        for result, n in self.conn.execute("SELECT result, count(*) FROM task_rows WHERE task_id = ? AND run = ?"
-                                           " GROUP BY result", (task_id, run)):
-            counts[result] = n
-        counts["requested"] = counts["accepted"] + counts["rejected"]
-        for kind, n in self.conn.execute(_EVENT_COUNTS, (task_id, run)):
-            counts[kind] = n
-        counts["throttled"], counts["waiting"] = self.conn.execute(_QUEUE_COUNTS, (task_id, run)).fetchone()
-        return counts
+        frozen = self.conn.execute("SELECT counts FROM task_runs WHERE task_id = ? AND run = ?",
+                                   (task_id, run)).fetchone()
+        return json.loads(frozen[0]) if frozen and frozen[0] else count_run(self.conn, task_id, run)
+
+
+def count_run(conn: sqlite3.Connection, task_id: int, run: int) -> dict[str, int]:
+    """A run's counts from its task_rows, its messages' events and their recipients' states."""
+    counts = dict.fromkeys(COUNT_NAMES, 0)
+    for result, n in conn.execute("SELECT result, count(*) FROM task_rows WHERE task_id = ? AND run = ?"
+                                  " GROUP BY result", (task_id, run)):
+        counts[result] = n
+    counts["requested"] = counts["accepted"] + counts["rejected"]
+    for kind, n in conn.execute(_EVENT_COUNTS, (task_id, run)):
+        counts[kind] = n
+    counts["throttled"], counts["waiting"] = conn.execute(_QUEUE_COUNTS, (task_id, run)).fetchone()
+    return counts

@@ -389,6 +389,7 @@ MIGRATIONS: list[str] = [
         size INTEGER NOT NULL,          -- the group's rows
         cursor INTEGER NOT NULL DEFAULT 0,    -- every row up to here is resolved
         status TEXT NOT NULL,           -- running, finished, cancelled
+        counts TEXT,                    -- JSON, frozen when its task_rows and events age out (retention)
         PRIMARY KEY (task_id, run)
     );
     CREATE TABLE task_rows (

@@ -267,6 +267,8 @@ def test_every_row_meets_the_blocklist_and_the_sender_policy(
     assert (run["requested"], run["accepted"], run["rejected"]) == (30, 29, 1)
     wait_for(lambda: len(receiver.transactions()) == 29)
     assert "user7@d.test" not in by_recipient(receiver)
+    follow = relay.cli("task", "show", "1", "--follow")      # the run is over: the bar ends at once
+    assert "finished" in follow.stdout and "100%" in follow.stdout
     with relay.db() as conn:
         assert conn.execute("SELECT reply FROM task_rows WHERE result = 'rejected'").fetchone()[0].startswith("550 5.7.1")
         wait_for(lambda: conn.execute("SELECT task_id, task_run FROM events WHERE type = 'rejected'").fetchall()
