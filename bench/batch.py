@@ -18,21 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Report, Sink, processes, scratch, tear_down
+from harness import Report, Sink, processes, rss_mb, scratch, tear_down
 from relay_setup import SENDER, BenchRelay
 
 HTML = ("<html><body><h1>Hello {{first_name}}</h1><p>Your plan {{plan}} renews on {{date}}.</p>"
         + "<p>" + "Thank you for being with us. " * 120 + "</p></body></html>")
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
 
 
 def write_csv(path: Path, rows: int, offset: int) -> None:

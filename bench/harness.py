@@ -141,6 +141,17 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def rss_mb(pid: int) -> float:
+    """One process's resident set (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
 def tree_rss_mb(root: int) -> float:
     total = 0
     for pid in tree_pids(root):

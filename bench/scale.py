@@ -35,16 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import (Profiler, Report, Sink, ensure_packages, free_port, machine_busy, process_cpu, processes,
+from harness import (Profiler, Report, Sink, ensure_packages, free_port, machine_busy, process_cpu, processes, rss_mb,
                      relay_settings, scratch, smtp_source, tear_down, tree_cpu)
 from relay_setup import ROOT, SENDER, BenchRelay
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def pss_mb(pid: int) -> float:

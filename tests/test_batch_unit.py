@@ -6,12 +6,14 @@ every row once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import logging
 import tracemalloc
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -204,17 +206,26 @@ async def test_a_100000_row_task_is_read_in_chunks_stops_at_the_quota_and_restar
         await store.close()
 
 
-async def test_the_blocked_row_is_rejected_once_and_the_run_finishes(tmp_path: Path) -> None:
-    config = make_group(tmp_path, 50)
+@contextlib.asynccontextmanager
+async def running(config: Any, quota: int) -> AsyncIterator[tuple[QueueStore, FakeClock, Limits, FrontEnd,
+                                                                    TaskRunner]]:
+    """A store, a clock, the quota, the fake front end and a started runner on them."""
     clock = FakeClock(START)
-    limits = Limits(quota=1000)
+    limits = Limits(quota=quota)
     store = QueueStore(config.server.data_dir)
     await store.open()
     try:
         front = FrontEnd(store, clock, limits)
         runner = TaskRunner(lambda: config, store, config.server.data_dir, clock, limits, front)
         runner.start()
-        conn = schema.reader(config.server.data_dir)
+        yield store, clock, limits, front, runner
+    finally:
+        await store.close()
+
+
+async def test_the_blocked_row_is_rejected_once_and_the_run_finishes(tmp_path: Path) -> None:
+    async with running(make_group(tmp_path, 50), 1000) as (store, clock, limits, front, runner):
+        conn = schema.reader(tmp_path / "var")
         await run_until(runner, lambda: conn.execute("SELECT state FROM tasks").fetchone() == ("finished",))
         await runner.stop()
         assert conn.execute("SELECT result, count(*) FROM task_rows GROUP BY 1 ORDER BY 1").fetchall() == \
@@ -229,25 +240,13 @@ async def test_the_blocked_row_is_rejected_once_and_the_run_finishes(tmp_path: P
         assert conn.execute("SELECT count(*) FROM task_rows").fetchone() == (0,)
         assert SqliteCatalog(conn).run_counts(1, 1) == before
         conn.close()
-    finally:
-        await store.close()
 
 
 async def test_the_tasks_of_one_account_share_its_quota_round_robin(tmp_path: Path) -> None:
-    config = make_group(tmp_path, 5000, tasks=3)
-    clock = FakeClock(START)
-    limits = Limits(quota=900)
-    store = QueueStore(config.server.data_dir)
-    await store.open()
-    try:
-        front = FrontEnd(store, clock, limits)
-        runner = TaskRunner(lambda: config, store, config.server.data_dir, clock, limits, front)
-        runner.start()
+    async with running(make_group(tmp_path, 5000, tasks=3), 900) as (store, clock, limits, front, runner):
         await run_until(runner, lambda: limits.used == 900 and runner.quota_waits)
         await runner.stop()
         shares = Counter(front.tasks)
         assert sorted(shares) == [1, 2, 3] and sum(shares.values()) == 900
         # Round robin: each close to a third (the first started a commit earlier than the others).
         assert min(shares.values()) >= 0.85 * max(shares.values()), shares
-    finally:
-        await store.close()
