@@ -120,7 +120,7 @@ class FrontEnd:
         if address == "blocked@d.test":
             return "RCPT", "550 5.7.1 Recipient address rejected: blocked@d.test is blocked"
         self.limits.used += 1
-        qid = new_queue_id(self.clock.now())
+        qid = f"{new_queue_id(self.clock.now())[:13]}{len(self.sent) + self.limits.used:05d}"   # the clock stands still
         await self.store.enqueue(QueuedMessage(
             id=qid, account_id=1, username=None, mail_from="a@acme.example", recipients=(address,),
             body=b"Subject: x\r\n\r\nx\r\n", created_at=self.clock.now(), client_address="127.0.0.1", tls=None,

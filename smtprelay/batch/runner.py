@@ -400,6 +400,10 @@ class TaskRunner:
                 stage, reply = await self.submit(request, task.account, (task.id, run.number, number))
             except (ChannelClosed, RemoteError):
                 stage, reply = "LOST", "451 4.3.0 no front-end worker answered"
+            except Exception as exc:     # whatever it was, the row is looked up and tried again
+                log.error("task %d run %d row %d: the submission failed (%r); trying again", task.id, run.number,
+                          number, exc)
+                stage, reply = "LOST", "451 4.3.0 the submission failed"
             self._answered(run, row, stage, reply)
         finally:
             run.inflight.discard(number)

@@ -149,6 +149,7 @@ class QueueStore:
             else wal_limit_bytes
         self._wal_path = Path(f"{self._path}-wal")
         self._page_size = 4096
+        self._max_pages = 0
         self.wal_restarts = 0     # RESTART checkpoints that succeeded (for tests)
         self._restart_due = False
         self._restarter: sqlite3.Connection | None = None
@@ -174,7 +175,8 @@ class QueueStore:
         if self._max_store_bytes:
             page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
             self._page_size = page_size
-            db.execute(f"PRAGMA max_page_count = {max(1, (self._max_store_bytes - self._wal_limit) // page_size)}")
+            self._max_pages = max(1, (self._max_store_bytes - self._wal_limit) // page_size)
+            db.execute(f"PRAGMA max_page_count = {self._max_pages}")
         self._db = db
         self._loop = asyncio.get_running_loop()
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
@@ -358,7 +360,10 @@ class QueueStore:
         messages that would take them past it. The estimate is generous (pages and WAL frames)."""
         used = self._used(db)
         incoming = sum(len(m.body) + sum(len(b) for b in m.bodies or ()) for m in messages) * 5 // 4 + 16384
-        if used + incoming > self._max_store_bytes:
+        # The WAL's share of the cap is its own: the database file alone may not pass max_page_count.
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        if used + incoming > self._max_store_bytes or (pages + 1) * self._page_size + incoming > \
+                self._max_pages * self._page_size:
             raise sqlite3.OperationalError(f"the store is at server.max_store_bytes ({self._max_store_bytes} bytes, "
                                            f"database and WAL {used} bytes)")
 
@@ -377,9 +382,12 @@ class QueueStore:
         if self._max_store_bytes and self._db is not None:
             try:
                 used = self._used(self._db)
+                pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
             except sqlite3.Error:
                 return False
-            return used + min(_ROOM_BYTES // 4, self._max_store_bytes // 10) < self._max_store_bytes
+            margin = min(_ROOM_BYTES // 4, self._max_store_bytes // 10)
+            return used + margin < self._max_store_bytes and \
+                pages * self._page_size + margin < self._max_pages * self._page_size
         return True
 
     async def _commit(self, batch: list[tuple[QueuedMessage | Job, asyncio.Future[Any]]]) -> None:

@@ -72,7 +72,7 @@ def test_concurrent_sessions_share_commits(relay: Relay) -> None:
 
 
 def test_store_full_answers_452_and_keeps_what_was_acknowledged(make_relay) -> None:  # type: ignore[no-untyped-def]
-    relay = make_relay({"server": {"max_store_bytes": 600_000}}).start()
+    relay = make_relay({"server": {"max_store_bytes": 700_000}}).start()   # the empty store is ~300 KB
     acked, refused = [], []
     big = b"From: app@apps.example\r\nSubject: fill\r\n\r\n" + (b"z" * 998 + b"\r\n") * 20
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=20) as s:
@@ -100,7 +100,7 @@ def test_store_full_answers_452_and_keeps_what_was_acknowledged(make_relay) -> N
     assert relay.queued_ids() == {queued_id(r) for _, r in acked}
     # The cap holds the database and its WAL together (issue 24, item 3: the WAL grew past it).
     files = [relay.data_dir / "relay.db", relay.data_dir / "relay.db-wal"]
-    assert sum(f.stat().st_size for f in files if f.exists()) <= 600_000
+    assert sum(f.stat().st_size for f in files if f.exists()) <= 700_000
 
 
 def test_locked_store_answers_452_then_recovers(relay: Relay) -> None:
