@@ -259,8 +259,8 @@ def test_every_row_meets_the_blocklist_and_the_sender_policy(
         make_relay: Callable[..., Relay], tmp_path: Path, receiver: Receiver) -> None:
     relay = relay_to(make_relay, receiver)
     prepare(relay, tmp_path, 30)
+    relay.cli("blocklist", "add", "user7@d.test", "--note", "asked us")   # (a running gate sees it within 2 s)
     relay.start()
-    relay.cli("blocklist", "add", "user7@d.test", "--note", "asked us")
     relay.cli("task", "add", "acme", "--group", "list", "--template", "hello", "--from", "a@example.com", "--now")
     wait_for(lambda: task(relay)["status"] == "finished", 30)
     run = task(relay)["runs"][0]
