@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 # Postfix's smtp-sink (below),
 # dnsmasq (a real DNS server the tests start on a high port), Node.js for the independent
 # DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
-DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base
+# clamav-daemon and rspamd: the content scanners the content tests start on their own sockets
+# (tests/scanners.py; no signatures or rules are downloaded).
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd
 TOOLS := tests/tools/node_modules/.installed
 # promtool checks config/prometheus.yml and config/alerts.yml: taken out of Debian's prometheus
 # package without installing it (no Prometheus daemon is set up or started).
@@ -31,7 +33,10 @@ debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
+		policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=1; \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		status=$$?; [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; [ $$status -eq 0 ]; \
 	fi
 	@# Postfix only for smtp-sink (a receiving server with fault injection): "No configuration"
 	@# means no Postfix daemon is set up or started.

@@ -28,9 +28,10 @@ from smtprelay.accounts import evaluate_levels
 from smtprelay.batch import progress as task_progress
 from smtprelay.batch.runner import TaskRunner
 from smtprelay.catalog import CatalogView
+from smtprelay.content import suspension
 from smtprelay.catalog.view import SqliteCatalogView
 from smtprelay.clock import Clock, clock_from_environment
-from smtprelay.config import Config, ConfigError, TlsMode, load, reload_report
+from smtprelay.config import Config, ConfigError, TlsMode, format_duration, load, reload_report
 from smtprelay.http.metrics import Metrics
 from smtprelay.services import Context, Services, open_services
 from smtprelay.http.server import build_app
@@ -72,6 +73,7 @@ class Relay:
         self._blocklist_version = -1
         self.pool: WorkerPool | None = None
         self.tasks: TaskRunner | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     def _bind(self) -> None:
         """Every listening socket, before anything else starts: a port in use (a second `serve`)
@@ -113,6 +115,7 @@ class Relay:
         store.on_enqueued = self.scheduler.wake
         store.deferred_until = self.scheduler.dead.deferred_until
         self.gate.on_request = self.scheduler.throttle.note_request
+        self.gate.on_content_abuse = self.content_abuse
         await self._refresh_catalog()
         await self._load_sends()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
@@ -208,6 +211,29 @@ class Relay:
         except sqlite3.Error as exc:
             log.error("could not refresh the blocklist from the store: %s", exc)
 
+    def content_abuse(self, account_id: int, refusals: int) -> None:
+        """The gate counted too many virus/spam refusals for an account: suspend it (the store
+        job holds its queued mail and records the event), then the workers reload at once."""
+        async def suspend() -> None:
+            content = self.config.content
+            reason = (f"{refusals} messages refused for viruses or spam within "
+                      f"{format_duration(content.suspend_window)} (content.suspend_after {content.suspend_after})")
+            try:
+                done = await self.store.run(suspension.suspend(account_id, reason, refusals, self.clock.now()))
+            except StoreUnavailable as exc:
+                log.error("account %d: could not be suspended for content (%s); the next refusal tries again",
+                          account_id, exc)
+                return
+            if done:
+                self.metrics.account_suspensions.inc()
+                log.warning("account %s suspended for content: %s; `smtprelay account resume` lifts it",
+                            self.gate.account_rows[account_id].name if account_id in self.gate.account_rows
+                            else account_id, reason)
+                self.senders_changed()
+        task = asyncio.ensure_future(suspend())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def senders_changed(self) -> None:
         """The back end itself changed the senders (a suspension): the workers reload now."""
         if self.pool is not None:
@@ -246,6 +272,9 @@ class Relay:
         rows = await reader.rows("SELECT account_id, CAST(at / 60 AS INTEGER) AS minute, count(*) FROM sends"
                                  " WHERE at > ? GROUP BY account_id, minute ORDER BY minute", (since,))
         self.gate.send_limits.load(rows)
+        # Virus/spam refusals still counted toward a content suspension.
+        self.gate.strikes.load(await reader.rows(suspension.RECENT_SQL,
+                                                 (self.clock.now() - self.config.content.suspend_window,)))
 
     async def _maintenance_loop(self) -> None:
         """Every minute: judge finished days for reputation levels, forget old sends, drop

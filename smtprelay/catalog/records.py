@@ -23,6 +23,8 @@ class Account:
     created_at: float
     delivery_tls: str | None = None
     level: int = 0
+    suspended_at: float | None = None     # for content (issue 22): `account resume` lifts it
+    suspended_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

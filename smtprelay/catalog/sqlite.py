@@ -44,7 +44,8 @@ _ACCOUNT_COLUMNS = ("daily_quota", "rate_per_second", "delivery_tls")
 def _account(row: sqlite3.Row) -> Account:
     return Account(id=row["id"], name=row["name"], daily_quota=row["daily_quota"],
                    rate_per_second=row["rate_per_second"], created_at=row["created_at"],
-                   delivery_tls=row["delivery_tls"], level=row["level"])
+                   delivery_tls=row["delivery_tls"], level=row["level"], suspended_at=row["suspended_at"],
+                   suspended_reason=row["suspended_reason"])
 
 
 def account_rows(rows: Iterable[Any]) -> dict[int, AccountRow]:
@@ -365,6 +366,16 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch):
             " ON a.id = c.account_id WHERE c.revoked_at IS NULL")}
         accounts = {r[0]: r[1] for r in self.conn.execute("SELECT name, id FROM accounts")}
         return logins, accounts
+
+    def suspended_accounts(self) -> dict[int, str]:
+        """Accounts suspended for content: id → why."""
+        return {r[0]: r[1] or "content" for r in self.conn.execute(
+            "SELECT id, suspended_reason FROM accounts WHERE suspended_at IS NOT NULL")}
+
+    def resume_account(self, account_id: int, now: float) -> int:
+        from smtprelay.content.suspension import resume
+        with self.transaction():
+            return resume(self.conn, account_id, now)
 
     def senders(self, data_dir: Path) -> tuple[dict[str, SenderDomain], dict[str, str | None]]:
         """Every sender domain with its active signing keys (read from their files), and the

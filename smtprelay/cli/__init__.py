@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from smtprelay import __version__
-from smtprelay.cli import (accounts, batch, blocklist, domains, queue, reports, templates, tracking, warmup,
-                           webhooks)
+from smtprelay.cli import (accounts, batch, blocklist, content, domains, queue, reports, templates, tracking,
+                           warmup, webhooks)
 from smtprelay.cli.base import ParseError, Registry, UsageError, default_config, emit
 from smtprelay.config import ConfigError, load
 from smtprelay.errors import Invalid, ServiceError
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log line format (default: [log] format in relay.toml)")
     reg.command(sub, "check-config", cmd_check_config, "validate relay.toml and print each problem with its key path")
 
-    for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates, batch):
+    for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates, batch, content):
         module.register(reg)
     return parser
 

@@ -28,12 +28,19 @@ def account_list(args: argparse.Namespace) -> int:
     listing = services(args).accounts.listing()
 
     def human() -> None:
-        print_table(["name", "daily_quota", "rate/s", "level", "credentials", "created"],
-                    [[v.name, v.daily_quota, v.rate_per_second, v.level, v.credentials, v.doc()["created_at"]]
-                     for v in listing.accounts])
+        print_table(["name", "daily_quota", "rate/s", "level", "credentials", "created", "suspended"],
+                    [[v.name, v.daily_quota, v.rate_per_second, v.level, v.credentials, v.doc()["created_at"],
+                      v.doc()["suspended_at"]] for v in listing.accounts])
         print()
         print(textwrap.fill(listing.rule, 100))
     emit(args, listing.doc(), human)
+    return 0
+
+
+def account_resume(args: argparse.Namespace) -> int:
+    view, released = services(args).accounts.resume(args.name)
+    emit(args, {**view.doc(), "released": released},
+         lambda: print(f"account {view.name} may send again; {released} held recipient(s) queued again"))
     return 0
 
 
@@ -77,6 +84,8 @@ def register(reg: Registry) -> None:
     p.add_argument("--delivery-tls", choices=list(DELIVERY_TLS),
                    help="TLS policy for this account's outgoing mail (default: delivery.tls)")
     reg.command(acc, "list", account_list, "list accounts")
+    p = reg.command(acc, "resume", account_resume, "lift a suspension for content (its held mail is queued again)")
+    p.add_argument("name")
 
     cred = reg.group("credential", "manage SMTP credentials")
     p = reg.command(cred, "add", credential_add, "create SMTP credentials; the password is printed once")

@@ -306,6 +306,45 @@ class EventsConfig:
     retention: float = 30 * 86400.0     # events older than this are deleted
 
 
+class ScannerFailure(str, enum.Enum):
+    TEMPFAIL = "tempfail"       # 451 4.7.1: the client tries again later
+    ACCEPT = "accept"           # the message goes on unscanned (a log line and a metric each time)
+
+
+class ScanScope(str, enum.Enum):
+    ATTACHMENTS = "attachments"     # only messages with an attachment
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class ClamavConfig:
+    address: str                        # "unix:/run/clamav/clamd.ctl" or "127.0.0.1:3310"
+    scan: ScanScope = ScanScope.ATTACHMENTS
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RspamdConfig:
+    url: str                            # the normal worker, "http://127.0.0.1:11333"
+    reject_score: float | None = 15.0   # 550 5.7.1 at or over this score
+    hold_score: float | None = None     # accepted but held at or over this score
+    add_header: bool = False            # X-Smtprelay-Spam-Score on accepted mail
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ContentConfig:
+    scanner_failure: ScannerFailure = ScannerFailure.TEMPFAIL
+    suspend_after: int = 20             # virus/spam refusals of one account within suspend_window (0: never)
+    suspend_window: float = 86400.0
+    clamav: ClamavConfig | None = None
+    rspamd: RspamdConfig | None = None
+
+    @property
+    def scanning(self) -> bool:
+        return self.clamav is not None or self.rspamd is not None
+
+
 @dataclass(frozen=True, slots=True)
 class BatchConfig:
     max_group_size: int = 10_000        # rows in one recipient group
@@ -367,6 +406,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
 
     def warnings(self) -> list[str]:
         """Valid settings a relay that sends to the Internet should not keep: what check-config
@@ -385,7 +425,7 @@ class Config:
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
                        "warmup", "events", "webhooks",
-                       "tracking", "batch")
+                       "tracking", "batch", "content")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:

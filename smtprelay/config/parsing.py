@@ -4,13 +4,14 @@ Must never: open sockets, touch the store, or read anything but the file it is g
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, BatchConfig, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.warmup import fraction, parse_warmup
@@ -23,7 +24,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch"}
+             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -191,6 +192,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     batch = BatchConfig(max_group_size=ba.positive_int("max_group_size", 10_000),
                         concurrency=ba.positive_int("concurrency", 16), chunk_rows=ba.positive_int("chunk_rows", 500))
     ba.finish()
+    content = _parse_content(data.get("content", {}), problems)
     if tracking.secret is not None and len(tracking.secret) < 16:
         problems.append("tracking.secret: must be at least 16 characters")
     if webhooks.max_age < 86400.0:
@@ -199,7 +201,8 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
-                    events=events, webhooks=webhooks, tracking=tracking, batch=batch)
+                    events=events, webhooks=webhooks, tracking=tracking, batch=batch,
+                    content=content)
     if problems:
         raise ConfigError(problems)
     return config
@@ -283,6 +286,47 @@ def _workers(raw: object) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1 or raw > 256:
         raise ValueError('must be "auto" (one per CPU core but one) or a number of processes from 1 to 256')
     return raw
+
+
+def _parse_content(raw: Any, problems: list[str]) -> ContentConfig:
+    c = _Section(raw, "content", problems)
+    failure = c.choice("scanner_failure", ScannerFailure.TEMPFAIL, ScannerFailure)
+    suspend_after = c.positive_int("suspend_after", 20, allow_zero=True)
+    window = c.duration("suspend_window", 86400.0)
+    scanners = _Section(_table(c, "scanners"), "content.scanners", problems)
+    clamav = rspamd = None
+    if "clamav" in scanners.data:
+        cl = _Section(_table(scanners, "clamav"), "content.scanners.clamav", problems)
+        address = cl.string("address", None)
+        if address is None:
+            problems.append("content.scanners.clamav.address: required (\"unix:/run/clamav/clamd.ctl\" or "
+                            "\"127.0.0.1:3310\")")
+        elif not address.startswith("unix:/") and not re.fullmatch(r"\[?[0-9A-Za-z.:-]+\]?:\d{1,5}", address):
+            problems.append(f"content.scanners.clamav.address: must be \"unix:/path\" or \"host:port\", "
+                            f"got {address!r}")
+        clamav = ClamavConfig(address or "", cl.choice("scan", ScanScope.ATTACHMENTS, ScanScope),
+                              cl.duration("timeout", 10.0))
+        cl.finish()
+    if "rspamd" in scanners.data:
+        rs = _Section(_table(scanners, "rspamd"), "content.scanners.rspamd", problems)
+        url = rs.string("url", None, re.compile(r"https?://[^/\s]+/?$"), "an http URL like \"http://127.0.0.1:11333\"")
+        if url is None and "url" not in rs.data:
+            problems.append("content.scanners.rspamd.url: required (\"http://127.0.0.1:11333\")")
+
+        def score(raw: Any) -> float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise ValueError("must be a number")
+            return float(raw)
+        rspamd = RspamdConfig((url or "").rstrip("/"), rs._get("reject_score", 15.0, score),
+                              rs._get("hold_score", None, score), rs.boolean("add_header", False),
+                              rs.duration("timeout", 10.0))
+        rs.finish()
+        if rspamd.hold_score is not None and rspamd.reject_score is not None and \
+                rspamd.hold_score >= rspamd.reject_score:
+            problems.append("content.scanners.rspamd.hold_score: must be below reject_score")
+    scanners.finish()
+    c.finish()
+    return ContentConfig(failure, suspend_after, window, clamav, rspamd)
 
 
 def _table(section: _Section, name: str) -> dict[str, Any]:

@@ -203,6 +203,9 @@ ROUTES: tuple[Route, ...] = (
           lambda s, p: s.accounts.set(p["name"], p.get("daily_quota"), p.get("rate"), p.get("delivery_tls")).doc(),
           (Field("daily_quota", "integer"), Field("rate", "number"),
            Field("delivery_tls", choices=DELIVERY_TLS))),
+    Route("POST", "/accounts/{name}/resume", "Lift an account's suspension for content (its held mail is queued "
+                                             "again)",
+          lambda s, p: (lambda r: {**r[0].doc(), "released": r[1]})(s.accounts.resume(p["name"]))),
     Route("GET", "/accounts/{account}/credentials", "List an account's SMTP credentials",
           lambda s, p: _docs("credentials", s.accounts.credentials(p["account"]), credential_doc)),
     Route("POST", "/accounts/{account}/credentials", "Create SMTP credentials (the password is in this answer only)",
@@ -302,6 +305,11 @@ ROUTES: tuple[Route, ...] = (
                                                 for k in ("opens", "clicks", "unsubscribe")))),
     *TEMPLATE_ROUTES,
     *BATCH_ROUTES,
+    Route("POST", "/check-message", "What the relay and its scanners would make of a message, without sending it "
+                                    "(a score 0-100 and its findings)",
+          lambda s, p: s.content.check(p["message"], p.get("account")).doc(),
+          (Field("message", "file", required=True, description="the message (RFC 5322), as a file or a string"),
+           Field("account", description="judge the From: domain as this account's"))),
     Route("GET", "/explain", "Every policy that applies to a sender and recipient now",
           lambda s, p: s.reports.explain(p["account"], p["from"], p["to"]).doc(),
           (_ACCOUNT, Field("from", required=True), Field("to", required=True))),

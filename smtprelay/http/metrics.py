@@ -71,6 +71,11 @@ class Metrics:
             self.task_recipients.labels(result=result)
         for status in ("scheduled", "running", "paused", "finished", "cancelled"):
             self.tasks.labels(status=status)
+        self.content_scans = Counter("smtprelay_content_scans_total",
+                                     "Scans that were not simply clean, by scanner and result (virus, spam, hold, "
+                                     "failure)", ["scanner", "result"], registry=r)
+        self.account_suspensions = Counter("smtprelay_account_suspensions_total",
+                                           "Accounts suspended for content (virus or spam refusals)", registry=r)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)
         self.build_info.info({"version": __version__})
         for result in ("success", "failure", "locked_out"):

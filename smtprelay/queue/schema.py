@@ -409,6 +409,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_task ON messages (task_id, task_run) WHERE task_id IS NOT NULL;
     CREATE INDEX events_task ON events (task_id, task_run, type) WHERE task_id IS NOT NULL;
     """,
+    # 12: content safety (issue 22). An account whose mail was refused for viruses or spam too
+    # often is suspended (the back end writes it; `account resume` lifts it, and the refusals
+    # before content_resumed_at no longer count). Its queued mail is held meanwhile
+    # (hold_reason 'account suspended'). The accounts trigger bumps catalog_version: the
+    # workers refuse MAIL within a second.
+    """
+    ALTER TABLE accounts ADD COLUMN suspended_at REAL;
+    ALTER TABLE accounts ADD COLUMN suspended_reason TEXT;
+    ALTER TABLE accounts ADD COLUMN content_resumed_at REAL;
+    CREATE INDEX events_content ON events (at) WHERE type = 'rejected'
+        AND json_extract(data, '$.rule') IN ('virus', 'spam');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

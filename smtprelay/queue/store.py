@@ -63,13 +63,14 @@ class QueuedMessage:
     bodies: tuple[bytes, ...] | None = None   # one copy per recipient (tracking tokens), same order
     template: tuple[int, int] | None = None   # (id, version) of the template it was rendered from
     task: tuple[int, int, int] | None = None  # (task, run, group row) of the sending task that made it
+    hold: str | None = None         # accepted but held for an operator (a spam score): why
 
     def fields(self) -> tuple[Any, ...]:
         """The fields in order, for the workers' channel: a tuple unpickles several times faster
         than a frozen dataclass with slots, which restores itself field by field."""
         return (self.id, self.account_id, self.username, self.mail_from, self.recipients, self.body,
                 self.created_at, self.client_address, self.tls, self.header_message_id, self.tag, self.bodies,
-                self.template, self.task)
+                self.template, self.task, self.hold)
 
 
 def recipient_domain(address: str) -> str:
@@ -475,12 +476,12 @@ def insert_messages(db: sqlite3.Connection, messages: list[QueuedMessage],
         for i, rcpt in enumerate(m.recipients):
             domain = recipient_domain(rcpt)
             later = deferred_until(domain, m.created_at) if deferred_until is not None else None
-            rows.append((m.id, rcpt, domain, "queued", later[0] if later else m.created_at, m.created_at,
-                         m.bodies[i] if m.bodies else None, f"delivery temporarily suspended: {later[1]}"
-                         if later else None))
+            rows.append((m.id, rcpt, domain, "hold" if m.hold else "queued", later[0] if later else m.created_at,
+                         m.created_at, m.bodies[i] if m.bodies else None, f"delivery temporarily suspended: {later[1]}"
+                         if later else None, m.hold))
     db.executemany(
-        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at, body, last_reply)"
-        " VALUES (?,?,?,?,?,?,?,?)", rows)
+        "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at, body, last_reply,"
+        " hold_reason) VALUES (?,?,?,?,?,?,?,?,?)", rows)
     sends = [(m.account_id, rcpt, m.created_at) for m in messages if m.account_id is not None and m.mail_from
              for rcpt in m.recipients]  # DSNs (null sender) are not the account's sending
     if sends:

@@ -32,12 +32,15 @@ class AccountView:
     level: int
     created_at: float
     credentials: int | None = None
+    suspended_at: float | None = None
+    suspended_reason: str | None = None
 
     def doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "daily_quota": self.daily_quota,
                                "rate_per_second": self.rate_per_second, "quota_source": self.quota_source,
                                "delivery_tls": self.delivery_tls, "level": self.level,
-                               "created_at": iso(self.created_at)}
+                               "created_at": iso(self.created_at), "suspended_at": iso(self.suspended_at),
+                               "suspended_reason": self.suspended_reason}
         if self.credentials is not None:
             doc["credentials"] = self.credentials
         return doc
@@ -89,7 +92,16 @@ class AccountService:
                            "account" if account.daily_quota else ("reputation level" if config.reputation.levels
                                                                   else "default"),
                            account.delivery_tls or config.delivery.tls.value, account.level, account.created_at,
-                           credentials)
+                           credentials, account.suspended_at, account.suspended_reason)
+
+    def resume(self, name: str) -> tuple[AccountView, int]:
+        """Lift a content suspension: the account sends again, its held mail is queued again
+        (how many recipients), and earlier refusals no longer count toward the next one."""
+        account = self.get(name)
+        if account.suspended_at is None:
+            raise Refused(f"account \"{name}\" is not suspended")
+        released = self.catalog.resume_account(account.id, self.ctx.now())
+        return self.view(self.get(name)), released
 
     def add(self, name: str, daily_quota: int | None = None, rate_per_second: float | None = None) -> AccountView:
         if not ACCOUNT_NAME.match(name):

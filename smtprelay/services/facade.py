@@ -12,6 +12,7 @@ from smtprelay.errors import StoreUnavailable
 from smtprelay.services.accounts import AccountService
 from smtprelay.services.batch import GroupService, TaskService
 from smtprelay.services.blocklist import BlocklistService
+from smtprelay.services.content import ContentService
 from smtprelay.services.context import Context, register_errors
 from smtprelay.services.domains import DomainService
 from smtprelay.services.queue import QueueService
@@ -71,6 +72,10 @@ class Services:
     @cached_property
     def tasks(self) -> TaskService:
         return TaskService(self.ctx)
+
+    @cached_property
+    def content(self) -> ContentService:
+        return ContentService(self.ctx)
 
     @cached_property
     def reports(self) -> ReportService:

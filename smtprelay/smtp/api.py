@@ -73,6 +73,8 @@ def status_of(reply: str) -> int:
     code, enhanced = reply[:3], reply[4:].split(" ", 1)[0]
     if code == "552":
         return 413
+    if code == "451":       # the store, the back end or a content scanner cannot judge it now
+        return 503
     if code.startswith("5"):
         return 422
     if enhanced.startswith("4.7.") or code == "450":

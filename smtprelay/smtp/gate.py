@@ -26,6 +26,7 @@ from smtprelay.config import Config
 from smtprelay.events import types as events
 from smtprelay.http.metrics import Metrics
 from smtprelay.logs import RepeatLimiter
+from smtprelay.content.suspension import RULES, Strikes
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
 from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
@@ -37,7 +38,7 @@ from smtprelay.smtp.guards import AuthLockout, ConnectionLimiter
 log = logging.getLogger("smtprelay.smtp")
 
 MAX_PENDING_EVENTS = 100_000   # if the store is down for long, refusals beyond this are not recorded
-OPS = frozenset({"open_connection", "close_connection", "auth", "rcpt", "release", "rejected", "enqueue"})
+OPS = frozenset({"open_connection", "close_connection", "auth", "rcpt", "release", "rejected", "enqueue", "content"})
 
 
 @dataclass
@@ -72,6 +73,10 @@ class Gate:
         self.pending_events: list[tuple[Any, ...]] = []
         self.sessions = 0
         self.loop = asyncio.get_running_loop()   # built on the back end's loop; kept (getpid per lookup)
+        # Virus/spam refusals per account (content.suspend_after within content.suspend_window):
+        # past the threshold the app suspends the account (once; the strikes start over).
+        self.strikes = Strikes()
+        self.on_content_abuse: Callable[[int, int], None] | None = None
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -196,6 +201,11 @@ class Gate:
         self.store.submit(message).add_done_callback(done)
         return answer
 
+    def content(self, peer: Peer, scanner: str, result: str) -> None:
+        """A worker's scan that was neither clean nor refused: a scanner failed (the message went
+        on unscanned, or got 451), or a score held the message."""
+        self.metrics.content_scans.labels(scanner=scanner, result=result).inc()
+
     def lost(self, peer: Peer) -> None:
         """The worker is gone: its connections are closed and its reservations returned."""
         for ip, count in list(peer.connections.items()):
@@ -207,6 +217,14 @@ class Gate:
     def reject(self, ip: str, account_id: int | None, mail_from: str, stage: str, verdict: V.Verdict,
                recipients: list[str], rcpt: str = "", task: tuple[int, int] | None = None) -> str:
         self.metrics.recipients_rejected.labels(reason=verdict.reason).inc()
+        if verdict.reason in RULES and account_id is not None:
+            self.metrics.content_scans.labels(scanner="clamav" if verdict.reason == "virus" else "rspamd",
+                                              result=verdict.reason).inc()
+            content = self.config.content
+            count = self.strikes.add(account_id, self.clock.now(), content.suspend_window)
+            if content.suspend_after and count >= content.suspend_after and self.on_content_abuse is not None:
+                self.strikes.clear(account_id)
+                self.on_content_abuse(account_id, count)
         if account_id is not None and len(self.pending_events) < MAX_PENDING_EVENTS:
             now = self.clock.now()
             detail = events.data(stage=stage, smtp_response=verdict.reply, rule=verdict.reason,

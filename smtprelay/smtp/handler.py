@@ -28,6 +28,7 @@ from smtprelay.clock import Clock
 from smtprelay.config import Config, ListenerConfig
 from smtprelay.dkim.signer import MalformedMessage, Signer
 from smtprelay.events import tracking
+from smtprelay.content.scan import Scanners
 from smtprelay.policy import verdict as V
 from smtprelay.policy.content import apply_display_name, check_subject, header_block, normalize_newlines, take_tag
 from smtprelay.policy.sender import check_from_header, check_sender
@@ -141,6 +142,8 @@ class FrontEnd:
         self.tracking_secret = b""
         # The worker's look-up "is this queue id in the store?" (after the back end died).
         self.committed: Callable[[str], bool] | None = None
+        self.scanners = Scanners()      # clamd and rspamd clients (content.scanners)
+        self.suspended_accounts: dict[int, str] = {}   # account id → why (content abuse)
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -250,6 +253,10 @@ class FrontEnd:
             state.account, state.account_id, state.username = name, account_id, None
         config = self.config
         senders = self.senders
+        if state.account_id in self.suspended_accounts:
+            verdict = V.reject(550, "5.7.1", f"Sending suspended for this account: {self.suspended_accounts[state.account_id]}"
+                                             " (rule: content); the relay's operator lifts it", "account_suspended")
+            return self.reject(state, "MAIL", verdict, [], mail_from=address)
         verdict = check_sender(state.account_id, address, senders.domains, senders.addresses, self.clock.now(),
                                config.domains.grace, config.policy.require_registered_address)
         if verdict is not None:
@@ -412,6 +419,21 @@ class FrontEnd:
             queue_id=queue_id, hostname=server.hostname, helo=state.helo, client_ip=state.client_ip, tls=tls,
             account=state.account, username=state.username, recipients=recipients, now=now,
             identity=self.config.auth.received_header))
+        hold = None
+        if self.config.content.scanning:
+            judged = await self.scanners.judge(self.config.content, body, {
+                "From": mail_from, "Rcpt": recipients[0] if recipients else "", "IP": state.client_ip,
+                # Every session here is authenticated or trusted: rspamd judges it as outbound mail.
+                "Helo": state.helo, "User": state.username or state.account or "", "Queue-Id": queue_id})
+            for scanner in judged.failures:
+                self.link.notify("content", scanner, "failure")
+            if judged.verdict is not None:
+                return self.reject(state, "END-OF-MESSAGE", judged.verdict, list(recipients), mail_from=mail_from)
+            if judged.hold is not None:
+                hold = judged.hold
+                self.link.notify("content", "rspamd", "hold")
+            if judged.header is not None:
+                body = judged.header + body
         settings = self.tracking_settings(state)
         bodies: tuple[bytes, ...] | None = None
         started = time.perf_counter()
@@ -434,7 +456,8 @@ class FrontEnd:
             id=queue_id, account_id=state.account_id, username=state.username, mail_from=mail_from,
             recipients=recipients, body=body, created_at=now, client_address=state.client_ip, tls=tls,
             header_message_id=message_id, tag=tag, bodies=bodies,
-            template=(template.id, template.version) if template is not None else None, task=state.task), sign_seconds
+            template=(template.id, template.version) if template is not None else None, task=state.task,
+            hold=hold), sign_seconds
 
     async def _sign(self, signer: Signer, body: bytes) -> bytes:
         if self.sign_pool is None:

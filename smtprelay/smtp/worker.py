@@ -81,6 +81,7 @@ class Worker:
                 server.close()
             if self.frontend.sign_pool is not None:
                 self.frontend.sign_pool.shutdown(wait=False)
+            await self.frontend.scanners.close()
             link.close()
             if self._reader is not None:
                 self._reader.close()
@@ -106,6 +107,7 @@ class Worker:
             frontend.senders.replace(domains, addresses)
             frontend.tracking_accounts, frontend.tracking_domains = tracking.resolve(catalog.tracking_rows())
             frontend.templates.replace(catalog.templates())
+            frontend.suspended_accounts = catalog.suspended_accounts()
             frontend.credentials.replace(logins, accounts, version)
 
     async def _refresh(self) -> None:

@@ -291,6 +291,9 @@ BAD_USAGE = [
     ["task", "cancel", "-3"],
     ["stats", "--task", "zero"],
     ["stats", "--run", "1"],
+    ["account", "resume"],
+    ["check-message"],
+    ["check-message", "/nonexistent.eml"],
     ["frobnicate"],
 ]
 
