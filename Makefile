@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/signing.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/content.py
 
 # Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
 FUZZ_SECONDS ?= 60
