@@ -23,7 +23,7 @@ def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
     rules = subprocess.run([str(promtool), "check", "rules", str(ROOT / "config" / "alerts.yml")],
                            capture_output=True, text=True)
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 9 rules found" in rules.stdout
+    assert "SUCCESS: 11 rules found" in rules.stdout
     conf = subprocess.run([str(promtool), "check", "config", str(ROOT / "config" / "prometheus.yml")],
                           capture_output=True, text=True)
     assert conf.returncode == 0, conf.stdout + conf.stderr

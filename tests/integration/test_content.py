@@ -173,6 +173,13 @@ def test_twenty_virus_refusals_suspend_the_account_until_resume(
     relay = make_relay(scanning(clamd, rspamd, suspend_after=20)).start()
     code, reply = send(relay, plain())                 # queued before: it will be held
     assert code == 250
+    first = reply.decode().rsplit(" ", 1)[-1]
+
+    def deferred() -> bool:         # its first attempt is over (the test's DNS does not answer)
+        with relay.db() as conn:
+            return conn.execute("SELECT state, attempts > 0 FROM recipients WHERE message_id = ?",
+                                (first,)).fetchone() == ("queued", 1)
+    wait_for(deferred)
     with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=30) as s:
         s.ehlo()
         for i in range(20):
@@ -190,8 +197,15 @@ def test_twenty_virus_refusals_suspend_the_account_until_resume(
     with relay.db() as conn:
         assert conn.execute("SELECT type, json_extract(data, '$.refusals') FROM events WHERE type LIKE 'account.%'"
                             ).fetchall() == [("account.suspended", 20)]
+    with relay.db() as conn:        # the message queued before was held with the account
+        assert conn.execute("SELECT state, hold_reason FROM recipients WHERE message_id = ?", (first,)).fetchall() \
+            == [("hold", "account suspended")]
     status, body = call(relay, "POST", "/accounts/apps/resume")
-    assert status == 200 and body["suspended_at"] is None
+    assert status == 200 and body["suspended_at"] is None and body["released"] >= 1
+    with relay.db() as conn:
+        assert conn.execute("SELECT type FROM events WHERE type LIKE 'account.%' ORDER BY id").fetchall() == \
+            [("account.suspended",), ("account.resumed",)]
+        assert conn.execute("SELECT state FROM recipients WHERE message_id = ?", (first,)).fetchone()[0] != "hold"
     assert relay.cli("account", "resume", "apps", check=False).returncode == 1      # not suspended any more
     wait_for(lambda: send(relay, plain())[0] == 250)
 
