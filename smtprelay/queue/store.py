@@ -191,6 +191,7 @@ class QueueStore:
             await self._committer
         if self._checkpointer is not None:
             self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
         if self._restarter is not None:
             self._restarter.close()
             self._restarter = None
@@ -298,11 +299,17 @@ class QueueStore:
         try:
             while True:
                 await asyncio.sleep(self._checkpoint_seconds)
+                job = asyncio.ensure_future(asyncio.to_thread(checkpoint))
                 try:
-                    if await asyncio.to_thread(checkpoint):
+                    if await asyncio.shield(job):
                         self._restart_due = True
                 except sqlite3.Error as exc:
                     log.warning("store: WAL checkpoint failed (%s); trying again", exc)
+                except asyncio.CancelledError:
+                    # The thread still uses the connection: closing it under the thread crashed
+                    # the process (a segfault at close in a test run).
+                    await asyncio.wait([job])
+                    raise
         finally:
             conn.close()
 
