@@ -493,7 +493,9 @@ class Scheduler(WarmupSeam):
     async def _update_gauges(self, now: float) -> None:
         if self._gauge_reader is None:
             self._gauge_reader = await StoreReader.open(self.config.server.data_dir)
-        counts, oldest = jobs.counts(await self._gauge_reader.row(jobs.COUNTS_SQL), now)
+        row = await self._gauge_reader.row(jobs.COUNTS_SQL)
+        # The age at the answer, not at the question: the count can take seconds on a long queue.
+        counts, oldest = jobs.counts(row, max(now, self.clock.now()))
         for state in STATES:          # every state `queue list --state` knows
             self.metrics.queue_messages.labels(state=state).set(counts.get(state, 0))
         self.metrics.queue_oldest_age_seconds.set(oldest)

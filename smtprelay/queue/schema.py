@@ -482,6 +482,35 @@ def reader(data_dir: Path) -> sqlite3.Connection:
     return conn
 
 
+def settled_after_writer_died(data_dir: Path, query: str, args: tuple[object, ...],
+                              busy_timeout: float = 5.0) -> bool:
+    """Whether `query` finds a row, as a final answer once the store's writer was killed.
+
+    A writer killed inside a commit (in its fsync, the longest part) leaves the transaction
+    whole in the WAL but unpublished in the WAL index: connections still open do not see it,
+    yet the next *recovery* (the first opener after every connection closed) brings it back.
+    A read alone is therefore not an answer. Inside a write transaction the stale index is
+    what the next commit builds on, so a commit that writes a frame (user_version rewritten
+    with its own value) overwrites the orphan's first frame and breaks its checksum chain: the
+    orphan is gone for good, and "not found" is final. Found is final anyway."""
+    conn = sqlite3.connect(database_path(data_dir), isolation_level=None, timeout=busy_timeout)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute(query, args).fetchone() is not None
+            if not found:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return found
+    finally:
+        conn.close()
+
+
 def connect(data_dir: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open the store synchronously (CLI, readers), creating and migrating it if needed."""
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -124,12 +124,10 @@ class Worker:
 
     def _committed(self, queue_id: str) -> bool:
         """Whether the store holds this message (asked in a thread once the back end is gone:
-        nothing can commit after that). Its own connection: the catalog reader may be busy."""
-        conn = schema.reader(self.config.server.data_dir)
-        try:
-            return conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is not None
-        finally:
-            conn.close()
+        nothing can commit after that), as a final answer: a commit the dead writer left
+        unpublished is settled first (schema.settled_after_writer_died)."""
+        return schema.settled_after_writer_died(self.config.server.data_dir,
+                                                "SELECT 1 FROM messages WHERE id = ?", (queue_id,))
 
     def _from_backend(self, op: str, args: tuple[Any, ...]) -> Any:
         """The back end's notices and calls: "catalog" — it changed the senders itself (a
