@@ -25,6 +25,8 @@ class Account:
     level: int = 0
     suspended_at: float | None = None     # for content (issue 22): `account resume` lifts it
     suspended_reason: str | None = None
+    pool: str | None = None               # egress pool (issue 19); None: "shared"
+    pool_fallback: str | None = None      # "shared" or "none"; None: "shared"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,18 @@ class DomainRecord:
     created_at: float
     keys: tuple[PublicKey, ...]
     addresses: int
+    pool: str | None = None               # its own egress pool binding (None: the account's)
+    pool_fallback: str | None = None
+    account_pool: str | None = None       # the account's (None: "shared")
+    account_pool_fallback: str | None = None
+
+    @property
+    def egress(self) -> tuple[str, str, str]:
+        """The pool its mail goes out from, the fallback, and where the pool was set (domain,
+        account or default): the domain's binding overrides the account's."""
+        pool, source = ((self.pool, "domain") if self.pool else (self.account_pool, "account") if self.account_pool
+                        else ("shared", "default"))
+        return pool, self.pool_fallback or self.account_pool_fallback or "shared", source
 
 
 @dataclass(frozen=True, slots=True)

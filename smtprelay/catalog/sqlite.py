@@ -36,16 +36,18 @@ _BLOCK_COLUMNS = ("id, address, type, account_id, sender_domain, origin_account_
                   " expires_at")
 BLOCKLIST_SQL = f"SELECT {_BLOCK_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?"   # (now,)
 ALLOWED_SQL = "SELECT account_id, address FROM allowlist"
-_DOMAIN_SQL = ("SELECT d.*, a.name AS account, (SELECT count(*) FROM addresses x WHERE x.domain_id = d.id) AS n"
+_DOMAIN_SQL = ("SELECT d.*, a.name AS account, a.pool AS account_pool, a.pool_fallback AS account_pool_fallback,"
+               " (SELECT count(*) FROM addresses x WHERE x.domain_id = d.id) AS n"
                " FROM domains d JOIN accounts a ON a.id = d.account_id")
-_ACCOUNT_COLUMNS = ("daily_quota", "rate_per_second", "delivery_tls")
+_ACCOUNT_COLUMNS = ("daily_quota", "rate_per_second", "delivery_tls", "pool", "pool_fallback")
+_DOMAIN_COLUMNS = ("pool", "pool_fallback")
 
 
 def _account(row: sqlite3.Row) -> Account:
     return Account(id=row["id"], name=row["name"], daily_quota=row["daily_quota"],
                    rate_per_second=row["rate_per_second"], created_at=row["created_at"],
                    delivery_tls=row["delivery_tls"], level=row["level"], suspended_at=row["suspended_at"],
-                   suspended_reason=row["suspended_reason"])
+                   suspended_reason=row["suspended_reason"], pool=row["pool"], pool_fallback=row["pool_fallback"])
 
 
 def account_rows(rows: Iterable[Any]) -> dict[int, AccountRow]:
@@ -142,7 +144,9 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch):
         return DomainRecord(id=row["id"], name=row["name"], account=row["account"], account_id=row["account_id"],
                             state=DomainState(row["status"], row["failing_since"], row["failing_record"]),
                             verified_at=row["verified_at"], last_checked_at=row["last_checked_at"],
-                            created_at=row["created_at"], keys=keys, addresses=row["n"])
+                            created_at=row["created_at"], keys=keys, addresses=row["n"], pool=row["pool"],
+                            pool_fallback=row["pool_fallback"], account_pool=row["account_pool"],
+                            account_pool_fallback=row["account_pool_fallback"])
 
     def domain(self, name: str) -> DomainRecord | None:
         row = self.conn.execute(_DOMAIN_SQL + " WHERE d.name = ?", (name,)).fetchone()
@@ -151,6 +155,11 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch):
     def domains(self, account: str | None = None) -> list[DomainRecord]:
         where, args = (" WHERE a.name = ?", (account,)) if account else ("", ())
         return [self._domain(r) for r in self.conn.execute(_DOMAIN_SQL + where + " ORDER BY d.name", args).fetchall()]
+
+    def update_domain(self, domain_id: int, fields: dict[str, Any]) -> None:
+        for column, value in fields.items():
+            assert column in _DOMAIN_COLUMNS, column
+            self.conn.execute(f"UPDATE domains SET {column} = ? WHERE id = ?", (value, domain_id))
 
     def domain_count(self, account_id: int) -> int:
         return int(self.conn.execute("SELECT count(*) FROM domains WHERE account_id = ?", (account_id,)).fetchone()[0])

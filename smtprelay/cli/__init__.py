@@ -22,6 +22,7 @@ from smtprelay.cli import (accounts, batch, blocklist, content, domains, queue, 
                            warmup, webhooks)
 from smtprelay.cli.base import ParseError, Registry, UsageError, default_config, emit
 from smtprelay.config import ConfigError, load
+from smtprelay.config.pools import unbindable
 from smtprelay.errors import Invalid, ServiceError
 from smtprelay.services import guard
 
@@ -43,6 +44,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
         return 2
     warnings = config.warnings()
+    for pool, address in config.egress.addresses():     # a host fact, not a syntax problem: the relay
+        why = unbindable(address)                        # starts, and that address's mail waits or falls back
+        if why is not None:
+            warnings.append(f"egress pool \"{pool.name}\": {why}; mail bound to it cannot use it until "
+                            f"the host owns it")
     doc = {"ok": True, "listeners": [f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners],
            "data_dir": str(config.server.data_dir), "warnings": warnings}
 

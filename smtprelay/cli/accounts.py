@@ -5,6 +5,7 @@ import argparse
 import textwrap
 
 from smtprelay.cli.base import Registry, UsageError, emit, positive_float, positive_int, print_table, services
+from smtprelay.config.pools import FALLBACKS
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
 
 
@@ -16,11 +17,14 @@ def account_add(args: argparse.Namespace) -> int:
 
 
 def account_set(args: argparse.Namespace) -> int:
-    if args.daily_quota is None and args.rate is None and args.delivery_tls is None:
-        raise UsageError("account set needs --daily-quota, --rate or --delivery-tls")
-    view = services(args).accounts.set(args.name, args.daily_quota, args.rate, args.delivery_tls)
+    if args.daily_quota is None and args.rate is None and args.delivery_tls is None and args.pool is None \
+            and args.pool_fallback is None:
+        raise UsageError("account set needs --daily-quota, --rate, --delivery-tls, --pool or --pool-fallback")
+    view = services(args).accounts.set(args.name, args.daily_quota, args.rate, args.delivery_tls, args.pool,
+                                       args.pool_fallback)
     emit(args, view.doc(), lambda: print(f"account {view.name}: daily quota {view.daily_quota}, "
-                                         f"rate {view.rate_per_second}/s"))
+                                         f"rate {view.rate_per_second}/s, egress pool {view.pool} "
+                                         f"(fallback: {view.pool_fallback})"))
     return 0
 
 
@@ -77,12 +81,16 @@ def register(reg: Registry) -> None:
     p.add_argument("name")
     p.add_argument("--daily-quota", type=positive_int, help="recipients per rolling 24 h (default from [limits])")
     p.add_argument("--rate", type=positive_float, help="recipients per second (default from [limits])")
-    p = reg.command(acc, "set", account_set, "change an account's quota, rate or delivery TLS policy")
+    p = reg.command(acc, "set", account_set, "change an account's quota, rate, delivery TLS policy or egress pool")
     p.add_argument("name")
     p.add_argument("--daily-quota", type=positive_int)
     p.add_argument("--rate", type=positive_float)
     p.add_argument("--delivery-tls", choices=list(DELIVERY_TLS),
                    help="TLS policy for this account's outgoing mail (default: delivery.tls)")
+    p.add_argument("--pool", help="the [[egress.pools]] its mail goes out from (\"default\": shared); a domain's "
+                                  "own pool overrides it")
+    p.add_argument("--pool-fallback", choices=list(FALLBACKS) + ["default"],
+                   help="when none of the pool's addresses can send: the shared pool (default), or wait")
     reg.command(acc, "list", account_list, "list accounts")
     p = reg.command(acc, "resume", account_resume, "lift a suspension for content (its held mail is queued again)")
     p.add_argument("name")

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from smtprelay.cli.base import Registry, emit, print_table, services
+from smtprelay.cli.base import Registry, UsageError, emit, print_table, services
+from smtprelay.config.pools import FALLBACKS
 from smtprelay.domains.records import DnsRecord, dnsmasq_command, zone_lines
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
 
@@ -83,9 +84,20 @@ def domain_verify(args: argparse.Namespace) -> int:
 def domain_list(args: argparse.Namespace) -> int:
     docs = [domain_doc(i) for i in services(args).domains.all(args.account)]
     emit(args, {"domains": docs}, lambda: print_table(
-        ["domain", "account", "status", "addresses", "selectors", "failing"],
-        [[d["domain"], d["account"], d["status"], d["addresses"],
+        ["domain", "account", "status", "pool", "addresses", "selectors", "failing"],
+        [[d["domain"], d["account"], d["status"], d["pool"] + ("" if d["pool_fallback"] == "shared" else " (no fallback)"),
+          d["addresses"],
           " ".join(f"{k['selector']}({k['state']})" for k in d["dkim"]), d["failing_record"]] for d in docs]))
+    return 0
+
+
+def domain_set(args: argparse.Namespace) -> int:
+    if args.pool is None and args.pool_fallback is None:
+        raise UsageError("domain set needs --pool or --pool-fallback")
+    doc = domain_doc(services(args).domains.set(args.domain, args.pool, args.pool_fallback))
+    emit(args, doc, lambda: print(f"domain {doc['domain']}: egress pool {doc['pool']} (set on the "
+                                  f"{doc['pool_set_on']}), fallback {doc['pool_fallback']}; its SPF record "
+                                  f"must name the pool's addresses: smtprelay domain records {doc['domain']}"))
     return 0
 
 
@@ -143,6 +155,11 @@ def register(reg: Registry) -> None:
     p.add_argument("domain")
     p = reg.command(dom, "list", domain_list, "list sender domains")
     p.add_argument("--account")
+    p = reg.command(dom, "set", domain_set, "bind a sender domain to an egress pool (overrides its account's)")
+    p.add_argument("domain")
+    p.add_argument("--pool", help="an [[egress.pools]] name of relay.toml (\"default\": the account's pool)")
+    p.add_argument("--pool-fallback", choices=list(FALLBACKS) + ["default"],
+                   help="when none of the pool's addresses can send: the shared pool, or wait (none)")
     p = reg.command(dom, "delete", domain_delete, "delete a sender domain, its addresses and DKIM keys")
     p.add_argument("domain")
 

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smtprelay.config.pools import EgressConfig
+
 MiB = 1024 * 1024
 
 
@@ -407,6 +409,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
 
     def warnings(self) -> list[str]:
         """Valid settings a relay that sends to the Internet should not keep: what check-config
@@ -415,7 +418,7 @@ class Config:
         if self.server.hostname == "localhost":
             found.append("server.hostname is \"localhost\": receivers see it in HELO, Received: and Message-IDs; "
                          "set the relay's public name")
-        if not self.server.public_ips and self.server.spf_include is None:
+        if not self.server.public_ips and self.server.spf_include is None and not self.egress.pools["shared"].addresses:
             found.append("server.public_ips is empty (and server.spf_include unset): the SPF record a sender domain "
                          "publishes cannot name this relay's outgoing addresses; set them before `domain add`")
         return found
@@ -425,7 +428,7 @@ class Config:
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
                        "warmup", "events", "webhooks",
-                       "tracking", "batch", "content")
+                       "tracking", "batch", "content", "egress")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -433,7 +436,8 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     applied: list[str] = []
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
-                 "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking"):
+                 "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking",
+                 "batch", "content", "egress"):
         before, after = getattr(old, name), getattr(new, name)
         if name == "http" and before.admin_token != after.admin_token:
             # The admin API reads the token per request: a new one is live at once.

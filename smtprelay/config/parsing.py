@@ -14,6 +14,7 @@ from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, Bloc
                                     DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
+from smtprelay.config.egress import parse_egress
 from smtprelay.config.warmup import fraction, parse_warmup
 from smtprelay.config.reader import (_HOSTNAME, _LABEL, _NAME, ConfigError, _host_port, _ip_text, _list, _one_of,
                                      _one_of_int, _parse_nameserver, _parse_networks, _Section, _show,
@@ -24,7 +25,8 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     problems: list[str] = []
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
-             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content"}
+             "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content",
+             "egress"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -193,6 +195,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                         concurrency=ba.positive_int("concurrency", 16), chunk_rows=ba.positive_int("chunk_rows", 500))
     ba.finish()
     content = _parse_content(data.get("content", {}), problems)
+    egress = parse_egress(data.get("egress", {}), problems)
     if tracking.secret is not None and len(tracking.secret) < 16:
         problems.append("tracking.secret: must be at least 16 characters")
     if webhooks.max_age < 86400.0:
@@ -202,7 +205,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
                     events=events, webhooks=webhooks, tracking=tracking, batch=batch,
-                    content=content)
+                    content=content, egress=egress)
     if problems:
         raise ConfigError(problems)
     return config

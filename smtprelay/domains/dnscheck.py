@@ -73,20 +73,25 @@ def check_dkim(resolver: dns.resolver.Resolver, record: DnsRecord) -> RecordChec
     return RecordCheck(record, " | ".join(found), "fail", "the published key is not this selector's key")
 
 
-def check_spf(resolver: dns.resolver.Resolver, record: DnsRecord, config: Config) -> RecordCheck:
+def check_spf(resolver: dns.resolver.Resolver, record: DnsRecord, config: Config,
+              addresses: list[str] | None = None) -> RecordCheck:
+    """Evaluates the published policy for every address the domain's mail can leave from
+    (`addresses`, by default server.public_ips)."""
+    ips = list(config.server.public_ips) if addresses is None else addresses
     found = [v for v in lookup_txt(resolver, record.fqdn) if v.lower().startswith("v=spf1")]
     if not found:
         return RecordCheck(record, "", "missing", "no v=spf1 TXT record")
     current = " | ".join(found)
     if len(found) > 1:
         return RecordCheck(record, current, "fail", "more than one SPF record (RFC 7208 permerror): merge them")
-    if not config.server.public_ips:
-        return RecordCheck(record, current, "error", "set server.public_ips so the policy can be evaluated")
+    if not ips:
+        return RecordCheck(record, current, "error", "set server.public_ips (or give the domain an egress pool "
+                                                     "with addresses) so the policy can be evaluated")
     failures = []
     original = spf.DNSLookup
     spf.DNSLookup = _spf_lookup(resolver)  # pyspf's documented plug point for DNS
     try:
-        for ip in config.server.public_ips:
+        for ip in ips:
             result, explanation = spf.check2(i=ip, s=f"postmaster@{record.fqdn}", h=config.server.hostname)
             if result != "pass":
                 failures.append(f"{ip}: {result} ({explanation})")
@@ -94,7 +99,7 @@ def check_spf(resolver: dns.resolver.Resolver, record: DnsRecord, config: Config
         spf.DNSLookup = original
     if failures:
         return RecordCheck(record, current, "fail", "SPF does not pass for " + "; ".join(failures))
-    return RecordCheck(record, current, "pass", "SPF passes for " + ", ".join(config.server.public_ips))
+    return RecordCheck(record, current, "pass", "SPF passes for " + ", ".join(ips))
 
 
 def _spf_lookup(resolver: dns.resolver.Resolver):  # type: ignore[no-untyped-def]
@@ -144,7 +149,7 @@ def check_mx(resolver: dns.resolver.Resolver, record: DnsRecord, hostname: str) 
     return RecordCheck(record, " | ".join(values), "fail", f"does not point at {hostname}")
 
 
-def check_all(records: list[DnsRecord], config: Config) -> list[RecordCheck]:
+def check_all(records: list[DnsRecord], config: Config, addresses: list[str] | None = None) -> list[RecordCheck]:
     resolver = make_resolver(config.dns)
     results = []
     for record in records:
@@ -152,7 +157,7 @@ def check_all(records: list[DnsRecord], config: Config) -> list[RecordCheck]:
             if record.kind == "dkim":
                 results.append(check_dkim(resolver, record))
             elif record.kind == "spf":
-                results.append(check_spf(resolver, record, config))
+                results.append(check_spf(resolver, record, config, addresses))
             elif record.kind == "dmarc":
                 results.append(check_dmarc(resolver, record))
             else:

@@ -58,14 +58,25 @@ class PublicKey:
     state: str         # active, pending (rotation), retiring
 
 
-def expected_spf(config: Config) -> str:
+def expected_spf(config: Config, addresses: list[str] | None = None) -> str:
+    """`addresses`: every source address the domain's mail can leave from (its egress pools,
+    and server.public_ips where the kernel picks); by default server.public_ips. With
+    server.spf_include, the include covers the relay's own addresses and pool addresses are
+    named beside it."""
+    ips = list(config.server.public_ips) if addresses is None else addresses
     if config.server.spf_include:
-        return f"v=spf1 include:{config.server.spf_include} ~all"
-    mechanisms = " ".join(("ip6:" if ":" in ip else "ip4:") + ip for ip in config.server.public_ips)
+        extra = [ip for ip in ips if ip not in config.server.public_ips]
+        return " ".join(["v=spf1", f"include:{config.server.spf_include}", *_mechanisms(extra), "~all"])
+    mechanisms = " ".join(_mechanisms(ips))
     return f"v=spf1 {mechanisms} ~all" if mechanisms else f"v=spf1 a:{config.server.hostname} ~all"
 
 
-def expected_records(domain: str, keys: list[PublicKey], config: Config) -> list[DnsRecord]:
+def _mechanisms(ips: list[str]) -> list[str]:
+    return [("ip6:" if ":" in ip else "ip4:") + ip for ip in ips]
+
+
+def expected_records(domain: str, keys: list[PublicKey], config: Config,
+                     addresses: list[str] | None = None) -> list[DnsRecord]:
     zone = registered_domain(domain)
     records = []
     for key in keys:
@@ -74,7 +85,7 @@ def expected_records(domain: str, keys: list[PublicKey], config: Config) -> list
                 "retiring": "previous key: keep it published until the overlap ends"}.get(key.state, "")
         records.append(DnsRecord("dkim", "TXT", fqdn, relative_host(fqdn, zone), key.dns_value,
                                  required=key.state == "active", note=note, selector=key.selector))
-    records.append(DnsRecord("spf", "TXT", domain, relative_host(domain, zone), expected_spf(config), True,
+    records.append(DnsRecord("spf", "TXT", domain, relative_host(domain, zone), expected_spf(config, addresses), True,
                              note="a domain must have exactly one SPF record: merge these mechanisms into an "
                                   "existing v=spf1 record instead of adding a second one"))
     dmarc = f"_dmarc.{domain}"

@@ -15,64 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
-import math
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
-from smtprelay import __version__, when
+from smtprelay import __version__
 from smtprelay.config import ConfigError
+from smtprelay.config.pools import FALLBACKS
 from smtprelay.errors import Invalid, NotFound, Refused, ServiceError, StoreUnavailable
 from smtprelay.events.stats import COUNTS
+from smtprelay.http.routing import Field, Params, Route, docs, validate
+from smtprelay.http.sending_routes import BATCH_ROUTES, BY_NAME, TEMPLATE_ROUTES
 from smtprelay.policy.blocklist import TYPES
 from smtprelay.queue.listing import STATES
 from smtprelay.services import Services, guard
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
-from smtprelay.services.batch import group_doc
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
-from smtprelay.services.templates import template_doc
 from smtprelay.services.tracking import CHOICES
 from smtprelay.services.webhooks import webhook_doc
 
 PREFIX = "/api/v1"
-Params = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: str = "string"            # string, integer, number, boolean, object, when (a past moment), deadline,
-                                    # file (multipart/form-data, or a string in JSON)
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str                       # {name} parts are required string fields
-    summary: str
-    call: Callable[[Services, Params], Any]     # the service call; returns the JSON document
-    fields: tuple[Field, ...] = ()
-
-    @property
-    def path_params(self) -> list[str]:
-        return re.findall(r"{(\w+)}", self.path)
-
-    @property
-    def operation_id(self) -> str:
-        words = [w for w in re.split(r"[/{}-]+", self.path) if w]
-        return self.method.lower() + "_" + "_".join(words)
-
-
-def _docs(key: str, items: list[Any], to_doc: Callable[[Any], Any]) -> dict[str, Any]:
-    return {key: [to_doc(i) for i in items]}
 
 
 def _hook_delete(s: Services, p: Params) -> dict[str, Any]:
@@ -115,83 +80,10 @@ def _credential_revoke(s: Services, p: Params) -> dict[str, Any]:
 
 _ACCOUNT = Field("account", required=True)
 _DOMAIN = Field("domain", required=True)
-_PARTS = (Field("html", description="the HTML part, with {{variables}}"),
-          Field("text", description="the plain-text part (else made from the HTML)"),
-          Field("subject", description="may hold variables"), Field("description"))
-_BY_NAME = Field("account", description="the template's account, when a name (not an id) is given")
-
-TEMPLATE_ROUTES = (
-    Route("GET", "/templates", "List templates",
-          lambda s, p: _docs("templates", s.templates.all(p.get("account")), template_doc), (Field("account"),)),
-    Route("POST", "/templates", "Add a template (its variables are computed)",
-          lambda s, p: template_doc(s.templates.add(p["account"], p["name"], p.get("html"), p.get("text"),
-                                                    p.get("subject"), p.get("description"))),
-          (_ACCOUNT, Field("name", required=True), *_PARTS)),
-    Route("GET", "/templates/{id}", "A template and its parts (an id, or a name)",
-          lambda s, p: template_doc(s.templates.get(p["id"], p.get("account"), p.get("version")), parts=True),
-          (_BY_NAME, Field("version", "integer"))),
-    Route("PATCH", "/templates/{id}", "Change a template: a new version (\"\" removes a part)",
-          lambda s, p: template_doc(s.templates.update(p["id"], p.get("account"), p.get("html"), p.get("text"),
-                                                       p.get("subject"), p.get("description"), p.get("name"))),
-          (_BY_NAME, Field("name", description="rename it"), *_PARTS)),
-    Route("DELETE", "/templates/{id}", "Delete a template",
-          lambda s, p: {"deleted": template_doc(s.templates.delete(p["id"], p.get("account")))}, (_BY_NAME,)),
-    Route("POST", "/templates/{id}/preview", "Render a template with data, without sending",
-          lambda s, p: s.templates.preview(p["id"], p.get("data") or {}, p.get("account"), p.get("version")).doc(),
-          (_BY_NAME, Field("data", "object"), Field("version", "integer"))),
-    Route("POST", "/templates/{id}/check", "What a mailbox provider's filter would hold against a template "
-                                           "(strict: warnings are errors, and errors make it inactive)",
-          lambda s, p: s.templates.check(p["id"], p.get("data"), bool(p.get("strict")), p.get("account")).doc(),
-          (_BY_NAME, Field("data", "object"), Field("strict", "boolean"))),
-)
-
-def _task_id(p: Params) -> int:
-    text = p["id"]
-    if not text.isdigit() or int(text) <= 0:
-        raise Invalid(f"a task id is a positive integer, got {text!r}", "id")
-    return int(text)
-
-
-BATCH_ROUTES = (
-    Route("GET", "/groups", "List recipient groups",
-          lambda s, p: _docs("groups", s.groups.all(p.get("account")), group_doc), (Field("account"),)),
-    Route("POST", "/groups", "Upload a recipient group: a CSV (multipart/form-data file \"csv\", or a string) with a "
-                             "header row, an email column and one column per variable; all or nothing unless "
-                             "skip_invalid; bad rows are named by line",
-          lambda s, p: s.groups.add(p["account"], p["name"], io.BytesIO(p["csv"]), p.get("description"),
-                                    bool(p.get("skip_invalid"))).doc(),
-          (_ACCOUNT, Field("name", required=True), Field("csv", "file", required=True), Field("description"),
-           Field("skip_invalid", "boolean", description="import the good rows and list the bad ones"))),
-    Route("GET", "/groups/{id}", "A group and its first rows (an id, or a name)",
-          lambda s, p: s.groups.show(p["id"], p.get("account"), p.get("limit") or 20).doc(),
-          (Field("account"), Field("limit", "integer", description="rows to show (default 20)"))),
-    Route("DELETE", "/groups/{id}", "Delete a group (refused while a task that is not finished uses it)",
-          lambda s, p: {"deleted": group_doc(s.groups.delete(p["id"], p.get("account")))}, (Field("account"),)),
-    Route("GET", "/tasks", "List sending tasks",
-          lambda s, p: {"tasks": [v.doc() for v in s.tasks.all(p.get("account"))]}, (Field("account"),)),
-    Route("POST", "/tasks", "Create a sending task: a template to every row of a group, now, at a time, or every "
-                            "N days",
-          lambda s, p: s.tasks.add(p["account"], p["group"], p["template"], p["from"], p.get("subject"), p.get("tag"),
-                                   p.get("data"), bool(p.get("now")), p.get("at"), p.get("every")).doc(),
-          (_ACCOUNT, Field("group", required=True, description="id or name"),
-           Field("template", required=True, description="id or name"),
-           Field("from", required=True, description="\"Name <user@example.com>\" or user@example.com"),
-           Field("subject", description="overrides the template's"), Field("tag"),
-           Field("data", "object", description="task-wide variables (a row's own columns win)"),
-           Field("now", "boolean", description="start at once (or give at)"),
-           Field("at", description="2026-12-24T09:00:00Z; UTC unless it names a zone (+01:00, or "
-                                   "\"2026-12-24T09:00 Europe/Paris\"); or a duration from now (2h)"),
-           Field("every", description="run again every period (7d; at least 1h)"))),
-    Route("GET", "/tasks/{id}", "A task: status, type, progress, next run, and each run's counts",
-          lambda s, p: s.tasks.show(_task_id(p)).doc()),
-    Route("POST", "/tasks/{id}/pause", "Pause a task (only resume continues it)",
-          lambda s, p: s.tasks.pause(_task_id(p)).doc()),
-    Route("POST", "/tasks/{id}/resume", "Continue a task an operator paused",
-          lambda s, p: s.tasks.resume(_task_id(p)).doc()),
-    Route("POST", "/tasks/{id}/cancel", "Cancel a task (rows already queued are sent)",
-          lambda s, p: s.tasks.cancel(_task_id(p)).doc()),
-)
-
+_POOL = Field("pool", description="an [[egress.pools]] name of relay.toml, or \"default\" (a domain: its "
+                                  "account's; an account: shared)")
+_POOL_FALLBACK = Field("pool_fallback", choices=FALLBACKS + ("default",),
+                       description="when none of the pool's addresses can send: the shared pool, or wait")
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/accounts", "List accounts, and the reputation rule that sets their quotas",
           lambda s, p: s.accounts.listing().doc()),
@@ -199,20 +91,21 @@ ROUTES: tuple[Route, ...] = (
           lambda s, p: s.accounts.add(p["name"], p.get("daily_quota"), p.get("rate")).doc(),
           (Field("name", required=True), Field("daily_quota", "integer", description="recipients per rolling 24 h"),
            Field("rate", "number", description="recipients per second"))),
-    Route("PATCH", "/accounts/{name}", "Change an account's quota, rate or delivery TLS",
-          lambda s, p: s.accounts.set(p["name"], p.get("daily_quota"), p.get("rate"), p.get("delivery_tls")).doc(),
+    Route("PATCH", "/accounts/{name}", "Change an account's quota, rate, delivery TLS or egress pool",
+          lambda s, p: s.accounts.set(p["name"], p.get("daily_quota"), p.get("rate"), p.get("delivery_tls"),
+                                      p.get("pool"), p.get("pool_fallback")).doc(),
           (Field("daily_quota", "integer"), Field("rate", "number"),
-           Field("delivery_tls", choices=DELIVERY_TLS))),
+           Field("delivery_tls", choices=DELIVERY_TLS), _POOL, _POOL_FALLBACK)),
     Route("POST", "/accounts/{name}/resume", "Lift an account's suspension for content (its held mail is queued "
                                              "again)",
           lambda s, p: (lambda r: {**r[0].doc(), "released": r[1]})(s.accounts.resume(p["name"]))),
     Route("GET", "/accounts/{account}/credentials", "List an account's SMTP credentials",
-          lambda s, p: _docs("credentials", s.accounts.credentials(p["account"]), credential_doc)),
+          lambda s, p: docs("credentials", s.accounts.credentials(p["account"]), credential_doc)),
     Route("POST", "/accounts/{account}/credentials", "Create SMTP credentials (the password is in this answer only)",
           lambda s, p: s.accounts.add_credential(p["account"]).doc()),
     Route("DELETE", "/credentials/{username}", "Revoke a credential", _credential_revoke),
     Route("GET", "/domains", "List sender domains",
-          lambda s, p: _docs("domains", s.domains.all(p.get("account")), domain_doc), (Field("account"),)),
+          lambda s, p: docs("domains", s.domains.all(p.get("account")), domain_doc), (Field("account"),)),
     Route("POST", "/domains", "Register a sender domain (makes its DKIM keys)",
           lambda s, p: s.domains.add(p["account"], p["domain"]).doc(), (_ACCOUNT, _DOMAIN)),
     Route("GET", "/domains/{domain}/records", "The DNS records to publish",
@@ -225,9 +118,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/domains/{domain}/rotate-dkim", "Create a new DKIM selector",
           lambda s, p: {"domain": domain_name(p["domain"]),
                         "records": [r.as_dict() for r in s.domains.rotate(p["domain"])]}),
+    Route("PATCH", "/domains/{domain}", "Bind a sender domain to an egress pool (overrides its account's)",
+          lambda s, p: domain_doc(s.domains.set(p["domain"], p.get("pool"), p.get("pool_fallback"))),
+          (_POOL, _POOL_FALLBACK)),
     Route("DELETE", "/domains/{domain}", "Delete a sender domain", _domain_delete),
     Route("GET", "/addresses", "List sender addresses",
-          lambda s, p: _docs("addresses", s.domains.addresses(p.get("domain")), address_doc), (Field("domain"),)),
+          lambda s, p: docs("addresses", s.domains.addresses(p.get("domain")), address_doc), (Field("domain"),)),
     Route("POST", "/addresses", "Register a sender address", _address_add,
           (Field("address", required=True), Field("name", description="display name"))),
     Route("DELETE", "/addresses/{address}", "Delete a sender address",
@@ -274,7 +170,7 @@ ROUTES: tuple[Route, ...] = (
                                        p.get("recipient_domain"), template=p.get("template"),
                                        account=p.get("account"), task=p.get("task"), run=p.get("run")).doc(),
           (Field("from", "when"), Field("to", "when"), Field("sender_domain"), Field("recipient_domain"),
-           Field("template", description="an id, or a name"), _BY_NAME,
+           Field("template", description="an id, or a name"), BY_NAME,
            Field("task", "integer", description="one sending task's rows"),
            Field("run", "integer", description="with task: one run's rows"))),
     Route("GET", "/status/{queue_id}", "Delivery status and history of a message",
@@ -286,7 +182,7 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/warmup/{domain}/{provider}", "Put a pair on a warm-up day",
           lambda s, p: s.warmup.set_day(p["domain"], p["provider"], p["day"]).doc(),
           (Field("day", "integer", required=True),)),
-    Route("GET", "/webhooks", "List webhooks", lambda s, p: _docs("webhooks", s.webhooks.all(), webhook_doc)),
+    Route("GET", "/webhooks", "List webhooks", lambda s, p: docs("webhooks", s.webhooks.all(), webhook_doc)),
     Route("PUT", "/webhooks", "Set the account's or a sender address's webhook",
           lambda s, p: s.webhooks.set(p["url"], p.get("account"), p.get("address")).doc(),
           (Field("url", required=True), Field("account"), Field("address"))),
@@ -323,72 +219,6 @@ _SCHEMA: dict[str, dict[str, Any]] = {"string": {"type": "string"}, "integer": {
            "when": {"type": "string", "description": "a date (2026-12-31), a time (2026-12-31T12:00:00Z) or a "
                                                      "duration back from now (7d)"},
            "deadline": {"type": "string", "description": "a date, a time, or a duration from now (30d)"}}
-
-
-def validate(route: Route, match: dict[str, str], given: dict[str, Any], from_query: bool, now: float) -> Params:
-    """The route's fields from the path and the query or body, typed; anything else is an
-    `Invalid` naming the field."""
-    known = {f.name: f for f in route.fields}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        takes = ", ".join(known) or "none"
-        raise Invalid(f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
-                      f"this operation takes: {takes}", unknown[0])
-    params: Params = dict(match)
-    for f in route.fields:
-        value = given.get(f.name)
-        if value is None or (from_query and value == ""):
-            if f.required:
-                raise Invalid(f"the field \"{f.name}\" is required", f.name)
-            continue
-        params[f.name] = _typed(f, value, from_query, now)
-    return params
-
-
-def _typed(f: Field, value: Any, from_query: bool, now: float) -> Any:
-    def bad(expected: str) -> Invalid:
-        return Invalid(f"the field \"{f.name}\" must be {expected}, got {value!r}", f.name)
-    if f.type == "integer":
-        if from_query and isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise bad("a positive integer")
-        return value
-    if f.type == "number":
-        if from_query and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad("a positive number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise bad("a positive number")
-        return float(value)
-    if f.type == "boolean":
-        if isinstance(value, bool):
-            return value
-        if from_query and value in ("true", "false", "1", "0"):
-            return value in ("true", "1")
-        raise bad("true or false")
-    if f.type == "object":
-        if not isinstance(value, dict):
-            raise bad("a JSON object")
-        return value
-    if f.type == "file":
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
-        if not isinstance(value, str):
-            raise bad("a file (multipart/form-data) or a string")
-        return value.encode("utf-8")
-    if not isinstance(value, str):
-        raise bad("a string")
-    if f.choices and value not in f.choices:
-        raise bad("one of " + ", ".join(f.choices))
-    if f.type in ("when", "deadline"):
-        try:
-            return when.parse_when(value, now, future=f.type == "deadline")
-        except ValueError as exc:
-            raise Invalid(f"{f.name}: {exc}", f.name) from None
-    return value
 
 
 def openapi() -> dict[str, Any]:

@@ -421,6 +421,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_content ON events (at) WHERE type = 'rejected'
         AND json_extract(data, '$.rule') IN ('virus', 'spam');
     """,
+    # 13: egress IP pools (issue 19). A sender domain or an account is bound to a pool of
+    # relay.toml ([[egress.pools]]; NULL: the account's, then "shared") and says whether its
+    # mail may fall back to the shared pool ('shared' or 'none'; NULL: 'shared'). Every attempt
+    # records the source address it went out from (NULL: the kernel's choice). A pool address
+    # warms up per mailbox provider like a sender domain does (`ip_warmup`, the scheduler's;
+    # `warmup set-day --ip` writes day_override).
+    """
+    ALTER TABLE accounts ADD COLUMN pool TEXT;
+    ALTER TABLE accounts ADD COLUMN pool_fallback TEXT;
+    ALTER TABLE domains ADD COLUMN pool TEXT;
+    ALTER TABLE domains ADD COLUMN pool_fallback TEXT;
+    ALTER TABLE attempts ADD COLUMN source TEXT;
+    CREATE TABLE ip_warmup (
+        address TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        day_date TEXT NOT NULL,
+        used INTEGER NOT NULL,
+        withheld INTEGER NOT NULL DEFAULT 0,
+        paused_until REAL NOT NULL DEFAULT 0,
+        pause_reason TEXT NOT NULL DEFAULT '',
+        backoff_step INTEGER NOT NULL DEFAULT 0,
+        day_override INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (address, provider)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

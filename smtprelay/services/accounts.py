@@ -15,6 +15,7 @@ from smtprelay.catalog.records import Account, Credential
 from smtprelay.errors import Invalid, NotFound, Refused
 from smtprelay.policy.reputation import AccountRow, describe_rule, effective_limits
 from smtprelay.services.context import Context
+from smtprelay.services.egress import binding_fields
 from smtprelay.when import iso
 
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -34,13 +35,16 @@ class AccountView:
     credentials: int | None = None
     suspended_at: float | None = None
     suspended_reason: str | None = None
+    pool: str = "shared"
+    pool_fallback: str = "shared"
 
     def doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "daily_quota": self.daily_quota,
                                "rate_per_second": self.rate_per_second, "quota_source": self.quota_source,
                                "delivery_tls": self.delivery_tls, "level": self.level,
                                "created_at": iso(self.created_at), "suspended_at": iso(self.suspended_at),
-                               "suspended_reason": self.suspended_reason}
+                               "suspended_reason": self.suspended_reason, "pool": self.pool,
+                               "pool_fallback": self.pool_fallback}
         if self.credentials is not None:
             doc["credentials"] = self.credentials
         return doc
@@ -92,7 +96,8 @@ class AccountService:
                            "account" if account.daily_quota else ("reputation level" if config.reputation.levels
                                                                   else "default"),
                            account.delivery_tls or config.delivery.tls.value, account.level, account.created_at,
-                           credentials, account.suspended_at, account.suspended_reason)
+                           credentials, account.suspended_at, account.suspended_reason, account.pool or "shared",
+                           account.pool_fallback or "shared")
 
     def resume(self, name: str) -> tuple[AccountView, int]:
         """Lift a content suspension: the account sends again, its held mail is queued again
@@ -121,15 +126,17 @@ class AccountService:
         return self.get(name), True
 
     def set(self, name: str, daily_quota: int | None = None, rate_per_second: float | None = None,
-            delivery_tls: str | None = None) -> AccountView:
-        if daily_quota is None and rate_per_second is None and delivery_tls is None:
-            raise Invalid("nothing to change: give a daily quota, a rate or a delivery TLS policy")
+            delivery_tls: str | None = None, pool: str | None = None,
+            pool_fallback: str | None = None) -> AccountView:
+        if daily_quota is None and rate_per_second is None and delivery_tls is None and pool is None \
+                and pool_fallback is None:
+            raise Invalid("nothing to change: give a daily quota, a rate, a delivery TLS policy or an egress pool")
         if delivery_tls is not None and delivery_tls not in DELIVERY_TLS:
             raise Invalid(f"delivery_tls must be opportunistic, required or default, got \"{delivery_tls}\"",
                           "delivery_tls")
         _check_limits(daily_quota, rate_per_second)
+        fields: dict[str, Any] = binding_fields(self.ctx.config, pool, pool_fallback)
         account = self.get(name)
-        fields: dict[str, Any] = {}
         if delivery_tls is not None:
             fields["delivery_tls"] = None if delivery_tls == "default" else delivery_tls
         if daily_quota is not None:

@@ -25,6 +25,7 @@ from smtprelay.domains.records import DnsRecord, expected_records
 from smtprelay.errors import Invalid, NotFound, Refused
 from smtprelay.policy.address import AddressError, parse_address
 from smtprelay.services.context import Context
+from smtprelay.services.egress import binding_fields, sending_addresses
 from smtprelay.when import iso
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ _DOMAIN = re.compile(r"^(?=.{4,253}$)((?!-)[a-z0-9-]{1,63}(?<!-)\.)+(?!-)[a-z][a
 
 
 def domain_doc(info: DomainRecord) -> dict[str, Any]:
+    pool, fallback, source = info.egress
     return {"domain": info.name, "account": info.account, "status": info.state.status,
+            "pool": pool, "pool_fallback": fallback, "pool_set_on": source,
             "failing_since": iso(info.state.failing_since), "failing_record": info.state.failing_record,
             "verified_at": iso(info.verified_at), "last_checked_at": iso(info.last_checked_at),
             "addresses": info.addresses,
@@ -136,6 +139,15 @@ class DomainService:
     def all(self, account_name: str | None = None) -> list[DomainRecord]:
         return self.catalog.domains(account_name)
 
+    def set(self, name: str, pool: str | None = None, pool_fallback: str | None = None) -> DomainRecord:
+        """Bind the domain's mail to an egress pool (overrides its account's), or its fallback."""
+        if pool is None and pool_fallback is None:
+            raise Invalid("nothing to change: give an egress pool or a pool fallback")
+        fields = binding_fields(self.config, pool, pool_fallback)
+        info = self.get(name)
+        self.catalog.update_domain(info.id, fields)
+        return self.get(name)
+
     def delete(self, name: str) -> DomainRecord:
         info = self.get(name)
         self.catalog.delete_domain(info.id)
@@ -146,7 +158,11 @@ class DomainService:
     def records(self, name: str) -> list[DnsRecord]:
         self.catalog.retire_expired_keys(self.ctx.now())
         info = self.get(name)
-        return expected_records(info.name, list(info.keys), self.config)
+        return expected_records(info.name, list(info.keys), self.config, self._addresses(info))
+
+    def _addresses(self, info: DomainRecord) -> list[str]:
+        pool, fallback, _ = info.egress
+        return sending_addresses(self.config, pool, fallback)
 
     # -- verification ----------------------------------------------------------------------
     def verify(self, name: str) -> Verification:
@@ -154,7 +170,9 @@ class DomainService:
         self.catalog.retire_expired_keys(now)
         info = self.get(name)
         from smtprelay.domains.dnscheck import check_all   # dnspython and pyspf: only where DNS is checked
-        checks = check_all(expected_records(info.name, list(info.keys), self.config), self.config)
+        addresses = self._addresses(info)
+        checks = check_all(expected_records(info.name, list(info.keys), self.config, addresses), self.config,
+                           addresses)
         failed = [c for c in checks if c.record.required and not c.passed]
         failing_record = (f"{failed[0].record.kind.upper()} record {failed[0].record.fqdn} ({failed[0].reason})"
                           if failed else None)
