@@ -45,6 +45,8 @@ class DnsServer:
                 lines.append(f"mx-host={name},{target.rstrip('.')},{pref}")
             elif rtype == "A":
                 lines.append(f"host-record={name},{value}")
+            elif rtype == "PTR":                  # name: the reverse name (1.8.0.127.in-addr.arpa)
+                lines.append(f"ptr-record={name},{value}")
             else:
                 raise ValueError(rtype)
         conf = self.dir / f"dnsmasq-{self.port}.conf"

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import itertools
 import json
+import time
 import ssl
 import sys
 
@@ -38,7 +39,8 @@ class Handler:
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         record = {"peer": session.peer[0], "helo": session.host_name, "mail_from": envelope.mail_from,
                   "rcpts": envelope.rcpt_tos, "data": base64.b64encode(envelope.original_content or b"").decode(),
-                  "tls": ssl_object.version() if ssl_object else None, "conn": conn, "txn": server.transactions}
+                  "tls": ssl_object.version() if ssl_object else None, "conn": conn, "txn": server.transactions,
+                  "at": time.time()}
         with open(self.args.log, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         return self.args.data_reply

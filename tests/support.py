@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 import signal
 import socket
@@ -247,12 +248,17 @@ class Relay:
             return exc.code, exc.read().decode()
 
     def metric(self, name: str, labels: str = "") -> float:
+        """The sum of the series of `name` that carry all of `labels` ('result="delivered"'):
+        a series may have more labels than a test names (deliveries_total has the pool too)."""
         _, text = self.http_get("/metrics")
-        key = f"{name}{{{labels}}}" if labels else name
+        wanted = set(re.findall(r'\w+="[^"]*"', labels))
+        total, found = 0.0, False
         for line in text.splitlines():
-            if line.startswith(key + " "):
-                return float(line.split()[-1])
-        return 0.0
+            series, _, value = line.rpartition(" ")
+            base, _, rest = series.partition("{")
+            if base == name and wanted <= set(re.findall(r'\w+="[^"]*"', rest)):
+                total, found = total + float(value), True
+        return total if found else 0.0
 
     # -- store ---------------------------------------------------------------------------
     def db(self) -> sqlite3.Connection:

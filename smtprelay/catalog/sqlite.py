@@ -339,6 +339,25 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch):
             pairs.append(PairState(r[0], r[1], day, r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
         return pairs
 
+    def ip_warmup_pairs(self, address: str) -> list[PairState]:
+        """A source address's pairs (issue 19), the address in PairState.sender_domain."""
+        pairs = []
+        for r in self.conn.execute("SELECT address, provider, day, day_date, used, withheld, paused_until,"
+                                   " pause_reason, backoff_step, day_override FROM ip_warmup WHERE address = ?"
+                                   " ORDER BY provider", (address,)):
+            day = r[9] if r[9] is not None else r[2]
+            pairs.append(PairState(r[0], r[1], day, r[3], r[4], r[5], None, r[6], r[7], r[8]))
+        return pairs
+
+    def set_ip_warmup_day(self, address: str, provider: str, day: int, today: str, now: float) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO ip_warmup (address, provider, day, day_date, used, updated_at, day_override)"
+                " VALUES (?,?,?,?,0,?,?) ON CONFLICT (address, provider) DO UPDATE SET"
+                " day_override = excluded.day_override, day = excluded.day, updated_at = excluded.updated_at",
+                (address, provider, day, today, now, day))
+            self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'warmup_generation'")
+
     def suspended_domains(self) -> dict[str, str]:
         return {r[0]: r[1] or "suspended" for r in
                 self.conn.execute("SELECT name, suspended_reason FROM domains WHERE suspended_at IS NOT NULL")}

@@ -35,8 +35,9 @@ def queue_show(args: argparse.Namespace) -> int:
                   + (f", next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else "")
                   + (f", bounce class {r['bounce_class']}" if r["bounce_class"] else ""))
             for a in r["history"]:
-                print(f"  {a['at']}  {a['result']:<9} via {a['relay'] or '-'}  tls {a['tls'] or 'none'}"
-                      f"  {a['reply'] or ''}".rstrip())
+                print(f"  {a['at']}  {a['result']:<9} via {a['relay'] or '-'}"
+                      + (f" from {a['source']}" if a.get("source") else "")
+                      + f"  tls {a['tls'] or 'none'}  {a['reply'] or ''}".rstrip())
             if not r["history"]:
                 print("  no attempt yet")
     emit(args, doc, human)

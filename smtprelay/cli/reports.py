@@ -9,10 +9,37 @@ from typing import Any
 
 from smtprelay.cli.base import (Registry, UsageError, When, emit, positive_int, print_table, services, whole_day,
                                 words)
-from smtprelay.events.stats import COUNTS
+from smtprelay.events.stats import COUNTS, IP_COUNTS
+
+
+def ip_stats(args: argparse.Namespace) -> int:
+    if args.recipient_domain or args.template or args.task:
+        raise UsageError("stats --by ip takes --from, --to and --sender-domain only")
+    result = services(args).reports.ip_stats(args.since, args.until, args.sender_domain, whole_day(args))
+    rows = result.days
+    if args.json or args.format == "json":
+        args.json = True
+        emit(args, result.doc(), lambda: None)
+    elif args.format == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["day", "ip", "pool", *IP_COUNTS, "delivery_rate"])
+        for r in rows:
+            out.writerow([r["day"], r["ip"] or "", r["pool"] or "", *[r[c] for c in IP_COUNTS],
+                          "" if r["delivery_rate"] is None else r["delivery_rate"]])
+    else:
+        if not rows:
+            print("no delivery attempts in this period")
+        print_table(["day", "ip", "pool", "delivered", "deferred", "bounced(inv/spam/other)", "expired", "delivery%"],
+                    [[r["day"], r["ip"] or "(kernel's choice)", r["pool"], r["delivered"], r["deferred"],
+                      f"{r['bounced']} ({r['bounced_invalid']}/{r['bounced_spam']}/{r['bounced_other']})",
+                      r["expired"], "-" if r["delivery_rate"] is None else f"{r['delivery_rate'] * 100:.1f}"]
+                     for r in rows])
+    return 0
 
 
 def stats(args: argparse.Namespace) -> int:
+    if args.by == "ip":
+        return ip_stats(args)
     result = services(args).reports.stats(args.since, args.until, args.sender_domain, args.recipient_domain,
                                           whole_day(args), args.template, args.account, args.task, args.run)
     rows = result.days
@@ -107,6 +134,8 @@ def register(reg: Registry) -> None:
     p.add_argument("--task", type=positive_int, metavar="ID", help="one sending task's rows")
     p.add_argument("--run", type=positive_int, metavar="N", help="with --task: one run's rows")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--by", choices=["group", "ip"], default="group",
+                   help="ip: delivery outcomes per egress source address instead")
     p = reg.command(reg.top, "status", status,
                     "delivery status and history of a message, or of the mail to one address")
     p.add_argument("queue_id", nargs="?", help="the id from \"250 2.0.0 Ok: queued as <ID>\", or the Message-ID")

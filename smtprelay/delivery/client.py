@@ -188,9 +188,10 @@ def wire_format(body: bytes) -> bytes:
 
 class Connection:
     def __init__(self, protocol: _ReplyProtocol, host: Host, address: str, tls_version: str | None,
-                 extensions: dict[str, str], config: DeliveryConfig):
+                 extensions: dict[str, str], config: DeliveryConfig, source: str | None = None):
         self._protocol = protocol
         self.host = host
+        self.source = source         # the local address it was bound to (an egress pool's), or None
         self.address = address
         self.tls_version = tls_version
         self.extensions = extensions
@@ -356,12 +357,21 @@ class SmtpTransport:
     def reconfigure(self, config: DeliveryConfig) -> None:
         self.config = config
 
-    async def connect(self, hosts: tuple[Host, ...], policy: DeliveryTls) -> Connection | ConnectFailure:
-        """Try the hosts (and their addresses) in order; the first usable connection wins."""
+    async def connect(self, hosts: tuple[Host, ...], policy: DeliveryTls, source: str | None = None,
+                      helo: str | None = None) -> Connection | ConnectFailure:
+        """Try the hosts (and their addresses) in order; the first usable connection wins.
+        `source`: the local address to send from (an egress pool's; only the hosts' addresses
+        of its family are tried), with `helo`, the name it says in EHLO."""
         failure = ConnectFailure("no host to try")
+        family = None if source is None else (":" in source)
         for host in hosts:
             for address in host.addresses:
-                result = await self._connect_one(host, address, policy)
+                if family is not None and (":" in address) != family:
+                    failure = ConnectFailure(f"{host.name} has no IPv{6 if family else 4} address for source "
+                                             f"{source}")
+                    continue
+                result = await self._connect_one(host, address, policy, source=source,
+                                                  helo=None if helo is None else helo.encode("ascii"))
                 if isinstance(result, Connection):
                     return result
                 failure = result
@@ -369,23 +379,26 @@ class SmtpTransport:
                     return result  # a 5xx greeting is an answer for the whole destination
         return failure
 
-    async def _connect_one(self, host: Host, address: str, policy: DeliveryTls,
-                           plaintext: bool = False) -> Connection | ConnectFailure:
+    async def _connect_one(self, host: Host, address: str, policy: DeliveryTls, plaintext: bool = False,
+                           source: str | None = None, helo: bytes | None = None) -> Connection | ConnectFailure:
         cfg = self.config
         loop = asyncio.get_running_loop()
         where = f"{host.name}[{address}]:{host.port}"
+        name = helo or self.helo
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                transport, proto = await loop.create_connection(_ReplyProtocol, address, host.port)
+                transport, proto = await loop.create_connection(
+                    _ReplyProtocol, address, host.port, local_addr=None if source is None else (source, 0))
         except (OSError, TimeoutError) as exc:
-            return ConnectFailure(f"connect to {where}: {_describe(exc)}")
+            return ConnectFailure(f"connect to {where}" + (f" from {source}" if source else "") +
+                                  f": {_describe(exc)}")
         try:
             async with asyncio.timeout(cfg.command_timeout):
                 greeting = (await proto.read(1))[0]
                 if greeting.code != 220:
                     transport.close()
                     return ConnectFailure(f"host {where} refused to talk to me: {greeting}", greeting)
-                ehlo = await self._ehlo(transport, proto)
+                ehlo = await self._ehlo(transport, proto, name)
             if ehlo.code != 250:
                 transport.close()
                 return ConnectFailure(f"host {where} refused EHLO: {ehlo}", ehlo)
@@ -413,7 +426,7 @@ class SmtpTransport:
                     obj = tls.get_extra_info("ssl_object")
                     tls_version = obj.version() if obj is not None else "TLS"
                     async with asyncio.timeout(cfg.command_timeout):
-                        ehlo = await self._ehlo(transport, proto)   # RFC 3207: forget what was said before TLS
+                        ehlo = await self._ehlo(transport, proto, name)   # RFC 3207: forget what was said before TLS
                     if ehlo.code != 250:
                         raise SessionError(f"EHLO after STARTTLS refused: {ehlo}")
                     extensions = _extensions(ehlo)
@@ -422,18 +435,18 @@ class SmtpTransport:
                     if policy is DeliveryTls.REQUIRED:
                         return ConnectFailure(f"TLS is required, but the handshake with {where} failed: "
                                               f"{_describe(exc)}", tls=True)
-                    return await self._connect_one(host, address, policy, plaintext=True)
-            return Connection(proto, host, address, tls_version, extensions, cfg)
+                    return await self._connect_one(host, address, policy, plaintext=True, source=source, helo=helo)
+            return Connection(proto, host, address, tls_version, extensions, cfg, source)
         except (SessionError, OSError, TimeoutError) as exc:
             transport.close()
             return ConnectFailure(f"conversation with {where} failed: {_describe(exc)}")
 
-    async def _ehlo(self, transport: asyncio.Transport, proto: _ReplyProtocol) -> Reply:
+    async def _ehlo(self, transport: asyncio.Transport, proto: _ReplyProtocol, name: bytes) -> Reply:
         """EHLO, or HELO when the server does not know EHLO (RFC 5321 3.2)."""
-        transport.write(b"EHLO " + self.helo + b"\r\n")
+        transport.write(b"EHLO " + name + b"\r\n")
         reply = (await proto.read(1))[0]
         if 500 <= reply.code < 600 and reply.code != 554:
-            transport.write(b"HELO " + self.helo + b"\r\n")
+            transport.write(b"HELO " + name + b"\r\n")
             helo = (await proto.read(1))[0]
             return Reply(helo.code, helo.text.split("\n", 1)[0]) if helo.code == 250 else helo
         return reply

@@ -1,4 +1,5 @@
-"""Daily statistics by sender domain × recipient domain × tag × template, counted from events.
+"""Daily statistics by sender domain × recipient domain × tag × template, counted from events;
+and delivery outcomes by source address (`by_source`).
 
 Reads only; shared by the CLI and, later, the admin API. Counts cover what the events
 table holds (`events.retention`, 30 days by default). Bounces are split by class:
@@ -68,5 +69,36 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
         g["requests"] = g["accepted"] + g["rejected"]
         g["delivery_rate"] = round(g["delivered"] / g["accepted"], 4) if g["accepted"] else None
         g["open_rate"] = round(g["opened_unique"] / g["delivered"], 4) if g["delivered"] else None
+        result.append(g)
+    return result
+
+
+IP_COUNTS = ("delivered", "deferred", "bounced", "bounced_invalid", "bounced_spam", "bounced_other", "expired")
+
+
+def by_source(conn: sqlite3.Connection, since: float, until: float,
+              sender_domain: str | None = None) -> list[dict[str, Any]]:
+    """Delivery outcomes per day and source address (issue 19: `stats --by ip`); `ip` None is
+    mail the kernel chose the address for (a pool without addresses)."""
+    where = ["at >= ?", "at < ?", "type IN ('delivered', 'deferred', 'bounced', 'expired')"]
+    args: list[Any] = [since, until]
+    if sender_domain:
+        where.append("sender_domain = ?")
+        args.append(sender_domain.lower())
+    rows = conn.execute(
+        "SELECT date(at, 'unixepoch'), coalesce(json_extract(data, '$.source_ip'), ''), type,"
+        " json_extract(data, '$.bounce_type'), count(*) FROM events WHERE " + " AND ".join(where) +
+        " GROUP BY 1, 2, 3, 4", args).fetchall()
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for day, ip, kind, klass, total in rows:
+        g = groups.setdefault((day, ip), {"day": day, "ip": ip or None, **{c: 0 for c in IP_COUNTS}})
+        g[kind] += total
+        if kind == "bounced":
+            g["bounced_" + {"invalid_address": "invalid", "spam": "spam"}.get(klass or "", "other")] += total
+    result = []
+    for key in sorted(groups):
+        g = groups[key]
+        finished = g["delivered"] + g["bounced"] + g["expired"]
+        g["delivery_rate"] = round(g["delivered"] / finished, 4) if finished else None
         result.append(g)
     return result

@@ -39,10 +39,10 @@ class Metrics:
                                            registry=r)
         self.domain_status_changes = Counter("smtprelay_domain_status_changes_total",
                                              "Sender domain status changes, by new status", ["status"], registry=r)
-        self.deliveries = Counter("smtprelay_deliveries_total", "Delivery attempts per recipient, by result",
-                                  ["result"], registry=r)
+        self.deliveries = Counter("smtprelay_deliveries_total", "Delivery attempts per recipient, by result and "
+                                  "the egress pool it went out from", ["result", "pool"], registry=r)
         for result in ("delivered", "deferred", "bounced", "expired"):
-            self.deliveries.labels(result=result)
+            self.deliveries.labels(result=result, pool="shared")
         self.delivery_duration_seconds = Histogram(
             "smtprelay_delivery_duration_seconds", "Time of one SMTP transaction to a remote server",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
@@ -52,7 +52,8 @@ class Metrics:
                                               "Age of the oldest message not yet finished", registry=r)
         self.warmup_remaining = Gauge("smtprelay_warmup_remaining",
                                       "Warm-up budget left today per sender domain and named provider "
-                                      "(+Inf when uncapped)", ["sender_domain", "provider"], registry=r)
+                                      "(+Inf when uncapped); per source address of an egress pool with ip "
+                                      "(sender_domain empty)", ["sender_domain", "provider", "ip"], registry=r)
         self.warmup_transitions = Counter("smtprelay_warmup_transitions_total",
                                           "Warm-up and reputation transitions (frozen, unfrozen, paused, "
                                           "suspended, resumed, day_advanced)", ["transition"], registry=r)

@@ -30,6 +30,7 @@ class Destination:
     dead_until: float = 0.0
     dead_reason: str = ""
     provider: str | None = None     # mailbox provider of an MX destination (None: a route)
+    source: str | None = None       # the egress address its connections are bound to (None: the kernel's choice)
     pending: "OrderedDict[str, list[Work]]" = field(default_factory=OrderedDict)
     idle: list[tuple[Connection, float]] = field(default_factory=list)   # cached connections, expiry
 

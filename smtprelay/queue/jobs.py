@@ -34,6 +34,10 @@ class Work:
     throttled_for: float = 0.0      # seconds spent waiting for warm-up budget (not lifetime)
     provider: str = ""              # mailbox provider, set when the scheduler routes it
     personal: bool = False          # has its own body (tracking): one recipient per transaction
+    pool: str = "shared"            # the egress pool it is bound to (its domain's, else its account's)
+    fallback: str = "shared"        # when no address of `pool` can send: "shared", or "none" (wait)
+    source: str = ""                # the address it goes out from, set when routed ("": the kernel's choice)
+    egress_pool: str = ""           # the pool `source` belongs to (the fallback's when it fell back)
 
     @property
     def lifetime_start(self) -> float:
@@ -58,6 +62,7 @@ class Outcome:
     attempted: bool                 # False when deferred without trying (destination suspended)
     sender_domain: str | None = None
     provider: str | None = None
+    source: str | None = None       # the egress address it went out from (None: the kernel's choice)
 
 
 def claim(now: float, limit: int, lease_until: float) -> Job:
@@ -75,12 +80,15 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
             return []
         ids = sorted({r[1] for r in rows})
         marks = ",".join("?" * len(ids))
+        # The egress binding: the sender domain's overrides the account's (issue 19).
         info = {r[0]: r for r in db.execute(
-                f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls FROM messages m"
-                f" LEFT JOIN accounts a ON a.id = m.account_id WHERE m.id IN ({marks})", ids)}
-        return [Work(r[0], r[1], r[2], r[3], r[4], info[r[1]][1], info[r[1]][2], info[r[1]][3], info[r[1]][4],
-                     info[r[1]][1].rpartition("@")[2].lower() if info[r[1]][1] else "", r[5], "", bool(r[6]))
-                for r in rows if r[1] in info]
+                f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls,"
+                f" coalesce(d.pool, a.pool, 'shared'), coalesce(d.pool_fallback, a.pool_fallback, 'shared')"
+                f" FROM messages m LEFT JOIN accounts a ON a.id = m.account_id"
+                f" LEFT JOIN domains d ON d.name = m.sender_domain WHERE m.id IN ({marks})", ids)}
+        return [Work(r[0], r[1], r[2], r[3], r[4], i[1], i[2], i[3], i[4],
+                     i[1].rpartition("@")[2].lower() if i[1] else "", r[5], "", bool(r[6]), i[5], i[6])
+                for r in rows if (i := info.get(r[1])) is not None]
     return job
 
 
@@ -129,10 +137,10 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
             # The recipient may have been deleted by `queue delete` meanwhile: then nothing to record.
             db.executemany(
                 "INSERT INTO attempts (recipient_id, at, result, relay, tls, code, enhanced, reply, bounce_class,"
-                " duration, sender_domain, provider) SELECT ?,?,?,?,?,?,?,?,?,?,?,?"
+                " duration, sender_domain, provider, source) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?"
                 " WHERE EXISTS (SELECT 1 FROM recipients WHERE id = ?)",
                 [(o.rcpt_id, o.at, o.result, o.relay, o.tls, o.code, o.enhanced, o.reply, o.bounce_class,
-                  o.duration, o.sender_domain, o.provider, o.rcpt_id) for o in attempted])
+                  o.duration, o.sender_domain, o.provider, o.source, o.rcpt_id) for o in attempted])
         changes = [(o.result, o.at, o.provider, _event_data(o), o.rcpt_id) for o in outcomes
                    if o.result in events.OUTCOME_EVENTS]
         if changes:
@@ -154,7 +162,7 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
 def _event_data(o: Outcome) -> str:
     retry = o.next_attempt_at if o.result in ("deferred", "throttled") else None
     return events.data(smtp_response=o.reply if o.attempted or o.result != "throttled" else None,
-                       reason=o.reply if o.result == "throttled" else None, mx=o.relay, tls=o.tls,
+                       reason=o.reply if o.result == "throttled" else None, mx=o.relay, tls=o.tls, source_ip=o.source,
                        bounce_type=o.bounce_class if o.result in ("bounced", "expired", "deferred") else None,
                        attempted=o.attempted, next_attempt_at=retry)
 

@@ -98,8 +98,9 @@ def show_message(conn: sqlite3.Connection, queue_id: str) -> dict[str, object] |
         account = found[0] if found else None
     recipients = []
     for r in rcpts:
-        attempts = [{"at": a[0], "result": a[1], "relay": a[2], "tls": a[3], "reply": a[4], "bounce_class": a[5]}
-                    for a in conn.execute("SELECT at, result, relay, tls, reply, bounce_class FROM attempts"
+        attempts = [{"at": a[0], "result": a[1], "relay": a[2], "tls": a[3], "reply": a[4], "bounce_class": a[5],
+                     "source": a[6]}
+                    for a in conn.execute("SELECT at, result, relay, tls, reply, bounce_class, source FROM attempts"
                                           " WHERE recipient_id = ? ORDER BY id", (r[0],))]
         recipients.append({"address": r[1], "state": r[2], "attempts": r[3],
                            "next_attempt_at": r[4] if r[2] in WAITING else None,

@@ -23,10 +23,14 @@ import sqlite3
 import time
 from typing import Awaitable, Callable
 
+import dns.exception
+import dns.reversename
+
 from smtprelay.clock import Clock
 from smtprelay.config import Config, DeliveryTls
 from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport, TransactionResult
 from smtprelay.delivery.dsn import FailedRecipient, build_dsn
+from smtprelay.delivery.egress import Egress, Wait
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.logs import Outage
@@ -41,7 +45,7 @@ from smtprelay.warmup.admission import WarmupSeam
 from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination
 from smtprelay.queue.readers import StoreReader
-from smtprelay.warmup.throttle import Throttle
+from smtprelay.warmup.throttle import Admission, Throttle
 
 log = logging.getLogger("smtprelay.delivery")
 
@@ -61,12 +65,14 @@ class Scheduler(WarmupSeam):
         self.resolver = resolver or MxResolver(config)
         self.transport = transport or SmtpTransport(config.delivery, config.server.hostname)
         self.throttle = Throttle(config, clock, metrics)
+        self.egress = Egress(config, self.throttle)
         self.dead = DeadDestinations()
         self._warmup_generation = -1
         self._feedback_id = 0
         self.destinations: dict[str, Destination] = {}
         self.in_window = 0
         self.active = 0
+        self._waiting: dict[tuple[str, str], int] = {}    # (source address, provider) → routed, not yet sent
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,6 +103,7 @@ class Scheduler(WarmupSeam):
         ledger.load(self._reader, self.throttle, now)
         self._feedback_id = ledger.last_feedback_id(self._reader, now - 86400)
         await self._check_warmup()
+        await self._egress_names()
 
     async def start(self) -> None:
         await self.open()
@@ -114,7 +121,27 @@ class Scheduler(WarmupSeam):
         self.config = config
         self.resolver.config = config
         self.throttle.config = config
+        self.throttle.ips.reconfigure(config)
+        self.egress.reconfigure(config)      # addresses probed again: one the host now owns is used
         self.transport.reconfigure(config.delivery)
+        if self.egress.needs_ptr() and self._reader is not None:     # running: on its loop
+            task = asyncio.get_running_loop().create_task(self._egress_names(), name="egress PTR names")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _egress_names(self) -> None:
+        """The HELO name of each pool address without one in relay.toml: its PTR when it has
+        one (receivers compare the two), else server.hostname."""
+        for address in self.egress.needs_ptr():
+            name = None
+            try:
+                answer = await self.resolver.resolver.resolve(dns.reversename.from_address(address), "PTR")
+                name = str(answer[0].target).rstrip(".") or None   # type: ignore[attr-defined]
+            except dns.exception.DNSException:
+                pass
+            self.egress.set_ptr(address, name)
+            log.info("egress: %s says EHLO %s%s", address, self.egress.helo.get(address),
+                     "" if name else " (no PTR record: server.hostname)")
 
     async def stop(self, grace: float) -> None:
         """Stop starting deliveries; let running ones finish for `grace` seconds."""
@@ -209,23 +236,44 @@ class Scheduler(WarmupSeam):
             suspended: dict[str, tuple[Destination, list[Work]]] = {}
             provider = self._provider(hop, domain)
             self.throttle.domain_providers[domain] = provider
+            waits: list[tuple[Work, float, str]] = []
+            expired: dict[str, list[tuple[Work, str]]] = {}
+            max_wait = self.config.warmup.max_wait
             for work in group:
                 work.provider = provider
-                dest = self._destination(hop, self._policy(work, hop), domain, provider)
+                source = self.egress.choose(work, self._waiting, now)
+                if isinstance(source, Wait):     # no address of its pool can send (and no fallback)
+                    if work.throttled_for >= max_wait:
+                        expired.setdefault(work.message_id, []).append(
+                            (work, f"waited longer than warmup.max_wait for an egress address ({source.reason})"))
+                    else:
+                        waits.append((work, min(source.until, now + max_wait - work.throttled_for), source.reason))
+                    continue
+                work.egress_pool = source.pool
+                work.source = source.address.address if source.address is not None else ""
+                dest = self._destination(hop, self._policy(work, hop), domain, provider, work.source or None)
                 if dest.dead_until > now:
                     suspended.setdefault(dest.key, (dest, []))[1].append(work)
                     continue
                 dest.pending.setdefault(work.message_id, []).append(work)
+                if work.source:
+                    key = (work.source, provider)
+                    self._waiting[key] = self._waiting.get(key, 0) + 1
             for dest, works in suspended.values():  # one store job per destination, not per recipient
                 await self._suspend(works, dest, now)
+            if waits:
+                await self._not_admitted(Admission(wait=waits), now)
+            for lapsed in expired.values():      # one message at a time: its DSN carries its own body
+                await self._not_admitted(Admission(expire=lapsed), now)
 
     def _policy(self, work: Work, hop: NextHop) -> DeliveryTls:
         if work.account_tls:
             return DeliveryTls(work.account_tls)
         return hop.tls or self.config.delivery.tls
 
-    def _destination(self, hop: NextHop, policy: DeliveryTls, domain: str, provider: str) -> Destination:
-        key = f"{hop.key}|{policy.value}"
+    def _destination(self, hop: NextHop, policy: DeliveryTls, domain: str, provider: str,
+                     source: str | None = None) -> Destination:
+        key = f"{hop.key}|{policy.value}" + (f"|{source}" if source else "")
         dest = self.destinations.get(key)
         if dest is None:
             cfg = self.config.delivery
@@ -239,7 +287,7 @@ class Scheduler(WarmupSeam):
                 max_conc = min(max_conc, shaping.max_connections or max_conc)
                 per_conn = min(per_conn, shaping.max_messages_per_connection or per_conn)
             dest = Destination(key, hop, policy, {domain}, max_conc, per_conn, min(cfg.initial_concurrency, max_conc),
-                               provider=owner)
+                               provider=owner, source=source)
             dest.dead_until = self.dead.until(key)   # still suspended from an earlier life
             dest.dead_reason = self.dead.why(key)
             self.destinations[key] = dest
@@ -255,9 +303,10 @@ class Scheduler(WarmupSeam):
         for dest in list(self.destinations.values()):
             while (dest.has_work() and dest.active < dest.window and dest.dead_until <= now
                    and self.active < self.config.delivery.max_connections
-                   and self.throttle.connection_room(dest.provider)):
+                   and self.throttle.connection_room(dest.provider) and self.egress.connection_room(dest.source)):
                 dest.active += 1
                 self.active += 1
+                self.egress.opened(dest.source)
                 if dest.provider is not None:
                     active = self.throttle.provider_active
                     active[dest.provider] = active.get(dest.provider, 0) + 1
@@ -302,11 +351,12 @@ class Scheduler(WarmupSeam):
                 batch = dest.pop_batch(cfg.max_recipients_per_transaction)
                 if not batch:
                     break
+                self._unwait(batch)
                 batch = await self._admit(batch)
                 if not batch:
                     continue
                 if conn is None:
-                    result = await self.transport.connect(dest.hop.hosts, dest.policy)
+                    result = await self._connect(dest)
                     if isinstance(result, ConnectFailure):
                         await self._connect_failed(dest, batch, result)
                         break
@@ -315,12 +365,15 @@ class Scheduler(WarmupSeam):
                 if body is None:  # deleted by an operator meanwhile
                     self.in_window -= len(batch)
                     continue
+                pause = self.egress.pace(dest.source, time.monotonic())
+                if pause > 0:     # the address's max_rate: messages start 1/max_rate apart
+                    await asyncio.sleep(pause)
                 started = time.monotonic()
                 outcome = await conn.send(batch[0].mail_from, [w.address for w in batch], body)
                 if outcome.session_failure and not outcome.recipients and reused:
                     # A cached connection the server had already dropped: not a delivery failure.
                     await conn.close()
-                    result = await self.transport.connect(dest.hop.hosts, dest.policy)
+                    result = await self._connect(dest)
                     if isinstance(result, ConnectFailure):
                         conn = None
                         await self._connect_failed(dest, batch, result)
@@ -340,9 +393,25 @@ class Scheduler(WarmupSeam):
                     dest.idle.append((conn, time.monotonic() + CONNECTION_CACHE_SECONDS))
             dest.active -= 1
             self.active -= 1
+            self.egress.closed(dest.source)
             if dest.provider is not None:
                 self.throttle.provider_active[dest.provider] -= 1
             self._dispatch()
+
+    async def _connect(self, dest: Destination) -> Connection | ConnectFailure:
+        return await self.transport.connect(dest.hop.hosts, dest.policy, dest.source,
+                                            self.egress.helo.get(dest.source) if dest.source else None)
+
+    def _unwait(self, works: list[Work]) -> None:
+        """These left their destination's queue: no longer waiting for their address."""
+        for work in works:
+            if work.source:
+                key = (work.source, work.provider)
+                left = self._waiting.get(key, 0) - 1
+                if left > 0:
+                    self._waiting[key] = left
+                else:
+                    self._waiting.pop(key, None)
 
     async def _body(self, message_id: str, rcpt_id: int | None = None) -> bytes | None:
         assert self._reader is not None
@@ -375,7 +444,9 @@ class Scheduler(WarmupSeam):
             dest.dead_reason = failure.reason
             log.warning("destination %s marked dead until %s after %d failure(s): %s", dest.key,
                         time.strftime("%H:%M:%S", time.gmtime(dest.dead_until)), dest.failures, failure.reason)
-            await self._suspend(dest.take_all(), dest, now)
+            taken = dest.take_all()
+            self._unwait(taken)
+            await self._suspend(taken, dest, now)
             # Its waiting mail is pushed past the suspension a chunk per commit, so the loop and
             # the commits of everyone else never wait for a million-row statement.
             while await self.store.run(jobs.defer_domains(sorted(dest.domains), dest.dead_until, reason, now)) \
@@ -446,17 +517,19 @@ class Scheduler(WarmupSeam):
             outcomes.append(Outcome(work.rcpt_id, work.message_id, result.value, now, next_at, str(reply), reply.code,
                                     reply.enhanced, klass.value if klass and result is not Result.DELIVERED else None,
                                     relay, tls, duration, attempted=True, sender_domain=work.sender_domain or None,
-                                    provider=work.provider or None))
+                                    provider=work.provider or None, source=work.source or None))
             if result in (Result.BOUNCED, Result.EXPIRED):
                 failed.append(FailedRecipient(work.address, reply.enhanced or ("4.4.7" if result is Result.EXPIRED
                                                                               else "5.0.0"),
                                               shown, relay.split("[")[0] if relay else None, result is Result.EXPIRED))
             status = {"delivered": "sent"}.get(result.value, result.value)
-            log.info("%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)", work.message_id, work.address,
-                     relay or "none", now - work.created_at, tls or "none", status, shown,
+            log.info("%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, %sstatus=%s (%s)", work.message_id, work.address,
+                     relay or "none", now - work.created_at, tls or "none",
+                     f"source={work.source} (pool {work.egress_pool}), " if work.source else "", status, shown,
                      extra={"fields": {"queue_id": work.message_id, "result": result.value,
-                                       "bounce_class": klass.value if klass else None}})
-            self.metrics.deliveries.labels(result=result.value).inc()
+                                       "bounce_class": klass.value if klass else None,
+                                       "source": work.source or None}})
+            self.metrics.deliveries.labels(result=result.value, pool=work.egress_pool or work.pool).inc()
         dsns = self._dsns(batch[0], failed, body, now) if failed else []
         bl = self.config.blocklist
         auto = jobs.AutoBlock(bl.invalid_address_days, bl.auto_block_full_inbox, bl.full_inbox_failures,

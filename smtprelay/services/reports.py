@@ -14,7 +14,7 @@ from typing import Any
 
 from smtprelay.clock import FakeClock
 from smtprelay.errors import Invalid, NotFound
-from smtprelay.events.stats import daily
+from smtprelay.events.stats import by_source, daily
 from smtprelay.events.status import message_status, recipient_status
 from smtprelay.policy.address import canonical
 from smtprelay.policy.limits import SendLimiter
@@ -48,6 +48,16 @@ class Stats:
 
     def doc(self) -> dict[str, Any]:
         return {"from": iso(self.since), "to": iso(self.until), "days": self.days}
+
+
+@dataclass(frozen=True, slots=True)
+class IpStats:
+    since: float
+    until: float
+    days: list[dict[str, Any]]      # day, ip (None: the kernel's choice), pool, delivery counts
+
+    def doc(self) -> dict[str, Any]:
+        return {"from": iso(self.since), "to": iso(self.until), "by": "ip", "days": self.days}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,16 @@ class ReportService:
             raise Invalid("--run needs --task", "run")
         return Stats(start, end, daily(self.ctx.store, start, end, sender_domain, recipient_domain, template_id,
                                        names, task, run))
+
+    def ip_stats(self, since: float | None = None, until: float | None = None, sender_domain: str | None = None,
+                 whole_day: bool = False) -> IpStats:
+        """Delivery outcomes per day and egress source address, with the address's pool now."""
+        start, end = self.period(since, until, 7, whole_day)
+        rows = by_source(self.ctx.store, start, end, sender_domain)
+        for row in rows:
+            pool = self.ctx.config.egress.pool_of(row["ip"]) if row["ip"] else None
+            row["pool"] = pool.name if pool is not None else None
+        return IpStats(start, end, rows)
 
     def message(self, queue_id: str) -> MessageStatus:
         found = message_status(self.ctx.store, queue_id)

@@ -1,9 +1,11 @@
 """Warm-up as an operator sees and changes it: each sender domain × mailbox provider's day,
 today's cap and use, and its state; a day override (`set-day`); lifting a reputation
-suspension (`domain resume`). The running scheduler applies a change within a scan.
+suspension (`domain resume`); the same per egress source address (issue 19: `--ip`). The
+running scheduler applies a change within a scan.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,7 @@ from smtprelay.errors import Invalid, NotFound, Refused
 from smtprelay.services.context import Context
 from smtprelay.services.domains import domain_name
 from smtprelay.warmup import schedule as W
+from smtprelay.warmup.ip_pairs import ip_warmup_config
 from smtprelay.when import iso
 
 
@@ -29,9 +32,11 @@ class DaySet:
     provider: str
     day: int
     cap: int | None
+    ip: bool = False          # sender_domain is an egress address
 
     def doc(self) -> dict[str, Any]:
-        return {"sender_domain": self.sender_domain, "provider": self.provider, "day": self.day, "cap": self.cap}
+        return {"ip" if self.ip else "sender_domain": self.sender_domain, "provider": self.provider, "day": self.day,
+                "cap": self.cap}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,59 @@ class WarmupService:
         self.ctx = ctx
         self.catalog = ctx.catalog
         self.config = ctx.config
+
+    def _address(self, ip: str) -> str:
+        """A configured egress address, as relay.toml's pools know it (compressed IPv6)."""
+        try:
+            address = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise Invalid(f"\"{ip}\" is not an IP address", "ip") from None
+        if self.config.egress.pool_of(address) is None:
+            known = ", ".join(a.address for _, a in self.config.egress.addresses()) or "none"
+            raise NotFound(f"{address} is not an address of an [[egress.pools]] in relay.toml (configured: {known})")
+        return address
+
+    def ip_status(self, ip: str) -> WarmupStatus:
+        """A source address's warm-up per provider: the same view as a domain's, on the egress schedule."""
+        address = self._address(ip)
+        now = self.ctx.now()
+        settings = ip_warmup_config(self.config)
+        docs = []
+        for pair in self.catalog.ip_warmup_pairs(address):
+            doc = W.view(pair, settings, now, None)
+            doc = {"ip": doc.pop("sender_domain"), **doc}
+            doc["pool"] = self.config.egress.pool_of(address).name  # type: ignore[union-attr]
+            doc["paused_until"] = iso(doc["paused_until"])  # type: ignore[arg-type]
+            doc["resets_at"] = iso(doc["resets_at"])  # type: ignore[arg-type]
+            docs.append(doc)
+        return WarmupStatus(self.config.warmup.enabled, docs)
+
+    def set_ip_day(self, ip: str, provider: str, day: int) -> DaySet:
+        """An already-warm address at a provider: put it on day N of the egress schedule."""
+        address = self._address(ip)
+        settings = ip_warmup_config(self.config)
+        name = self._provider(provider)
+        schedule = settings.schedule_for(name)
+        self._check_day(day, schedule, name)
+        now = self.ctx.now()
+        self.catalog.set_ip_warmup_day(address, name, day, W.local_day(now, settings.timezone), now)
+        return DaySet(address, name, day, W.daily_cap(day, schedule, settings.max_daily_for(name)), ip=True)
+
+    def _provider(self, provider: str) -> str:
+        name = provider.lower()
+        # A provider is one of [warmup.providers], or the registered domain that keys an MX set no
+        # provider claims (example.net); a bare unknown word is a typo ("gmial"), not a new provider.
+        if name not in self.config.warmup.providers and "." not in name:
+            raise Invalid(f"unknown provider \"{provider}\": the known providers are "
+                          f"{', '.join(sorted(self.config.warmup.providers))}, or the registered domain of the MX "
+                          "hosts of any other (like example.net)", "provider")
+        return name
+
+    @staticmethod
+    def _check_day(day: int, schedule: tuple[int, ...], name: str) -> None:
+        if isinstance(day, bool) or not isinstance(day, int) or not 1 <= day <= len(schedule) + 1:
+            raise Invalid(f"day must be from 1 to {len(schedule) + 1} (day {len(schedule) + 1} means warmed up: "
+                          f"the schedule for {name} has {len(schedule)} days), got {day}", "day")
 
     def status(self, sender_domain: str | None = None) -> WarmupStatus:
         domain = domain_name(sender_domain) if sender_domain else None
@@ -71,17 +129,9 @@ class WarmupService:
 
     def set_day(self, sender_domain: str, provider: str, day: int) -> DaySet:
         warmup = self.config.warmup
-        name = provider.lower()
-        # A provider is one of [warmup.providers], or the registered domain that keys an MX set no
-        # provider claims (example.net); a bare unknown word is a typo ("gmial"), not a new provider.
-        if name not in warmup.providers and "." not in name:
-            raise Invalid(f"unknown provider \"{provider}\": the known providers are "
-                          f"{', '.join(sorted(warmup.providers))}, or the registered domain of the MX hosts of any "
-                          "other (like example.net)", "provider")
+        name = self._provider(provider)
         schedule = warmup.schedule_for(name)
-        if isinstance(day, bool) or not isinstance(day, int) or not 1 <= day <= len(schedule) + 1:
-            raise Invalid(f"day must be from 1 to {len(schedule) + 1} (day {len(schedule) + 1} means warmed up: "
-                          f"the schedule for {name} has {len(schedule)} days), got {day}", "day")
+        self._check_day(day, schedule, name)
         domain = domain_name(sender_domain)
         if self.catalog.domain(domain) is None:
             raise NotFound(f"no sender domain named {domain}")

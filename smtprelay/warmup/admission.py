@@ -75,6 +75,10 @@ class WarmupSeam:
                 self.throttle.apply_day_override(domain, provider, day)
                 await self.store.run(ledger.clear_override(domain, provider, day, self.clock.now()))
                 self.wake()
+            for address, provider, day in ledger.ip_overrides(self._reader):
+                self.throttle.ips.apply_day_override(address, provider, day)
+                await self.store.run(ledger.clear_ip_override(address, provider, day, self.clock.now()))
+                self.wake()
         since = self.clock.now() - 86400
         for feedback_id, domain, address, at in ledger.complaints_since(self._reader, self._feedback_id):
             self._feedback_id = feedback_id

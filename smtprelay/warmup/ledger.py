@@ -1,7 +1,7 @@
 """The warm-up ledger's SQL: pairs, provider hours, request counts, suspensions, and the
 transition events, for the scheduler (store jobs and start-up loads) and the CLI.
 
-Owns: the `warmup`, `provider_hours` and `domain_requests` tables, the suspension columns
+Owns: the `warmup`, `ip_warmup`, `provider_hours` and `domain_requests` tables, the suspension columns
 of `domains`, and the warm-up rows of `events`. The scheduler (through its throttle) is
 the only writer of live counters; operators change a pair's day (`warmup set-day`) through
 `day_override`, and lift a suspension (`domain resume`), and bump `warmup_generation` so
@@ -29,6 +29,10 @@ def save(throttle: "Throttle", now: float) -> Job | None:
         bucket = throttle.domain_stats[domain].buckets.get(hour) if domain in throttle.domain_stats else None
         if bucket is not None:
             requests.append((domain, hour, bucket[4], bucket[5]))
+    ips = throttle.ips
+    ip_rows = [(p.sender_domain, p.provider, p.day, p.day_date, p.used, p.withheld, p.paused_until, p.pause_reason,
+                p.backoff_step, now) for p in (ips.pairs[k] for k in ips.dirty if k in ips.pairs)]
+    ips.dirty.clear()
     transitions = list(throttle.transitions)
     suspensions = list(throttle.new_suspensions)
     throttle.dirty_pairs.clear()
@@ -36,7 +40,7 @@ def save(throttle: "Throttle", now: float) -> Job | None:
     throttle.dirty_requests.clear()
     throttle.transitions.clear()
     throttle.new_suspensions.clear()
-    if not (pairs or hours or requests or transitions or suspensions):
+    if not (pairs or hours or requests or transitions or suspensions or ip_rows):
         return None
     rows = [(p.sender_domain, p.provider, p.day, p.day_date, p.used, p.withheld, p.frozen, p.paused_until,
              p.pause_reason, p.backoff_step, now) for p in pairs]
@@ -51,6 +55,14 @@ def save(throttle: "Throttle", now: float) -> Job | None:
                 " frozen_reason = excluded.frozen_reason, paused_until = excluded.paused_until,"
                 " pause_reason = excluded.pause_reason, backoff_step = excluded.backoff_step,"
                 " updated_at = excluded.updated_at", rows)
+        if ip_rows:
+            db.executemany(
+                "INSERT INTO ip_warmup (address, provider, day, day_date, used, withheld, paused_until, pause_reason,"
+                " backoff_step, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (address, provider) DO UPDATE"
+                " SET day = excluded.day, day_date = excluded.day_date, used = excluded.used,"
+                " withheld = excluded.withheld, paused_until = excluded.paused_until,"
+                " pause_reason = excluded.pause_reason, backoff_step = excluded.backoff_step,"
+                " updated_at = excluded.updated_at", ip_rows)
         if hours:
             db.executemany("INSERT INTO provider_hours (provider, hour, used) VALUES (?,?,?) ON CONFLICT"
                                  " (provider) DO UPDATE SET hour = excluded.hour, used = excluded.used", hours)
@@ -101,6 +113,9 @@ def load(db: sqlite3.Connection, throttle: "Throttle", now: float) -> None:
     for r in db.execute("SELECT sender_domain, provider, day, day_date, used, withheld, frozen_reason,"
                         " paused_until, pause_reason, backoff_step FROM warmup"):
         throttle.load_pair(W.PairState(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+    for r in db.execute("SELECT address, provider, day, day_date, used, withheld, paused_until, pause_reason,"
+                        " backoff_step FROM ip_warmup"):
+        throttle.ips.load(W.PairState(r[0], r[1], r[2], r[3], r[4], r[5], None, r[6], r[7], r[8]))
     for provider, hour, used in db.execute("SELECT provider, hour, used FROM provider_hours"):
         throttle.load_hour(provider, hour, used)
     since = now - 86400
@@ -122,6 +137,21 @@ def suspended(db: sqlite3.Connection) -> dict[str, str]:
 def overrides(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], r[2]) for r in db.execute("SELECT sender_domain, provider, day_override FROM warmup"
                                                    " WHERE day_override IS NOT NULL")]
+
+
+def ip_overrides(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return [(r[0], r[1], r[2]) for r in db.execute("SELECT address, provider, day_override FROM ip_warmup"
+                                                   " WHERE day_override IS NOT NULL")]
+
+
+def clear_ip_override(address: str, provider: str, day: int, now: float) -> Job:
+    """Like clear_override, for an address: its throttled mail is routed again now."""
+    def job(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE ip_warmup SET day = ?, day_override = NULL WHERE address = ? AND provider = ?"
+                   " AND day_override = ?", (day, address, provider, day))
+        db.execute("UPDATE recipients SET next_attempt_at = ? WHERE state = 'queued' AND throttled_since IS NOT"
+                   " NULL", (now,))
+    return job
 
 
 def complaints_since(db: sqlite3.Connection, after_id: int) -> list[tuple[int, str, str, float]]:

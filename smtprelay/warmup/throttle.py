@@ -32,12 +32,14 @@ from smtprelay.config import Config
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, is_greylisting
 from smtprelay.http.metrics import Metrics
 from smtprelay.warmup import schedule as W
+from smtprelay.warmup.ip_pairs import IpWarmup
 from smtprelay.queue.jobs import Work
 
 log = logging.getLogger("smtprelay.warmup")
 
 ATTEMPTS, INVALID, DELIVERED, COMPLAINTS, REQUESTS, BLOCKLISTED = range(6)
 TICKET_SPACING = 0.0001   # seconds between waiting recipients' turns after a reset
+REROUTE_SECONDS = 5.0     # a pool address out of budget: its recipient is routed again this soon
 WINDOW_HOURS = 24
 
 
@@ -119,6 +121,7 @@ class Throttle:
         self.dirty_requests: set[tuple[str, int]] = set()
         self.transitions: list[Transition] = []
         self.new_suspensions: list[tuple[str, str]] = []
+        self.ips = IpWarmup(config, clock, metrics)      # per source address (issue 19)
 
     @property
     def enabled(self) -> bool:
@@ -188,8 +191,15 @@ class Throttle:
                 continue
             pair = self._pair(domain, work.provider, today)
             wait: tuple[float, str] | None = None
+            ip_left: int | None = None
+            if work.source:
+                ip_left, ip_until, ip_why = self.ips.room(work.source, work.provider, now)
             if pair.paused_until > now:
                 wait = (pair.paused_until, f"paused by backoff: {pair.pause_reason}")
+            elif work.source and ip_left == 0:
+                # Looked at again soon: routing picks another address of the pool, falls back,
+                # or keeps it waiting until the budget resets.
+                wait = (min(ip_until, now + REROUTE_SECONDS), ip_why)
             else:
                 left = W.remaining(pair, cfg)
                 hour = self._hour(work.provider, now)
@@ -206,7 +216,8 @@ class Throttle:
                     self.dirty_pairs.add((domain, work.provider))
                     if per_hour is not None:
                         self.dirty_hours.add(work.provider)
-                    result.persist = result.persist or left is not None or per_hour is not None
+                    ip_capped = bool(work.source) and self.ips.take(work.source, work.provider, now)
+                    result.persist = result.persist or left is not None or per_hour is not None or ip_capped
                     result.take.append(work)
                     continue
             until, why = wait
@@ -229,6 +240,8 @@ class Throttle:
             if pair is not None and pair.day_date == today and pair.used > 0:
                 pair.used -= 1
                 self.dirty_pairs.add((work.sender_domain, work.provider))
+            if work.source:
+                self.ips.refund(work.source, work.provider)
 
     def connection_room(self, provider: str | None) -> bool:
         if provider is None:
@@ -248,6 +261,8 @@ class Throttle:
         delivered: set[tuple[str, str]] = set()
         patterns = self.config.warmup.backoff_patterns
         domains_only: set[str] = set()
+        ip_backoff: dict[tuple[str, str], Reply] = {}
+        ip_delivered: set[tuple[str, str]] = set()
         for work, result, reply, klass in decided:
             if not work.sender_domain:
                 continue
@@ -263,6 +278,12 @@ class Throttle:
                 continue
             key = (work.sender_domain, provider)
             touched.add(key)
+            if work.source:   # a pool address: the provider judged the address, and it alone pauses
+                if result is Result.DELIVERED:
+                    ip_delivered.add((work.source, provider))
+                elif result in (Result.DEFERRED, Result.EXPIRED) and is_backoff_reply(reply, klass, patterns):
+                    ip_backoff[(work.source, provider)] = reply
+                continue
             if result is Result.DELIVERED:
                 delivered.add(key)
             elif result in (Result.DEFERRED, Result.EXPIRED) and is_backoff_reply(reply, klass, patterns):
@@ -279,6 +300,11 @@ class Throttle:
             backed_off = True
             self._transition("paused", key[0], key[1], f"for {int(pause)}s (backoff step {pair.backoff_step}): "
                                                        f"{pair.pause_reason}")
+        for (address, provider), reply in ip_backoff.items():
+            self.ips.backoff(address, provider, str(reply), now)
+            backed_off = True
+        for address, provider in ip_delivered - set(ip_backoff):
+            self.ips.succeeded(address, provider)
         for key in delivered - set(backoff):
             succeeded = self.pairs.get(key)
             if succeeded is not None and succeeded.backoff_step:
@@ -304,7 +330,7 @@ class Throttle:
                 self.dirty_pairs.add(key)
                 lifted += 1
                 self._transition("resumed", key[0], key[1], "backoff pause lifted by queue flush")
-        return lifted
+        return lifted + self.ips.lift_pauses(provider, now)
 
     def note_request(self, sender_domain: str, blocklisted: bool) -> None:
         """A RCPT for mail from this domain (from the front end); blocklisted when refused so."""
@@ -417,8 +443,9 @@ class Throttle:
             if provider in self.config.warmup.providers:
                 self._pair(domain, provider, today)   # roll over first: a new day has a new budget
                 left = W.remaining(pair, self.config.warmup)
-                self.metrics.warmup_remaining.labels(sender_domain=domain, provider=provider).set(
+                self.metrics.warmup_remaining.labels(sender_domain=domain, provider=provider, ip="").set(
                     math.inf if left is None else left)
+        self.ips.update_gauges()
 
     def _transition(self, kind: str, sender_domain: str, provider: str | None, reason: str) -> None:
         self.transitions.append(Transition(kind, sender_domain, provider, self.clock.now(), reason))
