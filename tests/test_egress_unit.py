@@ -10,6 +10,7 @@ import pytest
 from smtprelay.clock import FakeClock
 from smtprelay.config import ConfigError, parse
 from smtprelay.delivery.egress import Egress, Source, Wait
+from smtprelay.delivery.outcome import BounceClass, Reply, Result
 from smtprelay.domains.records import expected_spf
 from smtprelay.http.metrics import Metrics
 from smtprelay.queue.jobs import Work
@@ -132,3 +133,24 @@ def test_spf_names_every_address_a_domain_can_send_from() -> None:
     assert expected_spf(c, ["127.0.8.1", "2001:db8::1"]) == "v=spf1 ip4:127.0.8.1 ip6:2001:db8::1 ~all"
     included = dataclasses.replace(c, server=dataclasses.replace(c.server, spf_include="_spf.relay.test"))
     assert expected_spf(included, ["198.51.100.1", "127.0.8.1"]) == "v=spf1 include:_spf.relay.test ip4:127.0.8.1 ~all"
+
+
+def test_a_reputation_reply_pauses_the_address_it_came_on_not_the_domain() -> None:
+    c = config({"pools": [{"name": "p1", "addresses": ["127.0.8.1", "127.0.8.2"]}]}, warmup={"enabled": True})
+    clock = FakeClock(1_800_000_000.0)
+    egress, throttle = egress_with(c, clock)
+    sent = work()
+    sent.source = "127.0.8.1"
+    now = clock.now()
+    assert throttle.observe([(sent, Result.DEFERRED, Reply(421, "4.7.0 Try again later"), BounceClass.REPUTATION)],
+                            now)
+    assert throttle.ips.pairs[("127.0.8.1", "gmail")].paused_until == now + c.warmup.backoff_initial
+    domain_pair = throttle.pairs.get(("a.example", "gmail"))
+    assert domain_pair is None or domain_pair.paused_until <= now
+    chosen = egress.choose(work(), {}, now)                  # the other address carries the domain's mail
+    assert isinstance(chosen, Source) and chosen.address is not None and chosen.address.address == "127.0.8.2"
+    delivered = work()
+    delivered.source = "127.0.8.1"
+    clock.advance(c.warmup.backoff_initial + 1)
+    throttle.observe([(delivered, Result.DELIVERED, Reply(250, "2.0.0 Ok"), None)], clock.now())
+    assert throttle.ips.pairs[("127.0.8.1", "gmail")].backoff_step == 0

@@ -41,7 +41,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from smtprelay.batch import progress
 from smtprelay.clock import Clock
@@ -53,6 +53,7 @@ from smtprelay.templates.request import SendRequest
 from smtprelay.when import iso
 
 log = logging.getLogger("smtprelay.tasks")
+T = TypeVar("T")
 
 TICK = 1.0              # operators' flags and due runs are seen within this
 HOLD_RETRIES = (2.0, 5.0, 15.0, 30.0)   # a task whose sender is refused tries again after these
@@ -155,6 +156,7 @@ class TaskRunner:
         self._due_logged: set[tuple[int, int]] = set()
         self._ended: set[tuple[int, int]] = set()         # (task, run) this process ended
         self._inflight: set[asyncio.Task[None]] = set()
+        self._reads: set[asyncio.Future[Any]] = set()      # reads on self._conn running in a thread
         self._conn = schema.reader(data_dir)
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -170,6 +172,7 @@ class TaskRunner:
     async def stop(self, grace: float = 10.0) -> None:
         """No new rows; rows in flight finish (up to `grace`); what is known is written."""
         self._stopping = True
+        self._wake.set()
         tasks = [t for t in [self._loop_task, *(r.driver for r in self.runs.values())] if t is not None]
         for t in tasks:
             t.cancel()
@@ -181,10 +184,24 @@ class TaskRunner:
             await self._flush()
         except StoreUnavailable:
             pass        # the rows are retried after the restart: a rejection costs nothing twice
+        if self._reads:
+            await asyncio.wait(list(self._reads))
         self._conn.close()
 
+    async def _read_db(self, read: Callable[..., T], *args: Any) -> T:
+        """`read(self._conn, *args)` in a thread. Cancelling the caller does not stop the thread:
+        stop() waits for every such read before it closes the connection (closing it under a
+        thread crashed the process in a test run)."""
+        job = asyncio.ensure_future(asyncio.to_thread(read, self._conn, *args))
+        self._reads.add(job)
+        job.add_done_callback(self._reads.discard)
+        return await asyncio.shield(job)
+
     async def _loop(self) -> None:
-        while True:
+        # stop() sets _stopping before it cancels: Python 3.11's wait_for can swallow a
+        # cancellation that meets the event being set (a test run hung in stop()), so the
+        # loop also ends by the flag, and waits with asyncio.timeout (no inner task).
+        while not self._stopping:
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -194,14 +211,17 @@ class TaskRunner:
             except Exception:
                 log.exception("task runner: a round failed; trying again")
             self._wake.clear()
+            if self._stopping:
+                return
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(TICK):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     # -- one round: due runs, operators' flags, waits --------------------------------------------
     async def _tick(self) -> None:
-        rows, statuses = await asyncio.to_thread(progress.open_tasks, self._conn)
+        rows, statuses = await self._read_db(progress.open_tasks)
         if self.counters is not None:
             self.counters.statuses(statuses)
         self._resize()
@@ -307,7 +327,7 @@ class TaskRunner:
                 if item is None:
                     continue
                 row, check = item
-                if check and await asyncio.to_thread(progress.resolved, self._conn, run.task.id, run.number, row[0]):
+                if check and await self._read_db(progress.resolved, run.task.id, run.number, row[0]):
                     continue        # its answer was lost, but its message was committed
                 await self.slots.acquire()
                 if self._blocked(run, self.clock.now()) > 0 or self.runs.get(run.task.id) is not run:
@@ -333,7 +353,7 @@ class TaskRunner:
         want = chunk - len(run.pending)
         if want <= 0:
             return
-        rows = await asyncio.to_thread(progress.unresolved, self._conn, run.task.group_id, run.task.id, run.number,
+        rows = await self._read_db(progress.unresolved, run.task.group_id, run.task.id, run.number,
                                        run.after, want)
         run.pending.extend(rows)
         if rows:
@@ -353,8 +373,9 @@ class TaskRunner:
     async def _pause(self, run: Run, seconds: float) -> None:
         run.changed.clear()
         try:
-            await asyncio.wait_for(run.changed.wait(), min(seconds, TICK))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(min(seconds, TICK)):     # not wait_for: see _loop
+                await run.changed.wait()
+        except TimeoutError:
             pass
 
     def _blocked(self, run: Run, now: float) -> float:

@@ -30,7 +30,7 @@ from smtprelay.clock import Clock
 from smtprelay.config import Config, DeliveryTls
 from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport, TransactionResult
 from smtprelay.delivery.dsn import FailedRecipient, build_dsn
-from smtprelay.delivery.egress import Egress, Wait
+from smtprelay.delivery.egress import UNUSABLE_RETRY, Egress, Wait
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.logs import Outage
@@ -86,6 +86,7 @@ class Scheduler(WarmupSeam):
         self.on_blocklist_change: Callable[[], Awaitable[None]] | None = None
         self.on_senders_change: Callable[[], None] | None = None
         self._last_reclaim = 0.0
+        self._last_probe = 0.0
         self._last_gauges = -GAUGES_EVERY
         self._gauges_every = GAUGES_EVERY
 
@@ -118,16 +119,27 @@ class Scheduler(WarmupSeam):
         self._wake.set()
 
     def apply(self, config: Config) -> None:
+        egress_changed = config.egress != self.config.egress
         self.config = config
         self.resolver.config = config
         self.throttle.config = config
         self.throttle.ips.reconfigure(config)
         self.egress.reconfigure(config)      # addresses probed again: one the host now owns is used
         self.transport.reconfigure(config.delivery)
-        if self.egress.needs_ptr() and self._reader is not None:     # running: on its loop
-            task = asyncio.get_running_loop().create_task(self._egress_names(), name="egress PTR names")
+        if self._reader is not None and egress_changed:     # running: on its loop
+            task = asyncio.get_running_loop().create_task(self._egress_changed(), name="egress reloaded")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _egress_changed(self) -> None:
+        """New pools or addresses (a host that now owns one): names looked up, and the mail
+        waiting for an egress address routed again now rather than at its next look."""
+        await self._egress_names()
+        try:
+            await self.store.run(jobs.wake_throttled(self.clock.now()))
+        except StoreUnavailable as exc:
+            log.error("egress reload: could not requeue the throttled mail now (%s); it is looked at when due", exc)
+        self.wake()
 
     async def _egress_names(self) -> None:
         """The HELO name of each pool address without one in relay.toml: its PTR when it has
@@ -185,6 +197,9 @@ class Scheduler(WarmupSeam):
         # Operator changes first: mail released by `domain resume` must not meet a stale suspension.
         await self._save_throttle()
         await self._check_warmup()
+        if self.egress.unusable and self.clock.monotonic() - self._last_probe >= UNUSABLE_RETRY:
+            self._last_probe = self.clock.monotonic()
+            self.egress.reconfigure(self.config)      # an address the host did not own may be added by now
         if self.clock.monotonic() - self._last_reclaim >= RECLAIM_EVERY:
             self._last_reclaim = self.clock.monotonic()
             await self.store.run(jobs.reclaim(now, everything=False))

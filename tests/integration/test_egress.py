@@ -7,7 +7,9 @@ recipient `throttled` while a warm address sends; an address the host does not o
 reported by check-config and at start, and its mail waits or falls back."""
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +49,10 @@ def egress_relay(make_relay: Callable[..., Relay], rx: Receiver, pools: list[dic
 
 def test_domains_go_out_from_their_pools_with_their_helo(make_relay: Callable[..., Relay], tmp_path: Path) -> None:
     rx = Receiver(tmp_path).start()
-    dns = DnsServer(tmp_path, ("p1.test", "8.0.127.in-addr.arpa"))
+    dns = DnsServer(tmp_path, ("p1.test", "8.0.127.in-addr.arpa", "bulk.example"))
     try:
-        dns.publish([("PTR", "1.8.0.127.in-addr.arpa", "out1.p1.test"), ("A", "out1.p1.test", "127.0.8.1")])
+        dns.publish([("PTR", "1.8.0.127.in-addr.arpa", "out1.p1.test"), ("A", "out1.p1.test", "127.0.8.1"),
+                     ("TXT", "bulk.example", "v=spf1 ip4:127.0.8.1 -all")])    # 127.0.8.2 forgotten
         relay = egress_relay(make_relay, rx, [{"name": "p1", "addresses": P1},
                                               {"name": "shared", "addresses": SHARED}],
                              dns={"nameservers": [dns.nameserver], "timeout": "1s"})
@@ -57,6 +60,10 @@ def test_domains_go_out_from_their_pools_with_their_helo(make_relay: Callable[..
         assert (set_["pool"], set_["pool_fallback"], set_["pool_set_on"]) == ("p1", "none", "domain")
         spf = {r["kind"]: r["value"] for r in relay.cli_json("domain", "records", "bulk.example")["records"]}["spf"]
         assert spf == "v=spf1 ip4:127.0.8.1 ip4:127.0.8.2 ~all"           # no fallback: not the shared address
+        verify = json.loads(relay.cli("domain", "verify", "bulk.example", "--json", check=False).stdout)
+        spf_check = next(r for r in verify["records"] if r["kind"] == "spf")
+        assert spf_check["status"] == "fail" and "127.0.8.2: fail" in spf_check["reason"], spf_check
+        assert "127.0.8.1" not in spf_check["reason"].partition("for ")[2].split(":")[0]
         relay.start()
         for i in range(12):
             send(relay, "news@bulk.example", [f"n{i}@example.org"], f"bulk {i}")
@@ -169,5 +176,12 @@ def test_an_address_the_host_does_not_own(make_relay: Callable[..., Relay], tmp_
         reply = relay.cli_json("queue", "show", stuck[0]["id"])["recipients"][0]["last_reply"]
         assert "no address of egress pool p1 can send now (fallback: none)" in reply, reply
         assert "192.0.2.10 is not an address of this host" in reply
+        # The operator gives p1 an address the host owns and reloads: the waiting mail goes out now.
+        relay.doc["egress"]["pools"][0]["addresses"] = ["127.0.8.4"]
+        relay.write_config()
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(rx.transactions()) == 2, 20)
+        assert [t["peer"] for t in rx.transactions() if t["rcpts"] == ["stuck@example.org"]] == ["127.0.8.4"]
     finally:
         rx.stop()
