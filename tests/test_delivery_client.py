@@ -100,3 +100,40 @@ def test_wire_format_stuffs_dots_and_ends_the_data() -> None:
     assert wire_format(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
     assert wire_format(b"no final newline") == b"no final newline\r\n.\r\n"
     assert wire_format(b"bare\nnewline\r\n") == b"bare\r\nnewline\r\n.\r\n"
+
+
+async def test_a_source_address_binds_the_connection_and_names_itself(transport: SmtpTransport) -> None:
+    """Issue 19: an egress address is the connection's local address, its HELO name is said,
+    and only the hosts' addresses of its family are tried (IPv6 ::1 to an IPv4-only host fails
+    with the reason; to ::1 it goes)."""
+    peers: list[str] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        writer.write(b"220 test ESMTP\r\n")
+        while line := await reader.readline():
+            peers.append(line.rstrip(b"\r\n").decode())
+            writer.write(b"221 bye\r\n" if line.startswith(b"QUIT") else b"250 test\r\n")
+            await writer.drain()
+        writer.close()
+
+    v4 = await asyncio.start_server(session, "127.0.0.1", 0)
+    v6 = await asyncio.start_server(session, "::1", 0)
+    try:
+        port4, port6 = v4.sockets[0].getsockname()[1], v6.sockets[0].getsockname()[1]
+        conn = await transport.connect((Host("mx.test", ("127.0.0.1",), port4),), DeliveryTls.OPPORTUNISTIC,
+                                       "127.0.8.9", "out9.example.com")
+        assert isinstance(conn, Connection) and conn.source == "127.0.8.9"
+        await conn.close()
+        assert peers[:2] == ["127.0.8.9", "EHLO out9.example.com"]
+        failure = await transport.connect((Host("mx.test", ("127.0.0.1",), port4),), DeliveryTls.OPPORTUNISTIC,
+                                          "::1", "out6.example.com")
+        assert isinstance(failure, ConnectFailure) and "has no IPv6 address for source ::1" in failure.reason
+        conn = await transport.connect((Host("mx.test", ("127.0.0.1", "::1"), port6),), DeliveryTls.OPPORTUNISTIC,
+                                       "::1", "out6.example.com")
+        assert isinstance(conn, Connection) and conn.address == "::1"
+        await conn.close()
+        assert "EHLO out6.example.com" in peers
+    finally:
+        v4.close()
+        v6.close()
