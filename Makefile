@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/content.py
+	$(BIN)/python bench/egress.py
 
 # Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
 FUZZ_SECONDS ?= 60
