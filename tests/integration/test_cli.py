@@ -39,7 +39,7 @@ def test_accounts_add_set_list(make_relay) -> None:  # type: ignore[no-untyped-d
     (["account", "add", "Bad Name"], 2, "is not valid"),   # bad usage (was 1)
     (["account", "add", "x", "--daily-quota", "-3"], 2, "--daily-quota: must be a positive integer"),
     (["account", "set", "nobody", "--rate", "3"], 1, 'no account named "nobody"'),
-    (["account", "set", "acme"], 2, "needs --daily-quota, --rate or --delivery-tls"),
+    (["account", "set", "acme"], 2, "needs --daily-quota, --rate, --delivery-tls, --pool or --pool-fallback"),
     (["credential", "add", "nobody"], 1, 'no account named "nobody"'),
     (["credential", "revoke", "nobody-1234"], 1, 'no credential with username "nobody-1234"'),
     (["queue", "show", "NOSUCHID"], 1, "no queued message with id NOSUCHID"),
@@ -223,6 +223,7 @@ BAD_USAGE = [
     ["domain", "verify"],
     ["domain", "list", "--acount", "acme"],
     ["domain", "delete"],
+    ["domain", "set", "acme.example"],
     ["domain", "resume"],
     ["address", "add", "no-at-sign"],
     ["address", "list", "--bogus"],
