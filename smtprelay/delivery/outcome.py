@@ -15,7 +15,8 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 _INVALID = re.compile(r"user unknown|unknown user|no such user|mailbox unavailable|does not exist|"
                       r"recipient (address )?rejected|invalid recipient|no mailbox|address rejected|"
-                      r"unrouteable|undeliverable address", re.I)
+                      r"unrouteable|undeliverable address|doesn't have an? [\w.-]+ account|"
+                      r"account (that you tried to reach )?(does not exist|is disabled)", re.I)
 _FULL = re.compile(r"mailbox (is )?full|over ?quota|quota exceeded|insufficient storage", re.I)
 _SPAM = re.compile(r"spam|content|message (was )?rejected|virus|malware|phish|policy violation", re.I)
 _REPUTATION = re.compile(r"block ?list|blacklist|blocked|listed|reputation|rate limit|too many|try again later|"
