@@ -171,6 +171,12 @@ def _original(message: email.message.Message) -> dict[str, str | None]:
     return {"message_id": None, "return_path": None, "to": None}
 
 
+def _about(original: dict[str, str | None]) -> dict[str, str | None]:
+    """_original's findings as Report's fields."""
+    return {"original_message_id": original["message_id"], "original_return_path": original["return_path"],
+            "original_to": original["to"]}
+
+
 def _reply(diagnostic: str, status: str | None) -> Reply:
     """The SMTP reply a DSN reports (its Diagnostic-Code, else made from its Status)."""
     text = diagnostic.split(";", 1)[1].strip() if ";" in diagnostic[:20] else diagnostic.strip()
@@ -214,9 +220,7 @@ def _dsn(message: email.message.Message) -> Report:
     original = _original(message)
     return Report("dsn", tuple(recipients),
                   reporter=_text(per_message.get("Reporting-MTA")).split(";", 1)[-1].strip() or None,
-                  original_mail_from=_text(per_message.get("Original-Envelope-Id")) or None,
-                  original_message_id=original["message_id"], original_return_path=original["return_path"],
-                  original_to=original["to"])
+                  original_mail_from=_text(per_message.get("Original-Envelope-Id")) or None, **_about(original))
 
 
 def _arf(message: email.message.Message) -> Report:
@@ -235,9 +239,7 @@ def _arf(message: email.message.Message) -> Report:
     return Report("arf", reporter=_text(fields.get("User-Agent")) or None, feedback_type=feedback_type,
                   original_rcpt_to=_address_of(rcpt) if rcpt else None,
                   original_mail_from=_address_of(_text(fields.get("Original-Mail-From"))) or None,
-                  source_ip=_text(fields.get("Source-IP")) or None,
-                  original_message_id=original["message_id"], original_return_path=original["return_path"],
-                  original_to=original["to"],
+                  source_ip=_text(fields.get("Source-IP")) or None, **_about(original),
                   extra={k: _text(fields.get(k)) for k in ("Reported-Domain", "Arrival-Date", "Version")
                          if fields.get(k)})
 
@@ -290,8 +292,7 @@ def _plain_bounce(message: email.message.Message) -> Report:
                     "return_path": _address_of(_text(headers.get("Return-Path"))) or None,
                     "to": _address_of(_text(headers.get("To"))) or None}
     return Report("dsn", tuple(recipients), reporter=_address_of(sender) or None, standard=False,
-                  original_message_id=original["message_id"], original_return_path=original["return_path"],
-                  original_to=original["to"])
+                  **_about(original))
 
 
 def _named_addresses(lines: list[str]) -> list[str]:
