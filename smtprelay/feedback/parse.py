@@ -25,7 +25,7 @@ import email.policy
 import email.utils
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from smtprelay.delivery.outcome import Reply, bounce_class
 
@@ -171,7 +171,13 @@ def _original(message: email.message.Message) -> dict[str, str | None]:
     return {"message_id": None, "return_path": None, "to": None}
 
 
-def _about(original: dict[str, str | None]) -> dict[str, str | None]:
+class _About(TypedDict):
+    original_message_id: str | None
+    original_return_path: str | None
+    original_to: str | None
+
+
+def _about(original: dict[str, str | None]) -> _About:
     """_original's findings as Report's fields."""
     return {"original_message_id": original["message_id"], "original_return_path": original["return_path"],
             "original_to": original["to"]}
