@@ -56,6 +56,12 @@ def address(prefix: str, secret: bytes, queue_id: str, rcpt_id: int, sender_doma
     return f"{local_part(prefix, secret, queue_id, rcpt_id)}@{host}.{sender_domain.lower()}"
 
 
+def looks_like(recipient: str) -> bool:
+    """Whether the address has the shape of a VERP token (valid or not)."""
+    local = recipient.rpartition("@")[0] if "@" in recipient else recipient
+    return _TOKEN.match(local.strip("<>")) is not None
+
+
 def parse(recipient: str, secrets: list[bytes]) -> tuple[str, int] | None:
     """(queue id, recipient id) of a VERP address whose MAC one of `secrets` (the current one
     first, then retired ones) made; None for anything else, a forged or altered token included."""

@@ -146,7 +146,7 @@ def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock |
         if changes:
             db.executemany(events.INSERT_FOR_RECIPIENT, changes)
         if auto is not None:
-            _auto_block(db, outcomes, auto)
+            auto_block(db, outcomes, auto)
         if dsns:
             insert_messages(db, dsns)
         done = sorted({o.message_id for o in final})
@@ -167,7 +167,7 @@ def _event_data(o: Outcome) -> str:
                        attempted=o.attempted, next_attempt_at=retry)
 
 
-def _auto_block(db: sqlite3.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
+def auto_block(db: sqlite3.Connection, outcomes: list[Outcome], auto: AutoBlock) -> None:
     """Recipient faults only: a hard `invalid_address` bounce blocks the address globally; with
     auto_block_full_inbox, N `mailbox_full` failures within the window block it for a while.
     Reputation-class failures (our IP or domain) never add entries."""
