@@ -53,6 +53,7 @@ class Egress:
         self.active: dict[str, int] = {}          # address → open delivery connections
         self._next_slot: dict[str, float] = {}    # address → when its next message may start (monotonic)
         self._pools: dict[str, EgressPool] = {}
+        self.waiting: dict[tuple[str, str], int] = {}    # (address, provider) → routed, not sent yet
         self.config = config
         self.reconfigure(config)
 
@@ -83,9 +84,28 @@ class Egress:
         return [a.address for _, a in self.config.egress.addresses() if a.helo is None]
 
     # -- choosing ----------------------------------------------------------------------------
-    def choose(self, work: Work, waiting: dict[tuple[str, str], int], now: float) -> Source | Wait:
+    def routed(self, work: Work) -> None:
+        """`work` waits in a destination of its source address."""
+        if work.source:
+            key = (work.source, work.provider)
+            self.waiting[key] = self.waiting.get(key, 0) + 1
+
+    def unrouted(self, works: list[Work]) -> None:
+        """These left their destination's queue (taken for a transaction, or a dead destination's)."""
+        for work in works:
+            if work.source:
+                key = (work.source, work.provider)
+                left = self.waiting.get(key, 0) - 1
+                if left > 0:
+                    self.waiting[key] = left
+                else:
+                    self.waiting.pop(key, None)
+
+    def choose(self, work: Work, waiting: dict[tuple[str, str], int] | None, now: float) -> Source | Wait:
         """The source for `work` (its provider set); `waiting`: recipients already routed to
-        each (address, provider) and not sent yet (the caller adds the one chosen)."""
+        each (address, provider) and not sent yet (None: the ones `routed` counted)."""
+        if waiting is None:
+            waiting = self.waiting
         names = [work.pool] + ([SHARED] if work.fallback == SHARED and work.pool != SHARED else [])
         reasons: list[str] = []
         soonest: float | None = None

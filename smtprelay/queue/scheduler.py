@@ -23,14 +23,12 @@ import sqlite3
 import time
 from typing import Awaitable, Callable
 
-import dns.exception
-import dns.reversename
 
 from smtprelay.clock import Clock
 from smtprelay.config import Config, DeliveryTls
 from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport, TransactionResult
 from smtprelay.delivery.dsn import FailedRecipient, build_dsn
-from smtprelay.delivery.egress import UNUSABLE_RETRY, Egress, Wait
+from smtprelay.delivery.egress import UNUSABLE_RETRY, Egress
 from smtprelay.delivery.mx import MxResolver, NextHop, Unroutable
 from smtprelay.delivery.outcome import BounceClass, Reply, Result, classify
 from smtprelay.logs import Outage
@@ -41,6 +39,7 @@ from smtprelay.warmup import ledger
 from smtprelay.queue.ids import new_queue_id
 from smtprelay.queue.jobs import Outcome, Work
 from smtprelay.queue.store import QueuedMessage, QueueStore, StoreUnavailable
+from smtprelay.queue.egress_seam import EgressSeam
 from smtprelay.warmup.admission import WarmupSeam
 from smtprelay.queue.dead import DeadDestinations
 from smtprelay.queue.destination import Destination
@@ -55,7 +54,7 @@ RECLAIM_EVERY = 60.0
 GAUGES_EVERY = 10.0            # and at most 60 s: a count slowed by a busy loop never leaves them staler
 
 
-class Scheduler(WarmupSeam):
+class Scheduler(WarmupSeam, EgressSeam):
     def __init__(self, config: Config, store: QueueStore, clock: Clock, metrics: Metrics,
                  resolver: MxResolver | None = None, transport: SmtpTransport | None = None):
         self.config = config
@@ -72,7 +71,6 @@ class Scheduler(WarmupSeam):
         self.destinations: dict[str, Destination] = {}
         self.in_window = 0
         self.active = 0
-        self._waiting: dict[tuple[str, str], int] = {}    # (source address, provider) → routed, not yet sent
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,30 +128,6 @@ class Scheduler(WarmupSeam):
             task = asyncio.get_running_loop().create_task(self._egress_changed(), name="egress reloaded")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def _egress_changed(self) -> None:
-        """New pools or addresses (a host that now owns one): names looked up, and the mail
-        waiting for an egress address routed again now rather than at its next look."""
-        await self._egress_names()
-        try:
-            await self.store.run(jobs.wake_throttled(self.clock.now()))
-        except StoreUnavailable as exc:
-            log.error("egress reload: could not requeue the throttled mail now (%s); it is looked at when due", exc)
-        self.wake()
-
-    async def _egress_names(self) -> None:
-        """The HELO name of each pool address without one in relay.toml: its PTR when it has
-        one (receivers compare the two), else server.hostname."""
-        for address in self.egress.needs_ptr():
-            name = None
-            try:
-                answer = await self.resolver.resolver.resolve(dns.reversename.from_address(address), "PTR")
-                name = str(answer[0].target).rstrip(".") or None   # type: ignore[attr-defined]
-            except dns.exception.DNSException:
-                pass
-            self.egress.set_ptr(address, name)
-            log.info("egress: %s says EHLO %s%s", address, self.egress.helo.get(address),
-                     "" if name else " (no PTR record: server.hostname)")
 
     async def stop(self, grace: float) -> None:
         """Stop starting deliveries; let running ones finish for `grace` seconds."""
@@ -253,27 +227,16 @@ class Scheduler(WarmupSeam):
             self.throttle.domain_providers[domain] = provider
             waits: list[tuple[Work, float, str]] = []
             expired: dict[str, list[tuple[Work, str]]] = {}
-            max_wait = self.config.warmup.max_wait
             for work in group:
                 work.provider = provider
-                source = self.egress.choose(work, self._waiting, now)
-                if isinstance(source, Wait):     # no address of its pool can send (and no fallback)
-                    if work.throttled_for >= max_wait:
-                        expired.setdefault(work.message_id, []).append(
-                            (work, f"waited longer than warmup.max_wait for an egress address ({source.reason})"))
-                    else:
-                        waits.append((work, min(source.until, now + max_wait - work.throttled_for), source.reason))
+                if not self._place(work, now, waits, expired):
                     continue
-                work.egress_pool = source.pool
-                work.source = source.address.address if source.address is not None else ""
                 dest = self._destination(hop, self._policy(work, hop), domain, provider, work.source or None)
                 if dest.dead_until > now:
                     suspended.setdefault(dest.key, (dest, []))[1].append(work)
                     continue
                 dest.pending.setdefault(work.message_id, []).append(work)
-                if work.source:
-                    key = (work.source, provider)
-                    self._waiting[key] = self._waiting.get(key, 0) + 1
+                self.egress.routed(work)
             for dest, works in suspended.values():  # one store job per destination, not per recipient
                 await self._suspend(works, dest, now)
             if waits:
@@ -366,7 +329,7 @@ class Scheduler(WarmupSeam):
                 batch = dest.pop_batch(cfg.max_recipients_per_transaction)
                 if not batch:
                     break
-                self._unwait(batch)
+                self.egress.unrouted(batch)
                 batch = await self._admit(batch)
                 if not batch:
                     continue
@@ -413,21 +376,6 @@ class Scheduler(WarmupSeam):
                 self.throttle.provider_active[dest.provider] -= 1
             self._dispatch()
 
-    async def _connect(self, dest: Destination) -> Connection | ConnectFailure:
-        return await self.transport.connect(dest.hop.hosts, dest.policy, dest.source,
-                                            self.egress.helo.get(dest.source) if dest.source else None)
-
-    def _unwait(self, works: list[Work]) -> None:
-        """These left their destination's queue: no longer waiting for their address."""
-        for work in works:
-            if work.source:
-                key = (work.source, work.provider)
-                left = self._waiting.get(key, 0) - 1
-                if left > 0:
-                    self._waiting[key] = left
-                else:
-                    self._waiting.pop(key, None)
-
     async def _body(self, message_id: str, rcpt_id: int | None = None) -> bytes | None:
         assert self._reader is not None
         sql, arg = (("SELECT body FROM messages WHERE id = ?", message_id) if rcpt_id is None else
@@ -460,7 +408,7 @@ class Scheduler(WarmupSeam):
             log.warning("destination %s marked dead until %s after %d failure(s): %s", dest.key,
                         time.strftime("%H:%M:%S", time.gmtime(dest.dead_until)), dest.failures, failure.reason)
             taken = dest.take_all()
-            self._unwait(taken)
+            self.egress.unrouted(taken)
             await self._suspend(taken, dest, now)
             # Its waiting mail is pushed past the suspension a chunk per commit, so the loop and
             # the commits of everyone else never wait for a million-row statement.
