@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from smtprelay.events import types as events
 from smtprelay.queue import schema
+from smtprelay.queue.wal import WalKeeper
 
 log = logging.getLogger("smtprelay.queue")
 
@@ -81,7 +82,7 @@ Job = Callable[[sqlite3.Connection], Any]      # runs inside the group commit, s
 
 BUSY_RETRY = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)   # then every 50 ms
 CHECKPOINT_SECONDS = 1.0
-# Past this the WAL is restarted (see _checkpoint_loop); the file is cut back to it after.
+# Past this the WAL is restarted (see queue.wal); the file is cut back to it after.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 CACHE_KIB = 16 * 1024     # the writer's page cache
 COMMIT_TARGET = 64        # items that make a batch worth committing at once
@@ -142,7 +143,6 @@ class QueueStore:
         self._pressed = False     # see _gather
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_window = commit_window     # server.commit_window: see _gather
-        self._checkpoint_seconds = checkpoint_seconds
         # With server.max_store_bytes the cap holds the database and its WAL: the WAL is
         # restarted at a quarter of the cap (at most wal_limit_bytes) and the database may use
         # the rest; a message commit that would take the two past the cap gets 452.
@@ -151,9 +151,12 @@ class QueueStore:
         self._wal_path = Path(f"{self._path}-wal")
         self._page_size = 4096
         self._max_pages = 0
-        self.wal_restarts = 0     # RESTART checkpoints that succeeded (for tests)
-        self._restart_due = False
-        self._restarter: sqlite3.Connection | None = None
+        self._wal = WalKeeper(data_dir, checkpoint_seconds, self._wal_limit)
+
+    @property
+    def wal_restarts(self) -> int:
+        """RESTART checkpoints that succeeded (for tests)."""
+        return self._wal.restarts
 
     async def open(self) -> None:
         # Migrations run synchronously once, before any session exists.
@@ -168,7 +171,7 @@ class QueueStore:
         # Indexes of a deep queue outgrow SQLite's 2 MB default page cache; every miss is a read.
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         # Checkpoints (copying the WAL into the database file, with its own fsync) happen in
-        # the background every second (_checkpoint_loop), not inside a commit every 1000 pages:
+        # the background every second (queue.wal), not inside a commit every 1000 pages:
         # pages rewritten by many commits are then copied once.
         db.execute("PRAGMA wal_autocheckpoint = 0")
         # When the WAL restarts from its beginning, the file is cut back to this size.
@@ -181,7 +184,7 @@ class QueueStore:
         self._db = db
         self._loop = asyncio.get_running_loop()
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="wal-checkpoint")
+        self._checkpointer = asyncio.create_task(self._wal.run(), name="wal-checkpoint")
 
     async def close(self) -> None:
         """Commit what is pending, then close."""
@@ -192,9 +195,7 @@ class QueueStore:
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
-        if self._restarter is not None:
-            self._restarter.close()
-            self._restarter = None
+        self._wal.close()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -233,8 +234,8 @@ class QueueStore:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                if self._restart_due:
-                    await self._restart_wal()
+                if self._wal.restart_due:
+                    await self._wal.restart()
                 await self._gather(loop)
                 batch = self._take_batch()
                 await self._commit(batch)
@@ -280,63 +281,6 @@ class QueueStore:
         if self._pending:
             self._oldest = self._loop.time() if self._loop is not None else 0.0   # close enough: just arrived
         return batch
-
-    async def _checkpoint_loop(self) -> None:
-        """PASSIVE checkpoints on a connection of their own, in a thread: they never block the
-        writer (frames still needed by a reader stay in the WAL for the next round). When the
-        WAL holds more than three quarters of `wal_limit_bytes`, the commit loop is asked to
-        restart it (_restart_wal). At close, the writer's connection checkpoints and truncates the WAL as
-        SQLite always does."""
-        conn = await asyncio.to_thread(schema.reader, self._data_dir)
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-
-        def checkpoint() -> bool:
-            # The frames in use, not the file's size (kept at the limit once reached): restarting
-            # at three quarters leaves a second's writes of room before the file must grow
-            # (issue 24: a 30-min soak saw it reach 99 MB on a 64 MiB limit).
-            _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            return frames * page_size > self._wal_limit * 3 // 4
-        try:
-            while True:
-                await asyncio.sleep(self._checkpoint_seconds)
-                job = asyncio.ensure_future(asyncio.to_thread(checkpoint))
-                try:
-                    if await asyncio.shield(job):
-                        self._restart_due = True
-                except sqlite3.Error as exc:
-                    log.warning("store: WAL checkpoint failed (%s); trying again", exc)
-                except asyncio.CancelledError:
-                    # The thread still uses the connection: closing it under the thread crashed
-                    # the process (a segfault at close in a test run).
-                    await asyncio.wait([job])
-                    raise
-        finally:
-            conn.close()
-
-    async def _restart_wal(self) -> None:
-        """Between two commits: a RESTART checkpoint, so the next commit writes the WAL from its
-        beginning (and cuts the file back to `wal_limit_bytes`). Under continuous writes a
-        PASSIVE checkpoint is never complete when the next commit starts — frames arrived while
-        it copied — and SQLite restarts the WAL only when it is: the file grew without bound
-        (issue 8: 670 MB after 8 000 messages of 50 recipients, and the WAL index mapped by
-        every process with it). Racing the writer from another thread loses (the writer takes
-        the lock again at once), so the commit loop waits for it instead: the PASSIVE rounds
-        already copied almost everything, so this takes milliseconds, and what arrives
-        meanwhile goes into the next group commit."""
-        self._restart_due = False
-        if self._restarter is None:
-            self._restarter = await asyncio.to_thread(schema.reader, self._data_dir)
-            self._restarter.execute("PRAGMA busy_timeout = 200")   # for readers to move on
-        conn = self._restarter
-        started = time.monotonic()
-        try:
-            busy = await asyncio.to_thread(lambda: conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0])
-        except sqlite3.Error as exc:
-            log.warning("store: WAL restart failed (%s); trying again later", exc)
-            return
-        if not busy:
-            self.wal_restarts += 1
-        log.debug("store: WAL restart %s in %.1f ms", "busy" if busy else "done", (time.monotonic() - started) * 1000)
 
     async def _begin(self, db: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting (asynchronously) while another process holds the write lock."""
