@@ -45,7 +45,10 @@ from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
 from smtprelay.smtp.gate import Gate
 from smtprelay.smtp.pool import WorkerPool, bind
-from smtprelay.smtp.tls import certificate_expiry, certificate_paths
+from smtprelay.smtp.tls import certificate_expiry, certificate_paths, server_context
+from smtprelay.feedback.intake import FeedbackIntake
+from smtprelay.feedback.listener import FeedbackServer
+from smtprelay.feedback.receive import prune as prune_feedback
 
 log = logging.getLogger("smtprelay")
 
@@ -64,7 +67,9 @@ class Relay:
         self.log_format = log_format
         self.metrics = Metrics()
         self._stop = asyncio.Event()
-        self._sockets: dict[str, socket.socket] = {}
+        self._sockets: dict[str, socket.socket] = {}           # submission: the workers serve them
+        self._feedback_sockets: dict[str, socket.socket] = {}  # feedback: the back end serves them
+        self.feedback: FeedbackServer | None = None
         self._http_socket: socket.socket | None = None
         self._reader: StoreReader | None = None
         self._catalog_view: CatalogView | None = None
@@ -82,11 +87,15 @@ class Relay:
             try:
                 return bind(address, port)
             except OSError as exc:
-                for sock in self._sockets.values():
+                for sock in [*self._sockets.values(), *self._feedback_sockets.values()]:
                     sock.close()
                 raise StartError(f"{name} cannot listen on {address}:{port}: {exc.strerror or exc}") from None
-        for listener in self.config.listeners:
+        for listener in self.config.submission_listeners:
             self._sockets[listener.name] = one(f"listener {listener.name}", listener.address, listener.port)
+        for listener in self.config.feedback_listeners:
+            sock = self._feedback_sockets[listener.name] = one(f"listener {listener.name}", listener.address,
+                                                               listener.port)
+            sock.set_inheritable(False)
         self._http_socket = one("http", self.config.http.address, self.config.http.port)
         self._http_socket.set_inheritable(False)   # the back end's own; the workers get the SMTP ones
 
@@ -129,12 +138,14 @@ class Relay:
                                     lambda request, account, row: pool.task(request, account, row), self.metrics)
             self.tasks.start()
             await self._start_http()
+            await self._start_feedback()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             log.info("smtprelay %s ready: %s; %d worker(s); http on %s:%d", __version__,
-                     ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value})" for l in config.listeners),
+                     ", ".join(f"{l.name} {l.address}:{l.port} ({l.tls.value}"
+                               f"{', feedback' if l.role == 'feedback' else ''})" for l in config.listeners),
                      config.server.worker_count, config.http.address, config.http.port)
             await self._stop.wait()
             if self.tasks is not None:
@@ -145,6 +156,8 @@ class Relay:
                 await self.pool.close_listeners()
             for sock in self._sockets.values():
                 sock.close()
+            if self.feedback is not None:
+                await self.feedback.stop()
             log.info("shutting down: no new connections; up to %ss for messages being received",
                      int(self.config.server.shutdown_grace))
             if self.pool is not None:
@@ -158,7 +171,9 @@ class Relay:
             maintenance.cancel()
             if self.pool is not None and not self._stop.is_set():
                 await self.pool.stop(0)
-            for sock in self._sockets.values():
+            if self.feedback is not None:
+                await self.feedback.stop()
+            for sock in [*self._sockets.values(), *self._feedback_sockets.values()]:
                 sock.close()
             if self._http is not None:
                 await self._http.cleanup()
@@ -290,6 +305,8 @@ class Relay:
                     await asyncio.sleep(0)
                 while await self.store.run(task_progress.prune(now - self.config.events.retention)) >= 5000:
                     await asyncio.sleep(0)
+                while await self.store.run(prune_feedback(now - self.config.feedback.retention)) >= 5000:
+                    await asyncio.sleep(0)
                 changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:
                     log.warning("account %s: reputation level %d → %d (%s)", account, old, new, why)
@@ -339,6 +356,19 @@ class Relay:
             self.metrics.tls_certificate_expiry.set(certificate_expiry(tls_files[0]))
         self.pool = WorkerPool(self.config_path, config, self._sockets, tls_files, self.gate, self.log_format)
         await self.pool.start()
+
+    async def _start_feedback(self) -> None:
+        """The feedback listeners (role = "feedback"): served here, on aiosmtpd (issue 18)."""
+        if not self._feedback_sockets:
+            return
+        assert self._reader is not None
+        intake = FeedbackIntake(lambda: self.config, self.store, self._reader, self.clock, self.metrics,
+                                self.scheduler.throttle, self.blocklist_changed, tracking.load_key(self.config))
+        context = None
+        if any(l.tls is not TlsMode.NONE for l in self.config.feedback_listeners):
+            context = server_context(*certificate_paths(self.config))
+        self.feedback = FeedbackServer(lambda: self.config, intake.accepts, intake.apply)
+        await self.feedback.start(self._feedback_sockets, context)
 
     async def _start_http(self) -> None:
         from smtprelay.http import send as send_http

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,77 @@ def make_ca(tmp: Path, names: tuple[str, ...]) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+class PostfixMx:
+    """A private Postfix instance as a receiving MX that accepts first and bounces later:
+    `domain`'s mail goes to local(8), which bounces unknown users with Postfix's own DSN
+    generator; every mail it sends (those DSNs) goes to `relayhost` ([ip]:port, no DNS).
+    Its directories are under /var/tmp (Postfix's daemons run as user postfix and cannot
+    enter pytest's 0700 directories); `stop` ends its master by the PID it wrote."""
+
+    def __init__(self, domain: str, relayhost: str, users: tuple[str, ...] = ()):
+        self.domain = domain
+        self.relayhost = relayhost
+        self.users = users
+        self.port = port_free_on(("127.0.0.1",))
+        self.dir = Path(tempfile.mkdtemp(prefix="smtprelay-postfix-", dir="/var/tmp"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _postconf(self, *args: str) -> None:
+        subprocess.run(["postconf", "-c", str(self.dir / "etc"), *args], check=True, capture_output=True)
+
+    def start(self) -> "PostfixMx":
+        d = self.dir
+        d.chmod(0o755)
+        for sub in ("etc", "spool", "data"):
+            (d / sub).mkdir()
+        shutil.chown(d / "data", "postfix")
+        shutil.copy("/etc/postfix/master.cf", d / "etc" / "master.cf")
+        aliases = d / "etc" / "aliases"
+        # Known users get their mail appended to a file (delivered); anyone else bounces 5.1.1.
+        aliases.write_text("".join(f"{u}: {d}/mailbox-{u}\n" for u in self.users))
+        (d / "etc" / "main.cf").write_text("\n".join([
+            "compatibility_level = 3.6", f"queue_directory = {d}/spool", f"data_directory = {d}/data",
+            "mail_owner = postfix", "setgid_group = postdrop", "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4",
+            f"myhostname = mx.{self.domain}", f"mydomain = {self.domain}", f"myorigin = {self.domain}",
+            f"mydestination = {self.domain}", "local_recipient_maps =", f"alias_maps = hash:{aliases}",
+            f"alias_database = hash:{aliases}", f"relayhost = [{self.relayhost.rsplit(':', 1)[0]}]:"
+            f"{self.relayhost.rsplit(':', 1)[1]}", "smtp_dns_support_level = disabled", "mynetworks = 127.0.0.0/8",
+            f"maillog_file = {d}/maillog", "biff = no", "allow_mail_to_files = alias", "default_privs = nobody",
+            "shlib_directory = /usr/lib/postfix", "daemon_directory = /usr/lib/postfix/sbin",
+            "meta_directory = /etc/postfix", ""]))
+        subprocess.run(["postalias", "-c", str(d / "etc"), str(aliases)], check=True, capture_output=True)
+        for user in self.users:
+            box = d / f"mailbox-{user}"
+            box.touch()
+            shutil.chown(box, "nobody")
+        self._postconf("-F", "*/*/chroot = n")
+        self._postconf("-M#", "smtp/inet")
+        with open(d / "etc" / "master.cf", "a") as fh:
+            fh.write(f"127.0.0.1:{self.port} inet n - n - - smtpd\n")
+        self._postconf("-M", "postlog/unix-dgram=postlog unix-dgram n - n - 1 postlogd")
+        self.proc = subprocess.Popen(["postfix", "-c", str(d / "etc"), "start-fg"], stdout=subprocess.DEVNULL,
+                                     stderr=open(d / "start.err", "ab"))
+        wait_listening("127.0.0.1", self.port, self.proc, "postfix")
+        return self
+
+    def log(self) -> str:
+        path = self.dir / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        pid_file = self.dir / "spool" / "pid" / "master.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -111,3 +111,27 @@ def test_protocol() -> None:
     with pytest.raises(ConfigError) as err:
         parse({"server": {"protocol": "postfix"}, "listeners": [LISTENER]})
     assert 'server.protocol: must be one of "aiosmtpd", "native", got "postfix"' in err.value.problems
+
+
+def test_feedback_listeners_and_section_are_checked_with_key_paths() -> None:
+    """Issue 18: a feedback listener takes no accounts; the [feedback] section names its keys."""
+    ok = parse({"listeners": [{"port": 2525}, {"name": "fb", "port": 2526, "role": "feedback", "tls": "none"}],
+                "feedback": {"return_path_prefix": "b", "max_message_bytes": 2048}, "delivery": {"delay_warning": "4h"}})
+    assert [l.name for l in ok.feedback_listeners] == ["fb"] and [l.name for l in ok.submission_listeners] == [
+        "listener0"]
+    assert ok.feedback.return_path.value == "auto" and ok.feedback.max_message_bytes == 2048
+    assert ok.delivery.delay_warning == 4 * 3600 and parse({"listeners": [{"port": 1}]}).delivery.delay_warning == 0
+    with pytest.raises(ConfigError) as err:
+        parse({"listeners": [{"name": "fb", "port": 2526, "role": "feedback", "trusted_networks": ["127.0.0.1/32"],
+                              "trusted_account": "apps"}, {"port": 25, "role": "inbound"}],
+               "feedback": {"return_path_prefix": "Bounces+X", "secret": "short", "return_path": "on", "other": 1}})
+    problems = "\n".join(err.value.problems)
+    assert "listeners[0].trusted_networks: a feedback listener has no accounts" in problems
+    assert 'listeners[1].role: must be one of "submission", "feedback"' in problems
+    assert "feedback.return_path_prefix: must be 1 to 16 lower-case letters" in problems
+    assert "feedback.secret: must be at least 16 characters" in problems
+    assert 'feedback.return_path: must be one of "auto", "off"' in problems
+    assert "feedback.other: unknown key" in problems
+    with pytest.raises(ConfigError) as err:
+        parse({"listeners": [{"name": "fb", "port": 2526, "role": "feedback", "tls": "none"}]})
+    assert any("at least one listener must have role = \"submission\"" in p for p in err.value.problems)

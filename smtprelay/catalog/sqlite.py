@@ -179,6 +179,9 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch):
             " WHERE id = ?", (state.status, state.failing_since, state.failing_record, now, state.status, now,
                               domain_id))
 
+    def set_return_path(self, domain_id: int, ok: bool) -> None:
+        self.conn.execute("UPDATE domains SET return_path_ok = ? WHERE id = ?", (int(ok), domain_id))
+
     def check_times(self) -> list[tuple[str, str, float, float | None]]:
         return [(r[0], r[1], r[2], r[3]) for r in self.conn.execute(
             "SELECT name, status, created_at, last_checked_at FROM domains ORDER BY last_checked_at")]

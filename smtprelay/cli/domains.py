@@ -77,6 +77,9 @@ def domain_verify(args: argparse.Namespace) -> int:
               (f" (was {result.previous})" if result.previous != result.status else ""))
         for selector in result.promoted:
             print(f"DKIM selector {selector} verified: signing now uses it")
+        print("return path: " + ("VERP (bounces and complaints come back to the feedback listener)"
+                                 if result.return_path == "verp" else
+                                 "the submitted sender (the bounce MX and SPF records are not both verified)"))
     emit(args, result.doc(), human)
     return 0 if result.verified else 1
 

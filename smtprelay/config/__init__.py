@@ -11,12 +11,12 @@ Layout: config.model (the dataclasses), config.reader (value readers), config.pa
 from __future__ import annotations
 
 from smtprelay.config.model import (RELOADABLE_SECTIONS, BareNewline, ClamavConfig, Config, ContentConfig,
-                                    DeliveryConfig, DeliveryTls, DkimAlgorithm, RspamdConfig, ScannerFailure, ScanScope, DnsConfig, ListenerConfig, Protocol, ReceivedHeader, Route, TlsMode,
+                                    DeliveryConfig, DeliveryTls, DkimAlgorithm, FeedbackConfig, ReturnPath, RspamdConfig, ScannerFailure, ScanScope, DnsConfig, ListenerConfig, Protocol, ReceivedHeader, Route, TlsMode,
                                     reload_report)
 from smtprelay.config.parsing import load, parse
 from smtprelay.config.reader import ConfigError, format_duration, parse_duration
 
 __all__ = ["RELOADABLE_SECTIONS", "BareNewline", "ClamavConfig", "Config", "ContentConfig", "RspamdConfig",
            "ScanScope", "ScannerFailure", "ConfigError", "DeliveryConfig", "DeliveryTls",
-           "DkimAlgorithm", "DnsConfig", "ListenerConfig", "Protocol", "ReceivedHeader", "Route", "TlsMode", "format_duration", "load", "parse",
+           "DkimAlgorithm", "DnsConfig", "FeedbackConfig", "ReturnPath", "ListenerConfig", "Protocol", "ReceivedHeader", "Route", "TlsMode", "format_duration", "load", "parse",
            "parse_duration", "reload_report"]

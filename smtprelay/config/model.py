@@ -84,6 +84,9 @@ class ListenerConfig:
     tls: TlsMode
     trusted_networks: tuple[Network, ...] = ()
     trusted_account: str | None = None
+    # "submission": the front-end workers serve it (AUTH, policy); "feedback": the back end
+    # serves it (bounces, complaints, unsubscribe mail; no AUTH; issue 18).
+    role: str = "submission"
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -191,6 +194,9 @@ class DeliveryConfig:
     max_recipients_per_transaction: int = 50
     scan_interval: float = 1.0
     lease: float = 1800.0
+    # After a recipient has waited this long, its sender gets one RFC 3464 "delayed" notice
+    # (Postfix's delay_warning_time); 0: never.
+    delay_warning: float = 0.0
     routes: dict[str, Route] = field(default_factory=dict)
     domains: dict[str, DestinationLimits] = field(default_factory=dict)
 
@@ -303,6 +309,21 @@ class TrackingConfig:
     machine_window: float = 60.0        # an open this soon after delivery is a prefetch, not a person
 
 
+class ReturnPath(str, enum.Enum):
+    AUTO = "auto"   # VERP once the domain's bounce MX and SPF records verify and a feedback listener exists
+    OFF = "off"     # the envelope sender stays the submitted one
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    """Inbound feedback (issue 18): the VERP return path and the feedback listener."""
+    return_path: ReturnPath = ReturnPath.AUTO
+    return_path_prefix: str = "bounces"
+    max_message_bytes: int = 1 * MiB
+    secret: str | None = None           # token key; unset: generated once into data_dir/feedback.key
+    retention: float = 30 * 86400.0     # received feedback mail is kept this long
+
+
 @dataclass(frozen=True, slots=True)
 class EventsConfig:
     retention: float = 30 * 86400.0     # events older than this are deleted
@@ -410,6 +431,15 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+
+    @property
+    def submission_listeners(self) -> tuple[ListenerConfig, ...]:
+        return tuple(l for l in self.listeners if l.role == "submission")
+
+    @property
+    def feedback_listeners(self) -> tuple[ListenerConfig, ...]:
+        return tuple(l for l in self.listeners if l.role == "feedback")
 
     def warnings(self) -> list[str]:
         """Valid settings a relay that sends to the Internet should not keep: what check-config
@@ -428,7 +458,7 @@ class Config:
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
                        "warmup", "events", "webhooks",
-                       "tracking", "batch", "content", "egress")
+                       "tracking", "batch", "content", "egress", "feedback")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:

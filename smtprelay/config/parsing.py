@@ -11,7 +11,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, LimitsConfig, ListenerConfig, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, FeedbackConfig, LimitsConfig, ListenerConfig, ReturnPath, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.egress import parse_egress
@@ -26,7 +26,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
              "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content",
-             "egress"}
+             "egress", "feedback"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -201,11 +201,14 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if webhooks.max_age < 86400.0:
         problems.append("webhooks.max_age: must be at least 24h (events are retried for at least a day)")
     listeners = _parse_listeners(data.get("listeners", []), problems)
+    feedback = _parse_feedback(data.get("feedback", {}), problems)
+    if listeners and not any(l.role == "submission" for l in listeners):
+        problems.append("listeners: at least one listener must have role = \"submission\" (the default)")
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
                     events=events, webhooks=webhooks, tracking=tracking, batch=batch,
-                    content=content, egress=egress)
+                    content=content, egress=egress, feedback=feedback)
     if problems:
         raise ConfigError(problems)
     return config
@@ -273,6 +276,7 @@ def _parse_delivery(raw: Any, base: Path, problems: list[str]) -> DeliveryConfig
         max_recipients_per_transaction=d.positive_int("max_recipients_per_transaction", 50),
         scan_interval=d.duration("scan_interval", 1.0),
         lease=d.duration("lease", 1800.0),
+        delay_warning=d.duration("delay_warning", 0.0, allow_zero=True),
         routes=routes,
         domains=limits,
     )
@@ -365,6 +369,7 @@ def _parse_listeners(raw: Any, problems: list[str]) -> tuple[ListenerConfig, ...
         if "port" not in sec.data:
             problems.append(f"listeners[{i}].port: is required")
         tls = sec.choice("tls", TlsMode.STARTTLS, TlsMode)
+        role = sec._get("role", "submission", lambda raw: _one_of(raw, ("submission", "feedback")))
         no_nets: tuple[Network, ...] = ()
         nets = sec._get("trusted_networks", no_nets, _parse_networks)
         account = sec.string("trusted_account", None, _NAME, "an account name")
@@ -379,12 +384,33 @@ def _parse_listeners(raw: Any, problems: list[str]) -> tuple[ListenerConfig, ...
             problems.append(f"listeners[{i}].trusted_account: is required when trusted_networks is set")
         if account and not nets:
             problems.append(f"listeners[{i}].trusted_networks: is required when trusted_account is set")
-        if tls is TlsMode.NONE and not nets:
+        if role == "feedback" and (nets or account):
+            problems.append(f"listeners[{i}].trusted_networks: a feedback listener has no accounts and no trusted "
+                            "networks (it takes mail only for the bounce and unsubscribe addresses)")
+        if tls is TlsMode.NONE and not nets and role == "submission":
             problems.append(f"listeners[{i}].tls: \"none\" is only allowed with trusted_networks "
                             "(plaintext AUTH would expose passwords)")
         result.append(ListenerConfig(name=name, address=address, port=port, tls=tls,
-                                     trusted_networks=nets, trusted_account=account))
+                                     trusted_networks=nets, trusted_account=account, role=role))
     return tuple(result)
+
+
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,15}$")
+
+
+def _parse_feedback(raw: Any, problems: list[str]) -> FeedbackConfig:
+    f = _Section(raw, "feedback", problems)
+    config = FeedbackConfig(
+        return_path=f.choice("return_path", ReturnPath.AUTO, ReturnPath),
+        return_path_prefix=f.string("return_path_prefix", "bounces", _PREFIX,
+                                    "1 to 16 lower-case letters, digits, '.', '_' or '-' (the local part before '+')"),
+        max_message_bytes=f.positive_int("max_message_bytes", 1 * MiB),
+        secret=f.string("secret", None),
+        retention=f.duration("retention", 30 * 86400.0))
+    f.finish()
+    if config.secret is not None and len(config.secret) < 16:
+        problems.append("feedback.secret: must be at least 16 characters")
+    return config
 
 
 def load(path: Path) -> Config:

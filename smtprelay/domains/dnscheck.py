@@ -156,7 +156,7 @@ def check_all(records: list[DnsRecord], config: Config, addresses: list[str] | N
         try:
             if record.kind == "dkim":
                 results.append(check_dkim(resolver, record))
-            elif record.kind == "spf":
+            elif record.kind in ("spf", "bounce_spf"):
                 results.append(check_spf(resolver, record, config, addresses))
             elif record.kind == "dmarc":
                 results.append(check_dmarc(resolver, record))

@@ -94,7 +94,13 @@ def expected_records(domain: str, keys: list[PublicKey], config: Config,
                              note="any valid DMARC record with v=DMARC1 and p= passes"))
     bounce = f"{config.domains.return_path_host}.{domain}"
     records.append(DnsRecord("mx", "MX", bounce, relative_host(bounce, zone), f"10 {config.server.hostname}.",
-                             False, note="recommended: lets bounces to the return-path host reach this relay"))
+                             False, note="recommended: bounces and complaints to the return-path host reach this "
+                                         "relay's feedback listener; with this and the next record verified, the "
+                                         "envelope sender of delivered mail becomes <prefix>+<token>@" + bounce))
+    records.append(DnsRecord("bounce_spf", "TXT", bounce, relative_host(bounce, zone), expected_spf(config, addresses),
+                             False, note="SPF is checked for the envelope sender's domain: publish the same policy "
+                                         "here for the return-path host (DKIM still signs the From: domain, and DMARC "
+                                         "aligns it relaxed)"))
     return records
 
 

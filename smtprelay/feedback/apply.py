@@ -108,6 +108,10 @@ def late_bounce(target: Target, failed: Recipient, now: float, auto: AutoBlock |
                    " lease_until = NULL, body = NULL WHERE id = ?",
                    (failed.bounce_class, f"late bounce: {reply}"[:1000], now, target.rcpt_id))
         if state[0] == "delivered":
+            # Its delivery is taken back where reputation reads it after a restart, too.
+            db.execute("UPDATE attempts SET result = 'bounced', bounce_class = ? WHERE id = (SELECT max(id)"
+                       " FROM attempts WHERE recipient_id = ? AND result = 'delivered')",
+                       (failed.bounce_class, target.rcpt_id))
             db.execute("UPDATE events SET type = 'delivery_reversed' WHERE type = 'delivered' AND queue_id = ?"
                        " AND recipient = ?", (target.message_id, target.address))
         db.execute(events.INSERT_FOR_RECIPIENT,

@@ -34,10 +34,17 @@ from smtprelay.queue.listing import STATES
 from smtprelay.services import Services, guard
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
+from smtprelay.services.feedback import RESULTS as FEEDBACK_RESULTS, TYPES as FEEDBACK_TYPES
 from smtprelay.services.tracking import CHOICES
 from smtprelay.services.webhooks import webhook_doc
 
 PREFIX = "/api/v1"
+
+
+def _feedback_id(text: str) -> int:
+    if not text.isdigit():
+        raise Invalid(f"a feedback id is a number, got \"{text}\"", "id")
+    return int(text)
 
 
 def _hook_delete(s: Services, p: Params) -> dict[str, Any]:
@@ -156,6 +163,13 @@ ROUTES: tuple[Route, ...] = (
           (Field("account"), Field("sender_domain"))),
     Route("POST", "/blocklist/{address}/allow", "Allow an address for an account", _blocklist_allow,
           (_ACCOUNT, Field("undo", "boolean"))),
+    Route("GET", "/feedback", "Mail the feedback listener received (bounces, complaints, unsubscribes), newest first",
+          lambda s, p: {"feedback": [e.doc() for e in s.feedback.list(p.get("type"), p.get("since"), p.get("until"),
+                                                                       p.get("result"), p.get("limit", 100))]},
+          (Field("type", choices=FEEDBACK_TYPES), Field("result", choices=FEEDBACK_RESULTS), Field("since", "when"),
+           Field("until", "when"), Field("limit", "integer"))),
+    Route("GET", "/feedback/{id}", "One received feedback mail: what it was parsed as, what it changed, the raw mail",
+          lambda s, p: s.feedback.show(_feedback_id(p["id"])).doc()),
     Route("GET", "/queue", "Queued messages (like mailq)",
           lambda s, p: s.queue.list(p.get("state"), p.get("domain"), p.get("limit", 1000), bool(p.get("all"))).doc(),
           (Field("state", choices=STATES), Field("domain"), Field("limit", "integer"), Field("all", "boolean"))),

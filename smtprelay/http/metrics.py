@@ -75,6 +75,10 @@ class Metrics:
         self.content_scans = Counter("smtprelay_content_scans_total",
                                      "Scans that were not simply clean, by scanner and result (virus, spam, hold, "
                                      "failure)", ["scanner", "result"], registry=r)
+        self.feedback_messages = Counter("smtprelay_feedback_messages_total",
+                                         "Mail the feedback listener accepted, by what it was (dsn, arf, unsubscribe,"
+                                         " unparsed) and what it changed (applied, duplicate, unmatched, ignored, kept)",
+                                         ["type", "result"], registry=r)
         self.account_suspensions = Counter("smtprelay_account_suspensions_total",
                                            "Accounts suspended for content (virus or spam refusals)", registry=r)
         self.build_info = Info("smtprelay_build", "smtprelay version", registry=r)

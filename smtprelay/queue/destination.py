@@ -42,8 +42,8 @@ class Destination:
         if not self.pending:
             return []
         message_id, works = next(iter(self.pending.items()))
-        if works[0].personal:
-            limit = 1   # every recipient has its own copy (tracking tokens)
+        if works[0].personal or works[0].verp:
+            limit = 1   # every recipient has its own copy (tracking tokens) or return path (VERP)
         batch, rest = works[:limit], works[limit:]
         if rest:
             self.pending[message_id] = rest

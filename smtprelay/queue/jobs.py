@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtprelay.events import types as events
 from smtprelay.queue.store import Job, QueuedMessage, insert_messages
+
+if TYPE_CHECKING:
+    from smtprelay.config.model import BlocklistConfig
 
 FINAL_STATES = ("delivered", "bounced", "expired")
 
@@ -38,6 +41,7 @@ class Work:
     fallback: str = "shared"        # when no address of `pool` can send: "shared", or "none" (wait)
     source: str = ""                # the address it goes out from, set when routed ("": the kernel's choice)
     egress_pool: str = ""           # the pool `source` belongs to (the fallback's when it fell back)
+    verp: bool = False              # its envelope sender is a VERP return path: one recipient per transaction
 
     @property
     def lifetime_start(self) -> float:
@@ -65,7 +69,9 @@ class Outcome:
     source: str | None = None       # the egress address it went out from (None: the kernel's choice)
 
 
-def claim(now: float, limit: int, lease_until: float) -> Job:
+def claim(now: float, limit: int, lease_until: float, verp: bool = False) -> Job:
+    """`verp`: the return path is on (feedback.return_path and a feedback listener); a
+    recipient gets it when its sender domain's bounce records verified (issue 18)."""
     def job(db: sqlite3.Connection) -> list[Work]:
         # Time spent throttled is added up here, when the wait ends (it does not count toward
         # delivery.max_lifetime, only toward warmup.max_wait).
@@ -83,11 +89,13 @@ def claim(now: float, limit: int, lease_until: float) -> Job:
         # The egress binding: the sender domain's overrides the account's (issue 19).
         info = {r[0]: r for r in db.execute(
                 f"SELECT m.id, m.mail_from, m.account_id, m.created_at, a.delivery_tls,"
-                f" coalesce(d.pool, a.pool, 'shared'), coalesce(d.pool_fallback, a.pool_fallback, 'shared')"
+                f" coalesce(d.pool, a.pool, 'shared'), coalesce(d.pool_fallback, a.pool_fallback, 'shared'),"
+                f" coalesce(d.return_path_ok, 0)"
                 f" FROM messages m LEFT JOIN accounts a ON a.id = m.account_id"
                 f" LEFT JOIN domains d ON d.name = m.sender_domain WHERE m.id IN ({marks})", ids)}
         return [Work(r[0], r[1], r[2], r[3], r[4], i[1], i[2], i[3], i[4],
-                     i[1].rpartition("@")[2].lower() if i[1] else "", r[5], "", bool(r[6]), i[5], i[6])
+                     i[1].rpartition("@")[2].lower() if i[1] else "", r[5], "", bool(r[6]), i[5], i[6],
+                     verp=verp and bool(i[7]) and bool(i[1]))
                 for r in rows if (i := info.get(r[1])) is not None]
     return job
 
@@ -100,6 +108,11 @@ class AutoBlock:
     full_inbox_failures: int = 3
     full_inbox_window: float = 72 * 3600.0
     full_inbox_days: int = 7
+
+    @classmethod
+    def of(cls, config: "BlocklistConfig") -> "AutoBlock":
+        return cls(config.invalid_address_days, config.auto_block_full_inbox, config.full_inbox_failures,
+                   config.full_inbox_window, config.full_inbox_days)
 
 
 def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None) -> Job:

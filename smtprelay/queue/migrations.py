@@ -442,4 +442,31 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (address, provider)
     );
     """,
+    # 14: inbound feedback (issue 18). Every mail the feedback listener accepted is kept with
+    # what it was found to be (type dsn, arf, unsubscribe, unparsed) and what it changed
+    # (result); `feedback list/show` and /api/v1/feedback read it. A domain's return path is
+    # VERP once its bounce MX and bounce SPF records verify (return_path_ok, set by `domain
+    # verify`). delay_warned_at: the sender was told once that the recipient is delayed.
+    """
+    CREATE TABLE feedback_messages (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        listener TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,          -- the envelope recipients, one per line
+        type TEXT NOT NULL,             -- dsn, arf, unsubscribe, unparsed
+        result TEXT NOT NULL,           -- applied, unmatched, ignored, duplicate, kept
+        queue_id TEXT,                  -- the message it was about, when found
+        recipient TEXT,                 -- the recipient it was about, when found
+        sender_domain TEXT,
+        account_id INTEGER,
+        detail TEXT NOT NULL,           -- JSON: the parsed report and what was done
+        raw BLOB NOT NULL
+    );
+    CREATE INDEX feedback_messages_at ON feedback_messages (received_at);
+    CREATE INDEX feedback_messages_type ON feedback_messages (type, received_at);
+    ALTER TABLE domains ADD COLUMN return_path_ok INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE recipients ADD COLUMN delay_warned_at REAL;
+    """,
 ]

@@ -25,7 +25,9 @@ from typing import Awaitable, Callable
 
 
 from smtprelay.clock import Clock
-from smtprelay.config import Config, DeliveryTls
+from smtprelay.config import Config, DeliveryTls, ReturnPath
+from smtprelay.feedback import verp
+from smtprelay.feedback.keys import load_secrets
 from smtprelay.delivery.client import ConnectFailure, Connection, SmtpTransport, TransactionResult
 from smtprelay.delivery.dsn import FailedRecipient, build_dsn
 from smtprelay.delivery.egress import UNUSABLE_RETRY, Egress
@@ -66,6 +68,7 @@ class Scheduler(WarmupSeam, EgressSeam):
         self.throttle = Throttle(config, clock, metrics)
         self.egress = Egress(config, self.throttle)
         self.dead = DeadDestinations()
+        self._verp_secret = load_secrets(config)[0] if config.feedback_listeners else b""
         self._warmup_generation = -1
         self._feedback_id = 0
         self.destinations: dict[str, Destination] = {}
@@ -115,6 +118,20 @@ class Scheduler(WarmupSeam, EgressSeam):
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def _verp_on(self) -> bool:
+        """VERP return paths need somewhere for the bounces to land (issue 18)."""
+        return self.config.feedback.return_path is ReturnPath.AUTO and bool(self.config.feedback_listeners)
+
+    def _return_path(self, work: Work) -> str:
+        """The envelope sender of a delivery: the VERP address naming this recipient, or the
+        submitted sender."""
+        if not work.verp or not self._verp_on or not work.sender_domain:
+            return work.mail_from
+        cfg = self.config
+        return verp.address(cfg.feedback.return_path_prefix, self._verp_secret, work.message_id, work.rcpt_id,
+                            work.sender_domain, cfg.domains.return_path_host)
 
     def apply(self, config: Config) -> None:
         egress_changed = config.egress != self.config.egress
@@ -179,7 +196,7 @@ class Scheduler(WarmupSeam, EgressSeam):
             await self.store.run(jobs.reclaim(now, everything=False))
         room = cfg.active_limit - self.in_window
         while room > 0 and not self._stopping:
-            works = await self.store.run(jobs.claim(now, min(room, CLAIM_BATCH), now + cfg.lease))
+            works = await self.store.run(jobs.claim(now, min(room, CLAIM_BATCH), now + cfg.lease, self._verp_on))
             if not works:
                 break
             room -= len(works)
@@ -347,7 +364,7 @@ class Scheduler(WarmupSeam, EgressSeam):
                 if pause > 0:     # the address's max_rate: messages start 1/max_rate apart
                     await asyncio.sleep(pause)
                 started = time.monotonic()
-                outcome = await conn.send(batch[0].mail_from, [w.address for w in batch], body)
+                outcome = await conn.send(self._return_path(batch[0]), [w.address for w in batch], body)
                 if outcome.session_failure and not outcome.recipients and reused:
                     # A cached connection the server had already dropped: not a delivery failure.
                     await conn.close()
@@ -357,7 +374,7 @@ class Scheduler(WarmupSeam, EgressSeam):
                         await self._connect_failed(dest, batch, result)
                         break
                     conn = result
-                    outcome = await conn.send(batch[0].mail_from, [w.address for w in batch], body)
+                    outcome = await conn.send(self._return_path(batch[0]), [w.address for w in batch], body)
                 reused = False
                 await self._transaction_done(dest, conn, batch, outcome, time.monotonic() - started, body)
                 if not outcome.usable or conn.transactions >= dest.max_per_connection:
@@ -494,9 +511,7 @@ class Scheduler(WarmupSeam, EgressSeam):
                                        "source": work.source or None}})
             self.metrics.deliveries.labels(result=result.value, pool=work.egress_pool or work.pool).inc()
         dsns = self._dsns(batch[0], failed, body, now) if failed else []
-        bl = self.config.blocklist
-        auto = jobs.AutoBlock(bl.invalid_address_days, bl.auto_block_full_inbox, bl.full_inbox_failures,
-                              bl.full_inbox_window, bl.full_inbox_days)
+        auto = jobs.AutoBlock.of(self.config.blocklist)
         try:
             await self.store.run(jobs.record(outcomes, dsns, auto))
         except StoreUnavailable as exc:

@@ -70,6 +70,7 @@ class Verification:
     previous: str
     checks: tuple[RecordCheck, ...]
     promoted: tuple[str, ...]      # selectors that became active
+    return_path: str = "sender"    # "verp": bounce MX and SPF verified (issue 18)
 
     @property
     def verified(self) -> bool:
@@ -77,7 +78,7 @@ class Verification:
 
     def doc(self) -> dict[str, Any]:
         return {"domain": self.domain, "status": self.status, "previous_status": self.previous,
-                "verified": self.verified, "promoted_selectors": list(self.promoted),
+                "verified": self.verified, "promoted_selectors": list(self.promoted), "return_path": self.return_path,
                 "records": [c.as_dict() for c in self.checks]}
 
 
@@ -180,15 +181,20 @@ class DomainService:
         promoted = tuple(c.record.selector for c in checks
                          if c.record.kind == "dkim" and c.passed and
                          any(k.selector == c.record.selector and k.state == "pending" for k in info.keys))
+        # The VERP return path needs both bounce records (issue 18): the MX that brings bounces
+        # back, and SPF for the envelope sender's new domain.
+        return_path_ok = all(c.passed for c in checks if c.record.kind in ("mx", "bounce_spf")) and new.status != S.PENDING
         with self.catalog.transaction():
             self.catalog.record_check(info.id, new, now)
+            self.catalog.set_return_path(info.id, return_path_ok)
             for selector in promoted:
                 self.catalog.promote_key(info.id, selector, now + self.config.dkim.rotation_overlap, now)
                 log.info("dkim: selector %s is now signing (its record verified)", selector)
         if new.status != info.state.status:
             log.warning("domain %s: %s → %s%s", info.name, info.state.status, new.status,
                         f" ({failing_record})" if failing_record else "")
-        return Verification(info.name, new.status, info.state.status, tuple(checks), promoted)
+        return Verification(info.name, new.status, info.state.status, tuple(checks), promoted,
+                            "verp" if return_path_ok else "sender")
 
     def due_for_recheck(self) -> list[str]:
         """The domains the server checks again now: verified and failing ones every

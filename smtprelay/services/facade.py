@@ -15,6 +15,7 @@ from smtprelay.services.blocklist import BlocklistService
 from smtprelay.services.content import ContentService
 from smtprelay.services.context import Context, register_errors
 from smtprelay.services.domains import DomainService
+from smtprelay.services.feedback import FeedbackService
 from smtprelay.services.queue import QueueService
 from smtprelay.services.reports import ReportService
 from smtprelay.services.templates import TemplateService
@@ -56,6 +57,10 @@ class Services:
     @cached_property
     def webhooks(self) -> WebhookService:
         return WebhookService(self.ctx)
+
+    @cached_property
+    def feedback(self) -> FeedbackService:
+        return FeedbackService(self.ctx)
 
     @cached_property
     def tracking(self) -> TrackingService:

@@ -146,7 +146,7 @@ class Worker:
     async def _start_listeners(self) -> None:
         loop = asyncio.get_running_loop()
         context = server_context(*self.tls_files) if self.tls_files is not None else None
-        for listener in self.config.listeners:
+        for listener in self.config.submission_listeners:
             fd = self.listener_fds.get(listener.name)
             if fd is None:
                 continue

@@ -361,6 +361,22 @@ class Throttle:
         if self.enabled:
             self._evaluate(sender_domain, provider, self.clock.now())
 
+    def note_late_bounce(self, sender_domain: str, recipient_domain: str, bounce_class: str | None,
+                         was_delivered: bool, at: float) -> None:
+        """A bounce that came back after the transaction (issue 18): a delivery counted earlier
+        is taken back, and a hard bounce counts toward the bounce rate as during delivery."""
+        provider = self.domain_providers.get(recipient_domain)
+        hour = W.hour_index(at)
+        for stats in self._stats(sender_domain, provider):
+            if was_delivered:
+                stats.add(hour, DELIVERED, -1)
+            else:
+                stats.add(hour, ATTEMPTS)
+            if bounce_class == BounceClass.INVALID_ADDRESS.value:
+                stats.add(hour, INVALID)
+        if self.enabled:
+            self._evaluate(sender_domain, provider, self.clock.now())
+
     # -- reputation --------------------------------------------------------------------------
     def _breach(self, stats: Rolling, hour: int) -> str | None:
         rep = self.config.reputation

@@ -401,3 +401,28 @@ def test_signature_survives_delivery_to_a_receiving_mta(make_relay, dns: DnsServ
         assert [r.split()[0] for r in results] == ["pass", "pass"], results
     finally:
         rx.stop()
+
+
+def test_the_return_path_turns_to_verp_once_both_bounce_records_verify(make_relay, dns: DnsServer) -> None:  # type: ignore[no-untyped-def]
+    """Issue 18: the bounce host needs its MX (bounces reach the feedback listener) and its own
+    SPF record (SPF is checked for the envelope sender's domain); only with both verified does
+    delivered mail get the VERP return path."""
+    relay = domain_relay(make_relay, dns)
+    relay.cli("domain", "add", "acme", "example.com")
+    records = relay.cli_json("domain", "records", "example.com")["records"]
+    bounce_spf = next(r for r in records if r["kind"] == "bounce_spf")
+    apex_spf = next(r for r in records if r["kind"] == "spf")
+    assert bounce_spf["fqdn"] == "bounce.example.com" and bounce_spf["value"] == apex_spf["value"]
+    assert bounce_spf["required"] is False and "envelope sender" in bounce_spf["note"]
+    dns.publish(dns.records + [r for r in records_from_cli({"records": records}) if r[1] != "bounce.example.com"
+                               or r[0] == "MX"])
+    doc = __import__("json").loads(relay.cli("domain", "verify", "example.com", "--json").stdout)
+    assert doc["status"] == "verified" and doc["return_path"] == "sender"
+    assert next(r for r in doc["records"] if r["kind"] == "bounce_spf")["status"] == "missing"
+    publish_domain(relay, dns, "example.com")
+    assert "return path: VERP" in relay.cli("domain", "verify", "example.com").stdout
+    doc = __import__("json").loads(relay.cli("domain", "verify", "example.com", "--json").stdout)
+    assert {r["kind"]: r["status"] for r in doc["records"] if r["kind"] in ("mx", "bounce_spf")} == {
+        "mx": "pass", "bounce_spf": "pass"}
+    with relay.db() as conn:
+        assert conn.execute("SELECT return_path_ok FROM domains WHERE name = 'example.com'").fetchone()[0] == 1
