@@ -71,3 +71,54 @@ async def test_retry_schedule_then_expiry_with_a_dsn(tmp_path: Path) -> None:
         await store.close()
     finally:
         sink.stop()
+
+
+async def test_a_delay_warning_goes_to_the_sender_once_after_delivery_delay_warning(tmp_path: Path) -> None:
+    """Issue 18 (README's "not yet there"): delivery.delay_warning = "4h" sends one RFC 3464
+    `delayed` notice at the first try after 4 hours, none before and no second one."""
+    sink = SmtpSink(tmp_path, "-r", "RCPT").start()
+    try:
+        config = parse({
+            "server": {"hostname": "relay.test", "data_dir": str(tmp_path / "var")},
+            "listeners": [{"name": "s", "port": 1}],
+            "dns": {"nameservers": [f"127.0.0.1:{free_port()}"], "timeout": "1s"},
+            "delivery": {"routes": {"far.example": f"127.0.0.1:{sink.port}"}, "initial_concurrency": 1,
+                         "delay_warning": "4h"},
+        })
+        clock = FakeClock(start=time.time())
+        store = QueueStore(config.server.data_dir)
+        await store.open()
+        scheduler = Scheduler(config, store, clock, Metrics())
+        await scheduler.open()
+        created = clock.now()
+        qid = new_queue_id(created)
+        await store.enqueue(QueuedMessage(id=qid, account_id=None, username=None, mail_from="app@apps.example",
+                                          recipients=("x@far.example",),
+                                          body=b"From: app@apps.example\r\nSubject: slow\r\n\r\nhi\r\n",
+                                          created_at=created, client_address="127.0.0.1", tls=None,
+                                          header_message_id=None))
+        db = sqlite3.connect(config.server.data_dir / "relay.db")
+        warnings_after = []
+        for _ in range(10):
+            await scheduler.scan()
+            await scheduler.idle()
+            warnings = db.execute("SELECT count(*) FROM messages WHERE mail_from = '' AND id != ?",
+                                  (qid,)).fetchone()[0]
+            warnings_after.append((clock.now() - created, warnings))
+            next_at = db.execute("SELECT next_attempt_at FROM recipients WHERE message_id = ?", (qid,)).fetchone()[0]
+            clock.advance(next_at - clock.now())
+        before = [n for age, n in warnings_after if age < 4 * 3600]
+        after = [n for age, n in warnings_after if age >= 4 * 3600]
+        assert before and set(before) == {0} and after and set(after) == {1}
+        body, rcpt = db.execute("SELECT m.body, r.address FROM messages m JOIN recipients r ON r.message_id = m.id"
+                                " WHERE m.mail_from = '' AND m.id != ?", (qid,)).fetchone()
+        assert rcpt == "app@apps.example"
+        assert b"Subject: Delayed Mail (still being retried)" in body and b"Action: delayed" in body
+        assert b"Will-Retry-Until: " in body and b"THIS IS A WARNING ONLY" in body and b"Subject: slow" in body
+        assert db.execute("SELECT delay_warned_at IS NOT NULL, state FROM recipients WHERE message_id = ?",
+                          (qid,)).fetchone() == (1, "queued")
+        db.close()
+        await scheduler.stop(1)
+        await store.close()
+    finally:
+        sink.stop()

@@ -42,6 +42,7 @@ class Work:
     source: str = ""                # the address it goes out from, set when routed ("": the kernel's choice)
     egress_pool: str = ""           # the pool `source` belongs to (the fallback's when it fell back)
     verp: bool = False              # its envelope sender is a VERP return path: one recipient per transaction
+    delay_warned: bool = False      # its sender was told it is delayed (delivery.delay_warning)
 
     @property
     def lifetime_start(self) -> float:
@@ -80,7 +81,8 @@ def claim(now: float, limit: int, lease_until: float, verp: bool = False) -> Job
                 " CASE WHEN throttled_since IS NULL THEN 0 ELSE max(0, ? - throttled_since) END,"
                 " throttled_since = NULL WHERE id IN (SELECT id FROM recipients"
                 " WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
-                " RETURNING id, message_id, address, domain, attempts, throttled_for, body IS NOT NULL",
+                " RETURNING id, message_id, address, domain, attempts, throttled_for, body IS NOT NULL,"
+                " delay_warned_at IS NOT NULL",
                 (lease_until, now, now, limit)).fetchall()
         if not rows:
             return []
@@ -95,7 +97,7 @@ def claim(now: float, limit: int, lease_until: float, verp: bool = False) -> Job
                 f" LEFT JOIN domains d ON d.name = m.sender_domain WHERE m.id IN ({marks})", ids)}
         return [Work(r[0], r[1], r[2], r[3], r[4], i[1], i[2], i[3], i[4],
                      i[1].rpartition("@")[2].lower() if i[1] else "", r[5], "", bool(r[6]), i[5], i[6],
-                     verp=verp and bool(i[7]) and bool(i[1]))
+                     verp=verp and bool(i[7]) and bool(i[1]), delay_warned=bool(r[7]))
                 for r in rows if (i := info.get(r[1])) is not None]
     return job
 
@@ -115,8 +117,13 @@ class AutoBlock:
                    config.full_inbox_window, config.full_inbox_days)
 
 
-def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None) -> Job:
+def record(outcomes: list[Outcome], dsns: list[QueuedMessage], auto: AutoBlock | None = None,
+           warned: tuple[int, ...] = ()) -> Job:
+    """`warned`: recipients whose sender got a delay warning with `dsns` (never a second one)."""
     def job(db: sqlite3.Connection) -> None:
+        if warned:
+            db.executemany("UPDATE recipients SET delay_warned_at = ? WHERE id = ?",
+                           [(outcomes[0].at if outcomes else 0.0, rcpt_id) for rcpt_id in warned])
         final = [o for o in outcomes if o.result in FINAL_STATES]
         deferred = [o for o in outcomes if o.result == "deferred"]
         throttled = [o for o in outcomes if o.result == "throttled"]

@@ -483,7 +483,7 @@ class Scheduler(WarmupSeam, EgressSeam):
                       relay: str | None, tls: str | None, duration: float, now: float, body: bytes | None,
                       text: str | None = None) -> None:
         cfg = self.config.delivery
-        outcomes, failed = [], []
+        outcomes, failed, delayed = [], [], []
         for work, result, reply, klass in decided:
             next_at = None
             if result is Result.DEFERRED:
@@ -502,6 +502,11 @@ class Scheduler(WarmupSeam, EgressSeam):
                 failed.append(FailedRecipient(work.address, reply.enhanced or ("4.4.7" if result is Result.EXPIRED
                                                                               else "5.0.0"),
                                               shown, relay.split("[")[0] if relay else None, result is Result.EXPIRED))
+            elif result is Result.DEFERRED and cfg.delay_warning and not work.delay_warned \
+                    and now - work.created_at >= cfg.delay_warning:
+                work.delay_warned = True
+                delayed.append(FailedRecipient(work.address, reply.enhanced or "4.0.0", shown,
+                                               relay.split("[")[0] if relay else None, False))
             status = {"delivered": "sent"}.get(result.value, result.value)
             log.info("%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, %sstatus=%s (%s)", work.message_id, work.address,
                      relay or "none", now - work.created_at, tls or "none",
@@ -511,9 +516,18 @@ class Scheduler(WarmupSeam, EgressSeam):
                                        "source": work.source or None}})
             self.metrics.deliveries.labels(result=result.value, pool=work.egress_pool or work.pool).inc()
         dsns = self._dsns(batch[0], failed, body, now) if failed else []
+        warned: tuple[int, ...] = ()
+        if delayed:
+            if body is None:
+                body = await self._body(batch[0].message_id)
+            warnings = self._dsns(batch[0], delayed, body, now,
+                                  retry_until=batch[0].lifetime_start + cfg.max_lifetime)
+            dsns += warnings
+            warned = tuple(w.rcpt_id for w, r, _, _ in decided if r is Result.DEFERRED and w.address in
+                           {d.address for d in delayed}) if warnings else ()
         auto = jobs.AutoBlock.of(self.config.blocklist)
         try:
-            await self.store.run(jobs.record(outcomes, dsns, auto))
+            await self.store.run(jobs.record(outcomes, dsns, auto, warned))
         except StoreUnavailable as exc:
             # The recipients stay leased and go back to the queue when the lease expires.
             self._record_outage.failed(exc)
@@ -528,15 +542,18 @@ class Scheduler(WarmupSeam, EgressSeam):
         if dsns:
             self.wake()
 
-    def _dsns(self, work: Work, failed: list[FailedRecipient], body: bytes | None, now: float) -> list[QueuedMessage]:
+    def _dsns(self, work: Work, failed: list[FailedRecipient], body: bytes | None, now: float,
+              retry_until: float | None = None) -> list[QueuedMessage]:
         sender = work.mail_from
         if not sender or sender.lower().startswith("mailer-daemon@"):
             return []  # never a bounce for a bounce
         hostname = self.config.server.hostname
         queue_id = new_queue_id(now)
         dsn, message_id = build_dsn(hostname=hostname, queue_id=work.message_id, original_from=sender,
-                                    original=body or b"", failed=failed, arrival=work.created_at, now=now)
-        log.info("%s: sender non-delivery notification: %s", work.message_id, queue_id)
+                                    original=body or b"", failed=failed, arrival=work.created_at, now=now,
+                                    retry_until=retry_until)
+        log.info("%s: sender %s notification: %s", work.message_id,
+                 "delay" if retry_until is not None else "non-delivery", queue_id)
         return [QueuedMessage(id=queue_id, account_id=work.account_id, username=None, mail_from="",
                               recipients=(sender,), body=dsn, created_at=now, client_address="127.0.0.1", tls=None,
                               header_message_id=message_id)]
