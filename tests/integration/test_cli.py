@@ -295,6 +295,11 @@ BAD_USAGE = [
     ["account", "resume"],
     ["check-message"],
     ["check-message", "/nonexistent.eml"],
+    ["feedback", "list", "--type", "bounce"],
+    ["feedback", "list", "--since", "a while ago"],
+    ["feedback", "list", "--limit", "0"],
+    ["feedback", "show", "abc"],
+    ["feedback", "show"],
     ["frobnicate"],
 ]
 
