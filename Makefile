@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian tools the integration tests drive: swaks (a real SMTP client) and its TLS module,
-# Postfix's smtp-sink (below),
+# Postfix's smtp-sink and a private Postfix MX (below),
 # dnsmasq (a real DNS server the tests start on a high port), Node.js for the independent
 # DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
 # clamav-daemon and rspamd: the content scanners the content tests start on their own sockets
@@ -38,8 +38,10 @@ debs:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 		status=$$?; [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; [ $$status -eq 0 ]; \
 	fi
-	@# Postfix only for smtp-sink (a receiving server with fault injection): "No configuration"
-	@# means no Postfix daemon is set up or started.
+	@# Postfix for smtp-sink (a receiving server with fault injection) and, in the feedback tests,
+	@# a private instance the tests start as a bouncing MX (tests/mailservers.PostfixMx, its own
+	@# config directory under /var/tmp): "No configuration" means the system's own Postfix daemon
+	@# is never set up or started.
 	@if ! dpkg -s postfix >/dev/null 2>&1; then \
 		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix; \
