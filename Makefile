@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed
 # DKIM verifier (mailauth, pinned in tests/tools/package-lock.json).
 # clamav-daemon and rspamd: the content scanners the content tests start on their own sockets
 # (tests/scanners.py; no signatures or rules are downloaded).
-DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd
+# chromium: the headless browser the web console's tests drive through Playwright (its
+# executable_path: Playwright never downloads a browser here).
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd chromium
 TOOLS := tests/tools/node_modules/.installed
 # promtool checks config/prometheus.yml and config/alerts.yml: taken out of Debian's prometheus
 # package without installing it (no Prometheus daemon is set up or started).

@@ -379,6 +379,11 @@ class Relay:
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
                                      self._reader, self.clock.now, self.blocklist_changed)
             send_http.add_route(app, lambda: self.config, self.pool.send)
+            if self.config.console.enabled:     # a restart turns it on or off, like the admin token
+                from smtprelay.console.web import Console, add_routes as add_console
+                add_console(app, Console(lambda: self.config,
+                                         lambda: open_services(self.config_path, self.clock, self.config),
+                                         self.clock, self.health, self.queue_counts))
         app = build_app(self.metrics, self.health, lambda: self.config.http.admin_token,
                         lambda: open_services(self.config_path, self.clock, self.config), endpoints,
                         client_max_size=send_http.body_limit(self.config))
@@ -386,6 +391,12 @@ class Relay:
         await self._http.setup()
         assert self._http_socket is not None
         await web.SockSite(self._http, self._http_socket).start()
+
+    def queue_counts(self) -> dict[str, int]:
+        """Recipients by state, as the scheduler last measured them (its gauges, every 10 s)."""
+        from smtprelay.queue.listing import STATES
+        return {state: int(self.metrics.registry.get_sample_value("smtprelay_queue_messages", {"state": state}) or 0)
+                for state in STATES}
 
     def health(self) -> dict[str, object]:
         ok = self.store.healthy

@@ -44,3 +44,12 @@ def relay(make_relay: Callable[..., Relay]) -> Relay:
     r = make_relay()
     r.user, r.password = r.add_account_with_credential("acme")  # type: ignore[attr-defined]
     return r.start()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Each phase's report on the test item (`item.rep_call`): fixtures that keep evidence of a
+    failure (the console tests' screenshots) look at it."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, "rep_" + report.when, report)

@@ -135,3 +135,12 @@ def test_feedback_listeners_and_section_are_checked_with_key_paths() -> None:
     with pytest.raises(ConfigError) as err:
         parse({"listeners": [{"name": "fb", "port": 2526, "role": "feedback", "tls": "none"}]})
     assert any("at least one listener must have role = \"submission\"" in p for p in err.value.problems)
+
+
+def test_console_section_is_checked() -> None:
+    assert parse({"listeners": [{"port": 1}]}).console.enabled is False
+    with pytest.raises(ConfigError) as err:
+        parse({"listeners": [{"port": 1}], "console": {"enabled": "yes", "session_lifetime": "forever", "theme": 1}})
+    problems = "\n".join(err.value.problems)
+    assert "console.enabled: must be true or false" in problems and "console.session_lifetime:" in problems
+    assert "console.theme: unknown key" in problems

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 from smtprelay.catalog.records import (Account, AddressRecord, Credential, DomainRecord, Login, SenderDomain,
                                        TrackingRow, WebhookRecord)
 from smtprelay.catalog.batch import SqliteBatch
+from smtprelay.catalog.console import SqliteConsole
 from smtprelay.catalog.templates import SqliteTemplates
 from smtprelay.config import DkimAlgorithm
 from smtprelay.domains.records import PublicKey
@@ -60,7 +61,7 @@ def blocklist_view(entries: Iterable[Any], allowed: Iterable[Any]) -> BlocklistV
     return BlocklistView([Entry(*r) for r in entries], {(r[0], r[1]) for r in allowed})
 
 
-class SqliteCatalog(SqliteTemplates, SqliteBatch):
+class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, conn: sqlite3.Connection):

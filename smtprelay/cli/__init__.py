@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from smtprelay import __version__
-from smtprelay.cli import (accounts, batch, blocklist, content, domains, feedback, queue, reports, templates, tracking,
+from smtprelay.cli import (accounts, batch, blocklist, console, content, domains, feedback, queue, reports, templates, tracking,
                            warmup, webhooks)
 from smtprelay.cli.base import ParseError, Registry, UsageError, default_config, emit
 from smtprelay.config import ConfigError, load
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.command(sub, "check-config", cmd_check_config, "validate relay.toml and print each problem with its key path")
 
     for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates, batch, content,
-                   feedback):
+                   feedback, console):
         module.register(reg)
     return parser
 

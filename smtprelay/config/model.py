@@ -397,6 +397,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console under /console/ on [http] (issue 21); off by default."""
+    enabled: bool = False
+    session_lifetime: float = 12 * 3600.0    # a session ends this long after its login
+    idle_timeout: float = 3600.0              # ... or after this long without a request
+    secure_cookie: bool = False               # mark the cookie Secure (set it when a TLS proxy serves [http])
+
+
+@dataclass(frozen=True, slots=True)
 class DnsConfig:
     nameservers: tuple[tuple[str, int], ...] = ()
     timeout: float = 5.0
@@ -432,6 +441,7 @@ class Config:
     content: ContentConfig = field(default_factory=ContentConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     @property
     def submission_listeners(self) -> tuple[ListenerConfig, ...]:
@@ -458,7 +468,7 @@ class Config:
 # bound to sockets, files or the store and needs a restart.
 RELOADABLE_SECTIONS = ("limits", "auth", "log", "domains", "policy", "delivery", "reputation", "blocklist",
                        "warmup", "events", "webhooks",
-                       "tracking", "batch", "content", "egress", "feedback")
+                       "tracking", "batch", "content", "egress", "feedback", "console")
 
 
 def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, FeedbackConfig, LimitsConfig, ListenerConfig, ReturnPath, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, ConsoleConfig, FeedbackConfig, LimitsConfig, ListenerConfig, ReturnPath, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.egress import parse_egress
@@ -26,7 +26,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
              "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content",
-             "egress", "feedback"}
+             "egress", "feedback", "console"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -202,13 +202,20 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         problems.append("webhooks.max_age: must be at least 24h (events are retried for at least a day)")
     listeners = _parse_listeners(data.get("listeners", []), problems)
     feedback = _parse_feedback(data.get("feedback", {}), problems)
+    co = _Section(data.get("console", {}), "console", problems)
+    console = ConsoleConfig(enabled=co.boolean("enabled", False),
+                            session_lifetime=co.duration("session_lifetime", 12 * 3600.0),
+                            idle_timeout=co.duration("idle_timeout", 3600.0),
+                            secure_cookie=co.boolean("secure_cookie", False))
+    co.finish()
     if listeners and not any(l.role == "submission" for l in listeners):
         problems.append("listeners: at least one listener must have role = \"submission\" (the default)")
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
                     http=http, dns=dns, log=log, domains=domains, dkim=dkim, policy=policy, delivery=delivery,
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
                     events=events, webhooks=webhooks, tracking=tracking, batch=batch,
-                    content=content, egress=egress, feedback=feedback)
+                    content=content, egress=egress, feedback=feedback,
+                    console=console)
     if problems:
         raise ConfigError(problems)
     return config

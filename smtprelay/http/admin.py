@@ -115,6 +115,8 @@ ROUTES: tuple[Route, ...] = (
           lambda s, p: docs("domains", s.domains.all(p.get("account")), domain_doc), (Field("account"),)),
     Route("POST", "/domains", "Register a sender domain (makes its DKIM keys)",
           lambda s, p: s.domains.add(p["account"], p["domain"]).doc(), (_ACCOUNT, _DOMAIN)),
+    Route("GET", "/domains/{domain}", "One sender domain: status, DKIM selectors, egress pool",
+          lambda s, p: domain_doc(s.domains.get(p["domain"]))),
     Route("GET", "/domains/{domain}/records", "The DNS records to publish",
           lambda s, p: {"domain": domain_name(p["domain"]),
                         "records": [r.as_dict() for r in s.domains.records(p["domain"])]}),
@@ -331,6 +333,18 @@ async def _form(request: web.Request) -> dict[str, Any]:
             raise Invalid("a multipart field without a name")
         data = await part.read()
         given[part.name] = data if part.filename is not None else data.decode("utf-8", "replace")
+
+
+_BY_KEY = {(r.method, r.path): r for r in ROUTES}
+
+
+def call(open_services: Callable[[], Services], method: str, path: str, match: dict[str, str] | None = None,
+         given: dict[str, Any] | None = None) -> Any:
+    """One admin API route, by its method and path template, with string fields (as a query or a
+    form gives them): the web console's only way to the data (issue 21). Blocks: run it in a
+    thread. Raises the services' errors."""
+    route = _BY_KEY[(method, path)]
+    return _run(open_services, route, validate(route, match or {}, given or {}, True, time.time()))
 
 
 def add_routes(app: web.Application, token: Callable[[], str | None], open_services: Callable[[], Services]) -> None:

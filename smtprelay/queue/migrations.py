@@ -469,4 +469,27 @@ MIGRATIONS: list[str] = [
     ALTER TABLE domains ADD COLUMN return_path_ok INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE recipients ADD COLUMN delay_warned_at REAL;
     """,
+    # 15: the web console (issue 21). Its users (`console-user add`): an admin, or one account's
+    # user, read-only or not; the password is generated and only its digest kept. A session is
+    # kept by the digest of its cookie; its CSRF token is checked on every form.
+    """
+    CREATE TABLE console_users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        account_id INTEGER REFERENCES accounts(id) ON DELETE CASCADE,   -- NULL: an admin
+        read_only INTEGER NOT NULL DEFAULT 0,
+        password_digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_login_at REAL
+    );
+    CREATE TABLE console_sessions (
+        token_digest TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES console_users(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        seen_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX console_sessions_user ON console_sessions (user_id);
+    """,
 ]

@@ -12,6 +12,7 @@ from smtprelay.errors import StoreUnavailable
 from smtprelay.services.accounts import AccountService
 from smtprelay.services.batch import GroupService, TaskService
 from smtprelay.services.blocklist import BlocklistService
+from smtprelay.services.console import ConsoleService
 from smtprelay.services.content import ContentService
 from smtprelay.services.context import Context, register_errors
 from smtprelay.services.domains import DomainService
@@ -57,6 +58,10 @@ class Services:
     @cached_property
     def webhooks(self) -> WebhookService:
         return WebhookService(self.ctx)
+
+    @cached_property
+    def console(self) -> ConsoleService:
+        return ConsoleService(self.ctx)
 
     @cached_property
     def feedback(self) -> FeedbackService:

@@ -300,6 +300,12 @@ BAD_USAGE = [
     ["feedback", "list", "--limit", "0"],
     ["feedback", "show", "abc"],
     ["feedback", "show"],
+    ["console-user", "add", "ops"],                              # no --role
+    ["console-user", "add", "ops", "--role", "owner"],
+    ["console-user", "add", "Bad Name", "--role", "admin"],
+    ["console-user", "list", "--bogus"],
+    ["console-user", "delete"],
+    ["console-user", "password"],
     ["frobnicate"],
 ]
 

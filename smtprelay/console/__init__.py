@@ -1,0 +1,1 @@
+"""The web console (issue 21): server-rendered pages under /console/ over the admin API's routes."""

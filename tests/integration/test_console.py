@@ -1,0 +1,214 @@
+"""The web console in a real browser (issue 21): Debian's headless Chromium driven by
+Playwright, against a running relay with `[console] enabled`, its DNS from a dnsmasq the test
+starts. One browser for the module; each test gets its own context (cookies) and saves a
+screenshot under its output directory when it fails."""
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dnsserver import DnsServer, records_from_cli
+from tests.integration.test_domains import dns  # noqa: F401 (the fixture: a dnsmasq for the test's zones)
+from tests.support import Relay, free_port
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by `make test`")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    yield pg
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        pg.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        print(f"screenshot: {tmp_path / 'failure.png'}")
+    context.close()
+
+
+def console_relay(make_relay: Callable[..., Relay], dns: DnsServer) -> Relay:
+    relay = make_relay({"server": {"public_ips": ["127.0.0.1"]}, "console": {"enabled": True},
+                        "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
+                        "delivery": {"routes": {"*": f"127.0.0.1:{free_port()}"}}}, seed=False)
+    relay.cli("account", "add", "acme")
+    relay.cli("account", "add", "rival")
+    return relay
+
+
+def user(relay: Relay, name: str, role: str, *extra: str) -> str:
+    return relay.cli_json("console-user", "add", name, "--role", role, *extra)["password"]
+
+
+def login(page: Any, relay: Relay, name: str, password: str) -> None:
+    page.goto(f"http://127.0.0.1:{relay.http_port}/console/")
+    assert page.url.endswith("/console/login")
+    page.get_by_label("User").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/console/$"))
+
+
+def test_add_a_domain_see_its_records_verify_it_and_manage_addresses(make_relay: Callable[..., Relay],
+                                                                    dns: DnsServer, page: Any) -> None:
+    relay = console_relay(make_relay, dns)
+    password = user(relay, "ops", "admin")
+    relay.start()
+    base = f"http://127.0.0.1:{relay.http_port}"
+    login(page, relay, "ops", password)
+    assert page.locator("#health").inner_text().startswith("Store: ok")
+    assert page.locator('[data-count="delivered"] .n').inner_text() == "0"
+
+    page.get_by_role("link", name="Sender domains").click()
+    page.get_by_label("Account").select_option("acme")
+    page.get_by_label("Domain").fill("not a domain")
+    page.get_by_role("button", name=re.compile("Add and make")).click()
+    assert page.locator("#domain-error").inner_text() == '"not a domain" is not a valid domain name'
+    assert page.get_by_label("Domain").get_attribute("aria-describedby") == "domain-error"
+    page.get_by_label("Domain").fill("example.com")
+    page.get_by_role("button", name=re.compile("Add and make")).click()
+    page.wait_for_url(base + "/console/domains/example.com")
+    assert page.locator("#status").inner_text() == "pending"
+    kinds = page.locator("#records tbody tr").evaluate_all("rows => rows.map(r => r.dataset.kind)")
+    assert kinds[0] == "dkim" and {"spf", "dmarc", "mx", "bounce_spf"} <= set(kinds)
+    # What the page shows is what `domain records` prints, value for value.
+    shown = page.locator("#records code.value").all_inner_texts()
+    assert shown == [r["value"] for r in relay.cli_json("domain", "records", "example.com")["records"]]
+
+    # "Verify now" against the test's DNS: nothing published → failing checks named per record.
+    page.get_by_role("button", name="Verify now").click()
+    assert page.locator("#verification").inner_text().startswith("Checked now: pending")
+    assert page.locator('#records tr[data-kind="spf"] td.check').inner_text().startswith("missing")
+    dns.publish(records_from_cli(relay.cli_json("domain", "records", "example.com")))
+    page.get_by_role("button", name="Verify now").click()
+    assert page.locator("#status").inner_text() == "verified"
+    assert "(was pending)" in page.locator("#verification").inner_text()
+    assert page.locator('#records tr[data-kind="dkim"] td.check').inner_text().startswith("pass")
+    assert relay.cli_json("domain", "list")["domains"][0]["status"] == "verified"
+
+    # Addresses: one outside the domain is refused next to the field; one inside is added.
+    page.get_by_label("Address", exact=True).fill("news@other.example")
+    page.get_by_role("button", name="Add address").click()
+    assert "must be at example.com" in page.locator("#address-error").inner_text()
+    page.get_by_label("Address", exact=True).fill("news@example.com")
+    page.get_by_label("Display name (optional)").fill("Example News")
+    page.get_by_role("button", name="Add address").click()
+    assert "news@example.com" in page.locator("#address-list").inner_text()
+    assert [a["address"] for a in relay.cli_json("address", "list")["addresses"]] == ["news@example.com"]
+    page.get_by_role("button", name="Delete news@example.com").click()
+    assert "No sender address yet" in page.locator("#address-list").inner_text()
+
+    # At a phone's width the records stay readable: no horizontal scrolling.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    # Times are shown in the browser's zone, UTC on hover.
+    page.goto(base + "/console/domains")
+    assert page.locator("#domains time").first.get_attribute("title").endswith("UTC")
+    # Log out: the cookie no longer opens a page.
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(base + "/console/login")
+    page.goto(base + "/console/domains")
+    assert page.url.endswith("/console/login")
+
+
+def test_account_scope_csrf_read_only_and_lockout(make_relay: Callable[..., Relay], dns: DnsServer,
+                                                 page: Any) -> None:
+    relay = console_relay(make_relay, dns)
+    relay.cli("domain", "add", "acme", "example.com")
+    relay.cli("domain", "add", "rival", "example.org")
+    acme = user(relay, "alice", "account:acme")
+    viewer = user(relay, "vic", "account:acme", "--read-only")
+    relay.start()
+    base = f"http://127.0.0.1:{relay.http_port}"
+
+    login(page, relay, "alice", acme)
+    page.get_by_role("link", name="Sender domains").click()
+    assert page.locator("#domains tbody").inner_text().split()[0] == "example.com"
+    assert "example.org" not in page.locator("#domains").inner_text()
+    # Another account's domain is exactly as unknown as one that does not exist.
+    response = page.goto(base + "/console/domains/example.org")
+    assert response.status == 404 and "No sender domain example.org" in page.content()
+    assert page.goto(base + "/console/domains/nowhere.example").status == 404
+    # Its forms too: a POST for the rival's domain with a valid token changes nothing.
+    csrf = page.goto(base + "/console/domains/example.com").ok and \
+        page.locator('#verify input[name="csrf"]').get_attribute("value")
+    refused = page.request.post(base + "/console/domains/example.org/addresses",
+                                form={"csrf": csrf, "address": "x@example.org"})
+    assert refused.status == 404 and relay.cli_json("address", "list")["addresses"] == []
+    # A form posted without the CSRF token (or with another one) is refused.
+    assert page.request.post(base + "/console/domains/example.com/addresses",
+                             form={"address": "a@example.com"}).status == 403
+    assert page.request.post(base + "/console/domains/example.com/addresses",
+                             form={"csrf": "forged", "address": "a@example.com"}).status == 403
+    assert relay.cli_json("address", "list")["addresses"] == []
+    # The cookie is HttpOnly and SameSite=Strict, scoped to /console.
+    [cookie] = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
+
+    # A read-only user sees, and its POSTs are refused even with a valid token.
+    page.context.clear_cookies()
+    login(page, relay, "vic", viewer)
+    page.goto(base + "/console/domains/example.com")
+    assert page.get_by_role("button", name="Verify now").count() == 0
+    token = page.locator('form.who input[name="csrf"]').get_attribute("value")
+    assert page.request.post(base + "/console/domains/example.com/verify", form={"csrf": token}).status == 403
+
+    # Wrong passwords: after auth.max_failures (5) the address is locked out, right password or not.
+    page.context.clear_cookies()
+    page.goto(base + "/console/login")
+    for _ in range(5):
+        page.get_by_label("User").fill("alice")
+        page.get_by_label("Password").fill("wrong")
+        page.get_by_role("button", name="Log in").click()
+        assert "wrong password" in page.locator("#password-error").inner_text()
+    page.get_by_label("User").fill("alice")
+    page.get_by_label("Password").fill(acme)
+    page.get_by_role("button", name="Log in").click()
+    assert "Too many failed logins" in page.locator("#password-error").inner_text()
+    assert page.url.endswith("/console/login")
+
+
+def test_console_users_from_the_cli_and_the_console_off_by_default(make_relay: Callable[..., Relay]) -> None:
+    import urllib.error
+    import urllib.request
+    relay = make_relay({"http": {"admin_token": "s3cret-token"}})
+    relay.cli("account", "add", "acme")
+    doc = relay.cli_json("console-user", "add", "ops@example.com", "--role", "admin")
+    assert len(doc["password"]) == 32 and doc["role"] == "admin" and doc["read_only"] is False
+    assert relay.cli("console-user", "add", "ops@example.com", "--role", "admin", check=False).returncode == 1
+    missing = relay.cli("console-user", "add", "bob", "--role", "account:nobody", check=False)
+    assert missing.returncode == 1 and "no account nobody" in missing.stderr
+    relay.cli("console-user", "add", "bob", "--role", "account:acme", "--read-only")
+    listed = {u["name"]: u for u in relay.cli_json("console-user", "list")["users"]}
+    assert listed["bob"]["role"] == "account:acme" and listed["bob"]["read_only"] is True
+    assert "password" not in listed["bob"]
+    with relay.db() as conn:   # only a digest is kept
+        digests = [r[0] for r in conn.execute("SELECT password_digest FROM console_users")]
+    assert all(d.startswith("sha256$") and doc["password"] not in d for d in digests)
+    assert relay.cli_json("console-user", "password", "bob")["password"] != doc["password"]
+    assert relay.cli_json("console-user", "delete", "bob") == {"deleted": "bob"}
+    assert relay.cli("console-user", "delete", "bob", check=False).returncode == 1
+    # Without [console] enabled there is no console; the admin API answers as before.
+    relay.start()
+    with pytest.raises(urllib.error.HTTPError) as off:
+        urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}/console/login", timeout=10)
+    assert off.value.code == 404
+    from tests.integration.test_admin_api import call
+    status, domain = call(relay, "GET", "/domains/example.com")
+    assert status == 200 and domain["account"] == "acme" and domain["status"] == "verified"
+    assert call(relay, "GET", "/domains/nowhere.example")[0] == 404
