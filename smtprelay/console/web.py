@@ -253,6 +253,36 @@ class Console:
             return self.not_found(request, f"No sender address {address}.")
         raise web.HTTPSeeOther(f"/console/domains/{doc['domain']}#addresses")
 
+    async def messages(self, request: web.Request) -> web.Response:
+        """Message search: by queue id or Message-ID (`q`), or by recipient and dates; each
+        recipient's state, attempts and events. An account's user finds only its own mail."""
+        account = self.account_of(request)
+        q = request.query.get("q", "").strip()
+        recipient = request.query.get("recipient", "").strip()
+        values = {k: request.query.get(k, "") for k in ("q", "recipient", "from", "to")}
+        message, found, errors, status = None, None, {}, 200
+        try:
+            if q:
+                try:
+                    message = await self.api("GET", "/status/{queue_id}", {"queue_id": q})
+                except NotFound:
+                    message = None
+                if message is not None and account is not None and message.get("account") != account:
+                    message = None
+                if message is None:
+                    errors["q"] = f"No message {q}."
+            elif recipient:
+                given = {"recipient": recipient, **{k: values[k] for k in ("from", "to") if values[k]}}
+                found = (await self.api("GET", "/status", given=given))["messages"]
+                if account is not None:
+                    names = {d["domain"] for d in (await self.api("GET", "/domains", given={"account": account}))[
+                        "domains"]}
+                    found = [m for m in found if m["from"].rpartition("@")[2].lower() in names]
+        except Invalid as exc:
+            errors[exc.field or "q"], status = str(exc), 400
+        return self.page(request, "messages.html", status=status,
+                         message=message, found=found, values=values, errors=errors)
+
     @web.middleware
     async def errors(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         """A store or service failure on a console page is a page saying so, not a traceback."""
@@ -285,4 +315,5 @@ def add_routes(app: web.Application, console: Console) -> None:
     r.add_post("/console/domains/{domain}/verify", console.verify)
     r.add_post("/console/domains/{domain}/addresses", console.add_address)
     r.add_post("/console/domains/{domain}/addresses/{address}/delete", console.delete_address)
+    r.add_get("/console/messages", console.messages)
     r.add_static("/console/static/", HERE / "static")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 
 from tests.dnsserver import DnsServer, records_from_cli
 from tests.integration.test_domains import dns  # noqa: F401 (the fixture: a dnsmasq for the test's zones)
-from tests.support import Relay, free_port
+from tests.integration.test_delivery import wait_for
+from tests.mailservers import Receiver
+from tests.support import Relay, client_tls, free_port, queued_id
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by `make test`")
@@ -41,10 +44,17 @@ def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     context.close()
 
 
-def console_relay(make_relay: Callable[..., Relay], dns: DnsServer) -> Relay:
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    rx = Receiver(tmp_path).start()
+    yield rx
+    rx.stop()
+
+
+def console_relay(make_relay: Callable[..., Relay], dns: DnsServer, mx_port: int | None = None) -> Relay:
     relay = make_relay({"server": {"public_ips": ["127.0.0.1"]}, "console": {"enabled": True},
                         "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
-                        "delivery": {"routes": {"*": f"127.0.0.1:{free_port()}"}}}, seed=False)
+                        "delivery": {"routes": {"*": f"127.0.0.1:{mx_port or free_port()}"}}}, seed=False)
     relay.cli("account", "add", "acme")
     relay.cli("account", "add", "rival")
     return relay
@@ -52,6 +62,18 @@ def console_relay(make_relay: Callable[..., Relay], dns: DnsServer) -> Relay:
 
 def user(relay: Relay, name: str, role: str, *extra: str) -> str:
     return relay.cli_json("console-user", "add", name, "--role", role, *extra)["password"]
+
+
+def submit(relay: Relay, cred: dict[str, str], sender: str, rcpt: str) -> str:
+    """One message through the STARTTLS submission listener with a credential made before start."""
+    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.login(cred["username"], cred["password"])
+        s.mail(sender)
+        assert s.rcpt(rcpt)[0] == 250
+        code, reply = s.data(f"From: {sender}\r\nTo: {rcpt}\r\nSubject: hi\r\n\r\nHello.\r\n".encode())
+    assert code == 250, reply
+    return queued_id(reply)
 
 
 def login(page: Any, relay: Relay, name: str, password: str) -> None:
@@ -64,9 +86,11 @@ def login(page: Any, relay: Relay, name: str, password: str) -> None:
 
 
 def test_add_a_domain_see_its_records_verify_it_and_manage_addresses(make_relay: Callable[..., Relay],
-                                                                    dns: DnsServer, page: Any) -> None:
-    relay = console_relay(make_relay, dns)
+                                                                    dns: DnsServer, page: Any,
+                                                                    receiver: Receiver) -> None:
+    relay = console_relay(make_relay, dns, receiver.port)
     password = user(relay, "ops", "admin")
+    cred = relay.cli_json("credential", "add", "acme")
     relay.start()
     base = f"http://127.0.0.1:{relay.http_port}"
     login(page, relay, "ops", password)
@@ -109,6 +133,27 @@ def test_add_a_domain_see_its_records_verify_it_and_manage_addresses(make_relay:
     page.get_by_role("button", name="Add address").click()
     assert "news@example.com" in page.locator("#address-list").inner_text()
     assert [a["address"] for a in relay.cli_json("address", "list")["addresses"]] == ["news@example.com"]
+
+    # Mail from that address is found in message search, with its delivery.
+    qid = submit(relay, cred, "news@example.com", "friend@example.org")
+    wait_for(lambda: relay.cli_json("status", qid)["recipients"][0]["state"] == "delivered")
+    page.get_by_role("link", name="Message search").click()
+    page.get_by_label("Queue id or Message-ID").fill(qid)
+    page.get_by_role("button", name="Find").click()
+    row = page.locator('#recipients tr[data-recipient="friend@example.org"]')
+    assert row.locator("td.state").inner_text() == "delivered"
+    assert re.search(r"delivered via 127\.0\.0\.1\[127\.0\.0\.1\]:\d+", row.inner_text())
+    assert "accepted" in row.locator("ul.events").inner_text() and "delivered" in row.locator("ul.events").inner_text()
+    page.get_by_label("Recipient").fill("friend@example.org")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator("#found tbody tr").count() == 1 and qid in page.locator("#found").inner_text()
+    page.get_by_label("From (date, time or 7d)").fill("last tuesday")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator("#from-error").is_visible()
+    page.goto(base + "/console/messages?q=NOSUCHID")
+    assert page.locator("#q-error").inner_text() == "No message NOSUCHID."
+
+    page.goto(base + "/console/domains/example.com")
     page.get_by_role("button", name="Delete news@example.com").click()
     assert "No sender address yet" in page.locator("#address-list").inner_text()
 
@@ -129,12 +174,14 @@ def test_add_a_domain_see_its_records_verify_it_and_manage_addresses(make_relay:
 def test_account_scope_csrf_read_only_and_lockout(make_relay: Callable[..., Relay], dns: DnsServer,
                                                  page: Any) -> None:
     relay = console_relay(make_relay, dns)
-    relay.cli("domain", "add", "acme", "example.com")
-    relay.cli("domain", "add", "rival", "example.org")
+    relay.seed_sender("acme", "example.com", ())
+    relay.seed_sender("rival", "example.org", ("r@example.org",))
     acme = user(relay, "alice", "account:acme")
     viewer = user(relay, "vic", "account:acme", "--read-only")
+    rival = relay.cli_json("credential", "add", "rival")
     relay.start()
     base = f"http://127.0.0.1:{relay.http_port}"
+    rival_mail = submit(relay, rival, "r@example.org", "someone@example.com")
 
     login(page, relay, "alice", acme)
     page.get_by_role("link", name="Sender domains").click()
@@ -144,18 +191,24 @@ def test_account_scope_csrf_read_only_and_lockout(make_relay: Callable[..., Rela
     response = page.goto(base + "/console/domains/example.org")
     assert response.status == 404 and "No sender domain example.org" in page.content()
     assert page.goto(base + "/console/domains/nowhere.example").status == 404
+    # Another account's mail is not found by its queue id, nor by its recipient.
+    page.goto(base + f"/console/messages?q={rival_mail}")
+    assert page.locator("#q-error").inner_text() == f"No message {rival_mail}." and page.locator("#message").count() == 0
+    page.goto(base + "/console/messages?recipient=someone@example.com")
+    assert page.locator("#found tbody").inner_text().startswith("No mail to someone@example.com")
     # Its forms too: a POST for the rival's domain with a valid token changes nothing.
     csrf = page.goto(base + "/console/domains/example.com").ok and \
         page.locator('#verify input[name="csrf"]').get_attribute("value")
     refused = page.request.post(base + "/console/domains/example.org/addresses",
                                 form={"csrf": csrf, "address": "x@example.org"})
-    assert refused.status == 404 and relay.cli_json("address", "list")["addresses"] == []
+    assert refused.status == 404 and [a["address"] for a in relay.cli_json("address", "list")["addresses"]] == [
+        "r@example.org"]
     # A form posted without the CSRF token (or with another one) is refused.
     assert page.request.post(base + "/console/domains/example.com/addresses",
                              form={"address": "a@example.com"}).status == 403
     assert page.request.post(base + "/console/domains/example.com/addresses",
                              form={"csrf": "forged", "address": "a@example.com"}).status == 403
-    assert relay.cli_json("address", "list")["addresses"] == []
+    assert [a["address"] for a in relay.cli_json("address", "list")["addresses"]] == ["r@example.org"]
     # The cookie is HttpOnly and SameSite=Strict, scoped to /console.
     [cookie] = page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
