@@ -188,7 +188,9 @@ def test_twenty_virus_refusals_suspend_the_account_until_resume(
             code, reply = s.data(with_attachment(EICAR))
             assert code == 554, (i, reply)
     relay.wait_for_log("account apps suspended for content")
-    wait_for(lambda: send(relay, plain())[0] == 550)
+    # Each of the two workers reloads the senders on the back end's notice, one after the other:
+    # wait until several sessions in a row (spread over both workers) are refused.
+    wait_for(lambda: all(send(relay, plain())[0] == 550 for _ in range(4)))
     code, reply = send(relay, plain())
     assert code == 550 and b"Sending suspended for this account" in reply and b"(rule: content)" in reply
     doc = next(a for a in relay.cli_json("account", "list")["accounts"] if a["name"] == "apps")
