@@ -20,19 +20,18 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtprelay.config import Config, ListenerConfig, TlsMode
-from smtprelay.feedback.parse import parse
 from smtprelay.smtp.guards import ConnectionLimiter
 from smtprelay.smtp.submission import enhance
 
 log = logging.getLogger("smtprelay.feedback")
 
 Accepts = Callable[[str], Awaitable[bool]]
-Deliver = Callable[[ListenerConfig, str, str, tuple[str, ...], bytes], Awaitable[str]]
+Apply = Callable[[ListenerConfig, str, str, tuple[str, ...], bytes], Awaitable[str]]
 
 
 class FeedbackHandler:
@@ -64,7 +63,7 @@ class FeedbackHandler:
     async def handle_DATA(self, smtp: "FeedbackSMTP", session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-        return await self.server.deliver(smtp.listener, smtp.client_ip, mail_from,
+        return await self.server.apply(smtp.listener, smtp.client_ip, mail_from,
                                          tuple(envelope.rcpt_tos), raw)
 
 
@@ -115,10 +114,10 @@ class FeedbackSMTP(SMTP):
 class FeedbackServer:
     """The back end's feedback listeners: their sockets, connection counts and hooks."""
 
-    def __init__(self, config: Callable[[], Config], accepts: Accepts, apply: Callable[..., Awaitable[str]]):
+    def __init__(self, config: Callable[[], Config], accepts: Accepts, apply: Apply):
         self.config = config
         self.accepts = accepts
-        self._apply = apply
+        self.apply = apply
         limits = config().limits
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
         self._servers: list[asyncio.AbstractServer] = []
@@ -157,11 +156,3 @@ class FeedbackServer:
 
     def closed(self, ip: str) -> None:
         self.limiter.release(ip)
-
-    async def deliver(self, listener: ListenerConfig, peer: str, mail_from: str, rcpt_to: tuple[str, ...],
-                      raw: bytes) -> str:
-        return await self._apply(listener, peer, mail_from, rcpt_to, raw)
-
-
-async def parse_in_thread(raw: bytes) -> Any:
-    return await asyncio.to_thread(parse, raw)

@@ -26,7 +26,7 @@ from email.header import decode_header, make_header
 
 from smtprelay.events import tracking
 from smtprelay.events.feedback import record_feedback
-from smtprelay.feedback import apply
+from smtprelay.feedback import apply, verp
 from smtprelay.feedback.parse import Report
 from smtprelay.queue.jobs import AutoBlock
 from smtprelay.queue.store import Job
@@ -125,7 +125,6 @@ def _unsubscribe(db: sqlite3.Connection, mail: Inbound, secret: bytes | None, do
 
 
 def _verp_rcpt(mail: Inbound) -> str | None:
-    from smtprelay.feedback import verp
     return next((r for r in mail.rcpt_to if verp.looks_like(r)), mail.rcpt_to[0] if mail.rcpt_to else None)
 
 
