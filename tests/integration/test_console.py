@@ -65,13 +65,24 @@ def user(relay: Relay, name: str, role: str, *extra: str) -> str:
 
 
 def submit(relay: Relay, cred: dict[str, str], sender: str, rcpt: str) -> str:
-    """One message through the STARTTLS submission listener with a credential made before start."""
-    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
-        s.starttls(context=client_tls())
-        s.login(cred["username"], cred["password"])
-        s.mail(sender)
-        assert s.rcpt(rcpt)[0] == 250
-        code, reply = s.data(f"From: {sender}\r\nTo: {rcpt}\r\nSubject: hi\r\n\r\nHello.\r\n".encode())
+    """One message through the STARTTLS submission listener with a credential made before start.
+    A sender address added a moment ago reaches the front-end workers within 2 s (README): until
+    then MAIL is refused, and the message is offered again."""
+    answers: list[tuple[int, bytes]] = []
+
+    def sent() -> bool:
+        with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+            s.starttls(context=client_tls())
+            s.login(cred["username"], cred["password"])
+            code, text = s.mail(sender)
+            if code != 250:
+                assert b"is not registered" in text, text
+                return False
+            assert s.rcpt(rcpt)[0] == 250
+            answers.append(s.data(f"From: {sender}\r\nTo: {rcpt}\r\nSubject: hi\r\n\r\nHello.\r\n".encode()))
+        return True
+    wait_for(sent, 10)
+    code, reply = answers[0]
     assert code == 250, reply
     return queued_id(reply)
 
