@@ -30,6 +30,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from smtprelay.catalog.console import ConsoleSession
+from smtprelay.console.pages import Pages, add_routes as add_pages
 from smtprelay.clock import Clock
 from smtprelay.config import Config
 from smtprelay.errors import Invalid, NotFound, Refused, ServiceError, StoreUnavailable
@@ -44,7 +45,7 @@ COOKIE = "smtprelay_console"
 SESSION = web.AppKey("console_session", ConsoleSession)
 
 
-class Console:
+class Console(Pages):
     def __init__(self, config: Callable[[], Config], open_services: Callable[[], Services], clock: Clock,
                  health: Callable[[], dict[str, object]], queue_counts: Callable[[], dict[str, int]]):
         self.queue_counts = queue_counts
@@ -180,8 +181,9 @@ class Console:
                      if w.get("state") in ("frozen", "paused", "suspended")
                      and (account is None or w.get("sender_domain") in names)]
         queue = self.queue_counts() if account is None else None     # the scheduler's gauges, every 10 s
+        usage = (await self.api("GET", "/usage", given={"account": account} if account else {}))["usage"]
         return self.page(request, "overview.html", totals=totals, domains=domains, attention=attention,
-                         queue=queue, health=self.health(), today=today)
+                         queue=queue, health=self.health(), today=today, usage=usage)
 
     async def domains(self, request: web.Request, errors: dict[str, str] | None = None,
                       values: dict[str, str] | None = None, status: int = 200) -> web.Response:
@@ -204,7 +206,8 @@ class Console:
         raise web.HTTPSeeOther(f"/console/domains/{domain.lower().rstrip('.')}")
 
     async def domain(self, request: web.Request, errors: dict[str, str] | None = None,
-                     verification: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+                     verification: dict[str, Any] | None = None, status: int = 200,
+                     done: str | None = None) -> web.Response:
         name = request.match_info["domain"]
         doc = await self.domain_in_scope(request, name)
         if doc is None:
@@ -212,9 +215,34 @@ class Console:
         records = (await self.api("GET", "/domains/{domain}/records", {"domain": doc["domain"]}))["records"]
         addresses = (await self.api("GET", "/addresses", given={"domain": doc["domain"]}))["addresses"]
         checks = {(c["kind"], c["fqdn"]): c for c in (verification or {}).get("records", [])}
+        settings = (await self.api("GET", "/tracking"))["settings"]
+        tracking = next((t for t in settings if t["domain"] == doc["domain"]), None)
+        zone = "\n".join(f"{r['fqdn']}. 3600 IN {r['type']} {zone_value(r)}" for r in records)
         return self.page(request, "domain.html", status=status, domain=doc, records=records, addresses=addresses,
-                         checks=checks, verification=verification, errors=errors or {},
+                         checks=checks, verification=verification, errors=errors or {}, zone=zone,
+                         tracking=tracking, done=done,
                          max_addresses=self.config().domains.max_addresses_per_domain)
+
+    async def rotate(self, request: web.Request) -> web.Response:
+        name = request.match_info["domain"]
+        if await self.domain_in_scope(request, name) is None:
+            return self.not_found(request, f"No sender domain {name}.")
+        result = await self.api("POST", "/domains/{domain}/rotate-dkim", {"domain": name})
+        selectors = ", ".join(r["fqdn"].partition(".")[0] for r in result["records"] if r["kind"] == "dkim")
+        return await self.domain(request, done=f"New DKIM selector {selectors}: publish its record below, then "
+                                               "Verify now; mail is signed with it once it verifies.")
+
+    async def set_tracking(self, request: web.Request) -> web.Response:
+        doc = await self.domain_in_scope(request, request.match_info["domain"])
+        if doc is None:
+            return self.not_found(request, f"No sender domain {request.match_info['domain']}.")
+        form = await request.post()
+        given = {k: str(form.get(k, "")) for k in ("opens", "clicks", "unsubscribe") if form.get(k)}
+        try:
+            await self.api("PUT", "/tracking", given={"domain": doc["domain"], **given})
+        except Invalid as exc:
+            return await self.domain(request, {"tracking": str(exc)}, status=400)
+        return await self.domain(request, done="Tracking settings saved.")
 
     async def verify(self, request: web.Request) -> web.Response:
         name = request.match_info["domain"]
@@ -300,6 +328,14 @@ class Console:
             return self.page(request, "error.html", status=409, title="Refused", message=str(exc))
 
 
+def zone_value(record: dict[str, Any]) -> str:
+    """A record's value as a zone file line wants it: TXT in quoted strings of at most 255 octets."""
+    value = str(record["value"])
+    if record["type"] != "TXT":
+        return value
+    return " ".join('"' + value[i:i + 255].replace('"', '\\"') + '"' for i in range(0, len(value), 255))
+
+
 def add_routes(app: web.Application, console: Console) -> None:
     app.middlewares.append(console.errors)
     app.middlewares.append(console.middleware)
@@ -315,5 +351,8 @@ def add_routes(app: web.Application, console: Console) -> None:
     r.add_post("/console/domains/{domain}/verify", console.verify)
     r.add_post("/console/domains/{domain}/addresses", console.add_address)
     r.add_post("/console/domains/{domain}/addresses/{address}/delete", console.delete_address)
+    r.add_post("/console/domains/{domain}/rotate-dkim", console.rotate)
+    r.add_post("/console/domains/{domain}/tracking", console.set_tracking)
     r.add_get("/console/messages", console.messages)
+    add_pages(app, console)
     r.add_static("/console/static/", HERE / "static")

@@ -14,6 +14,7 @@ Must never: hold business logic (that is the services'), import the CLI, or bloc
 from __future__ import annotations
 
 import asyncio
+import io
 import hmac
 import re
 import time
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import aiohttp
 from aiohttp import web
 
-from smtprelay import __version__
+from smtprelay import __version__, when
 from smtprelay.config import ConfigError
 from smtprelay.config.pools import FALLBACKS
 from smtprelay.errors import Invalid, NotFound, Refused, ServiceError, StoreUnavailable
@@ -33,6 +34,7 @@ from smtprelay.policy.blocklist import TYPES
 from smtprelay.queue.listing import STATES
 from smtprelay.services import Services, guard
 from smtprelay.services.accounts import DELIVERY_TLS, credential_doc
+from smtprelay.services.blocklist import CSV_COLUMNS
 from smtprelay.services.domains import address_doc, domain_doc, domain_name
 from smtprelay.services.feedback import RESULTS as FEEDBACK_RESULTS, TYPES as FEEDBACK_TYPES
 from smtprelay.services.tracking import CHOICES
@@ -73,6 +75,12 @@ def _blocklist_remove(s: Services, p: Params) -> dict[str, Any]:
     from smtprelay.policy.address import canonical
     removed = s.blocklist.remove(p["address"], p.get("account"), p.get("type"))
     return {"address": canonical(p["address"]), "removed": removed}
+
+
+def _blocklist_import(s: Services, p: Params) -> dict[str, Any]:
+    now = s.blocklist.ctx.now()
+    text = io.StringIO(p["csv"].decode("utf-8-sig", "replace"), newline="")
+    return s.blocklist.import_csv(text, lambda t: when.parse_when(t, now, future=True)).doc()
 
 
 def _domain_delete(s: Services, p: Params) -> dict[str, Any]:
@@ -160,6 +168,13 @@ ROUTES: tuple[Route, ...] = (
               p.get("type")))},
           (Field("expires", "deadline"), Field("no_expiry", "boolean"), Field("note"), Field("account"),
            Field("type", choices=TYPES))),
+    Route("GET", "/blocklist/export", "Every active entry, as the CSV's columns (" + ", ".join(CSV_COLUMNS) + ")",
+          lambda s, p: {"columns": list(CSV_COLUMNS), "entries": [dict(zip(CSV_COLUMNS, row))
+                                                                  for row in s.blocklist.export_rows()]}),
+    Route("POST", "/blocklist/import", "Import a CSV (" + ", ".join(CSV_COLUMNS) + "); the bad rows are named by line",
+          _blocklist_import,
+          (Field("csv", "file", required=True, description="the CSV (multipart/form-data file \"csv\", or a "
+                                                           "string)"),)),
     Route("GET", "/blocklist/{address}", "Whether an address is blocked, and why",
           lambda s, p: s.blocklist.check(p["address"], p.get("account"), p.get("sender_domain")).doc(),
           (Field("account"), Field("sender_domain"))),
@@ -189,6 +204,8 @@ ROUTES: tuple[Route, ...] = (
            Field("template", description="an id, or a name"), BY_NAME,
            Field("task", "integer", description="one sending task's rows"),
            Field("run", "integer", description="with task: one run's rows"))),
+    Route("GET", "/usage", "Each account's daily quota and what the rolling 24 h used of it",
+          lambda s, p: {"usage": s.reports.usage(p.get("account"))}, (Field("account"),)),
     Route("GET", "/stats/ip", "Delivery outcomes per day and egress source address",
           lambda s, p: s.reports.ip_stats(p.get("from"), p.get("to"), p.get("sender_domain")).doc(),
           (Field("from", "when"), Field("to", "when"), Field("sender_domain"))),

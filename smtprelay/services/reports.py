@@ -136,6 +136,23 @@ class ReportService:
             row["pool"] = pool.name if pool is not None else None
         return IpStats(start, end, rows)
 
+    def usage(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Each account's daily quota and the recipients counted against it in the rolling 24 h
+        (the sends the limiter counts; within the minute it rounds to)."""
+        now = self.ctx.now()
+        wanted = AccountService(self.ctx).get(account).id if account is not None else None
+        used = dict(self.ctx.store.execute(
+            "SELECT account_id, count(*) FROM sends WHERE at > ? GROUP BY account_id", (now - 86400,)).fetchall())
+        out = []
+        for a, _ in self.ctx.catalog.accounts():
+            if wanted is not None and a.id != wanted:
+                continue
+            quota = effective_limits(AccountRow(a.id, a.name, a.daily_quota, a.rate_per_second, a.level),
+                                     self.ctx.config).daily_quota
+            n = int(used.get(a.id, 0))
+            out.append({"account": a.name, "used_24h": n, "daily_quota": quota, "remaining": max(quota - n, 0)})
+        return out
+
     def message(self, queue_id: str) -> MessageStatus:
         found = message_status(self.ctx.store, queue_id)
         if found is None:

@@ -63,6 +63,19 @@ class CheckReport:
                 "findings": [f.doc() for f in self.findings]}
 
 
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """Parts not saved yet, rendered with sample data and checked (the console's live preview)."""
+    rendered: Rendered
+    variables: tuple[str, ...]
+    findings: list[lint.Finding]
+
+    def doc(self) -> dict[str, Any]:
+        r = self.rendered
+        return {"subject": r.subject, "text": r.text, "html": r.html, "variables": list(self.variables),
+                "findings": [f.doc() for f in self.findings]}
+
+
 def compile_record(t: TemplateRecord) -> CompiledTemplate:
     return CompiledTemplate.of(t.subject, t.text, t.html)
 
@@ -145,6 +158,20 @@ class TemplateService:
         if strict:      # only a strict check judges: a plain one reports
             self.catalog.set_template_status(found.id, "inactive" if errors else "active", reason, self.ctx.now())
         return report
+
+    def draft(self, subject: str | None, text: str | None, html: str | None,
+              data: dict[str, Any] | None = None) -> Draft:
+        """Render and check parts without saving them: the same rules as add (sizes, one-line
+        subject, placeholders), the same findings as check; a variable missing from `data`
+        renders empty."""
+        _, compiled = self._parts(subject, text, html)
+        sample = {name: "" for name in compiled.variables} | (data or {})
+        try:
+            findings = lint.check(compiled.subject, compiled.text, compiled.html, data or None, False)
+            rendered = compiled.render(sample)
+        except TemplateError as exc:
+            raise Invalid(str(exc), "data") from None
+        return Draft(rendered, tuple(compiled.variables), findings)
 
     # -- rules -------------------------------------------------------------------------------
     def _check_name(self, name: str) -> None:

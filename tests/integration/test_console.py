@@ -4,6 +4,7 @@ starts. One browser for the module; each test gets its own context (cookies) and
 screenshot under its output directory when it fails."""
 from __future__ import annotations
 
+import email
 import re
 import shutil
 import smtplib
@@ -34,7 +35,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # A zone that is not UTC: times the user types or reads are the browser's local time.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="Europe/Paris")
     context.set_default_timeout(15_000)
     pg = context.new_page()
     yield pg
@@ -148,7 +150,7 @@ def test_add_a_domain_see_its_records_verify_it_and_manage_addresses(make_relay:
     # Mail from that address is found in message search, with its delivery.
     qid = submit(relay, cred, "news@example.com", "friend@example.org")
     wait_for(lambda: relay.cli_json("status", qid)["recipients"][0]["state"] == "delivered")
-    page.get_by_role("link", name="Message search").click()
+    page.get_by_role("link", name="Messages").click()
     page.get_by_label("Queue id or Message-ID").fill(qid)
     page.get_by_role("button", name="Find").click()
     row = page.locator('#recipients tr[data-recipient="friend@example.org"]')
@@ -276,3 +278,227 @@ def test_console_users_from_the_cli_and_the_console_off_by_default(make_relay: C
     status, domain = call(relay, "GET", "/domains/example.com")
     assert status == 200 and domain["account"] == "acme" and domain["status"] == "verified"
     assert call(relay, "GET", "/domains/nowhere.example")[0] == 404
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+    return playwright_expect(locator)
+
+
+def rcpt_reply(relay: Relay, cred: dict[str, str], sender: str, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.login(cred["username"], cred["password"])
+        assert s.mail(sender)[0] == 250
+        return s.rcpt(rcpt)
+
+
+def download(page: Any, link: Any) -> str:
+    with page.expect_download() as info:
+        link.click()
+    return Path(info.value.path()).read_text()
+
+
+def test_statistics_blocklist_and_queue(make_relay: Callable[..., Relay], dns: DnsServer, page: Any,
+                                        receiver: Receiver) -> None:
+    relay = console_relay(make_relay, dns, receiver.port)
+    relay.doc["delivery"]["routes"]["deferred.example"] = f"127.0.0.1:{free_port()}"   # nothing listens
+    relay.write_config()
+    relay.seed_sender("acme", "example.com", ("news@example.com",))
+    password = user(relay, "ops", "admin")
+    cred = relay.cli_json("credential", "add", "acme")
+    relay.start()
+    base = f"http://127.0.0.1:{relay.http_port}"
+    qid = submit(relay, cred, "news@example.com", "friend@example.org")
+    wait_for(lambda: relay.cli_json("status", qid)["recipients"][0]["state"] == "delivered")
+    login(page, relay, "ops", password)
+    quota = relay.cli_json("explain", "--account", "acme", "--from", "news@example.com", "--to", "friend@example.org")["policies"]
+    [daily] = [p for p in quota if p["policy"] == "account daily quota"]
+    row = page.locator('#usage tr[data-account="acme"] td').all_inner_texts()
+    assert row[1:4] == ["1", str(daily["quota"]), str(daily["quota"] - 1)] and daily["used"] == 1
+
+    # Statistics: the chart has a point for today, read from the chart's own data.
+    page.get_by_role("link", name="Statistics").click()
+    expect(page.locator("#chart canvas")).to_have_count(1)       # uPlot drew it
+    today = relay.cli_json("stats")["days"][-1]["day"]
+    days = page.evaluate("window.smtprelayStats.days")
+    assert days[-1] == today and len(days) == 7
+    chart = page.evaluate("window.smtprelayChart.data")       # [x, requests, delivered, ...] as uPlot holds it
+    labels = page.evaluate("window.smtprelayChart.series.map(s => s.label)")
+    assert chart[labels.index("Delivered")][-1] == 1 and chart[labels.index("Requests")][-1] == 1
+    assert chart[0][-1] == page.evaluate(f"Date.parse('{today}T00:00:00Z') / 1000")
+    assert page.locator("#chart canvas").count() == 1
+    row = page.locator(f'#stats-table tr[data-day="{today}"]').inner_text().split()
+    assert row[1:3] == ["1", "1"]
+    text = download(page, page.get_by_role("link", name="Download CSV"))
+    header, *rows = [line.split(",") for line in text.splitlines()]
+    assert header[:5] == ["day", "sender_domain", "recipient_domain", "tag", "template"]
+    [mine] = [r for r in rows if r[0] == today]
+    assert mine[1:3] == ["example.com", "example.org"] and mine[header.index("delivered")] == "1"
+    # Filters: another sender domain has nothing; a bad date is named next to its field.
+    page.get_by_label("Sender domain").fill("elsewhere.example")
+    page.get_by_role("button", name="Show").click()
+    assert page.evaluate("window.smtprelayStats.series.every(s => s.values.every(v => v === 0))")
+    page.goto(base + "/console/stats?from=yesterday")
+    assert "a date like" in page.locator("#from-error").inner_text()
+
+    # Blocklist: block an address and see the next RCPT refused; remove it and it is accepted.
+    page.get_by_role("link", name="Blocklist").click()
+    page.get_by_label("Address", exact=True).nth(1).fill("blocked@example.org")
+    page.get_by_label("Note").fill("asked by phone")
+    page.get_by_role("button", name="Block", exact=True).click()
+    assert "blocked@example.org is blocked for all accounts" in page.locator("#done").inner_text()
+    assert "asked by phone" in page.locator("#block-entries").inner_text()
+    refused: list[tuple[int, bytes]] = []
+    wait_for(lambda: refused.append(rcpt_reply(relay, cred, "news@example.com", "blocked@example.org"))
+             or refused[-1][0] == 550, 10)
+    assert b"5.7.1" in refused[-1][1] or b"5.1.1" in refused[-1][1], refused[-1]
+    page.get_by_role("button", name="Remove blocked@example.org (custom)").click()
+    assert "Removed 1 entry for blocked@example.org" in page.locator("#done").inner_text()
+    wait_for(lambda: rcpt_reply(relay, cred, "news@example.com", "blocked@example.org")[0] == 250, 10)
+    # Search by type; import a CSV with a bad row: the line is named; export reads it back.
+    page.set_input_files("#csv", files=[{"name": "block.csv", "mimeType": "text/csv", "buffer":
+                                         b"address,type,account,note\nok@example.net,custom,acme,from csv\n"
+                                         b"not an address,custom,,\n"}])
+    page.get_by_role("button", name="Import").click()
+    report = page.locator("#import-report").inner_text()
+    assert "Imported 1; 1 bad row(s)" in report and "line 3:" in report
+    exported = download(page, page.get_by_role("link", name="Export CSV"))
+    assert "ok@example.net,custom,acme,,,from csv" in exported.splitlines()
+    page.get_by_label("Type").select_option("invalid")
+    page.get_by_role("button", name="Search").click()
+    assert "No entry matches" in page.locator("#block-entries").inner_text()
+
+    # Queue: a deferred message can be held, released and deleted.
+    stuck = submit(relay, cred, "news@example.com", "x@deferred.example")
+    wait_for(lambda: relay.cli_json("status", stuck)["recipients"][0]["state"] == "deferred")
+    page.get_by_role("link", name="Queue").click()
+    listed = page.locator(f'#queue-list tr[data-id="{stuck}"]')
+    assert "deferred" in listed.inner_text() and "x@deferred.example" in listed.inner_text()
+    page.get_by_role("button", name=f"Hold {stuck}").click()
+    assert f"{stuck}: 1 recipient(s) held" in page.locator("#done").inner_text()
+    assert relay.cli_json("status", stuck)["recipients"][0]["state"] == "hold"
+    page.get_by_role("button", name=f"Release {stuck}").click()
+    assert relay.cli_json("status", stuck)["recipients"][0]["state"] == "deferred"
+    page.get_by_role("button", name="Retry deferred mail now").click()
+    assert "due now" in page.locator("#done").inner_text()
+    page.get_by_role("button", name=f"Delete {stuck}").click()
+    assert "deleted" in page.locator("#done").inner_text()
+    assert page.locator(f'#queue-list tr[data-id="{stuck}"]').count() == 0
+
+    # Warm-up and webhooks pages answer with their tables; a secret is shown once asked.
+    page.get_by_role("link", name="Warm-up").click()
+    assert page.locator("#warmup-pairs").count() == 1
+    page.get_by_role("link", name="Webhooks").click()
+    page.get_by_label("Account").first.select_option("acme")
+    page.get_by_label("URL").fill("https://hooks.example.com/in")
+    page.get_by_role("button", name="Save").click()
+    assert "go to https://hooks.example.com/in" in page.locator("#done").inner_text()
+    assert relay.cli_json("webhook", "list")["webhooks"][0]["url"] == "https://hooks.example.com/in"
+    page.get_by_role("button", name="Show").click()
+    assert len(page.locator("#secret-value").inner_text()) >= 32
+    # At a phone's width no page scrolls sideways as a whole (wide tables scroll in their box).
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/console/stats", "/console/blocklist", "/console/queue", "/console/webhooks"):
+        page.goto(base + path)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path
+
+
+def new_task(page: Any, when: str) -> None:
+    """The tasks page's form: group friends, template welcome, first run 2099-01-02 09:30 local."""
+    page.get_by_label("Recipient group").select_option(label="friends · 2")
+    page.get_by_label("Template", exact=True).select_option(label="welcome")
+    page.get_by_label("From", exact=True).fill("news@example.com")
+    page.get_by_label(when).check()
+    page.get_by_label("First run (your local time)").fill("2099-01-02T09:30")
+    page.get_by_role("button", name="Create task").click()
+
+
+def test_templates_groups_and_tasks(make_relay: Callable[..., Relay], dns: DnsServer, page: Any,
+                                    receiver: Receiver) -> None:
+    relay = console_relay(make_relay, dns, receiver.port)
+    relay.seed_sender("acme", "example.com", ("news@example.com",))
+    relay.seed_sender("rival", "example.org", ("r@example.org",))
+    password = user(relay, "alice", "account:acme")
+    relay.start()
+    base = f"http://127.0.0.1:{relay.http_port}"
+    (relay.dir / "t.html").write_text("<p>x</p>")
+    rival_template = relay.cli_json("template", "add", "rival", "secret", "--html", str(relay.dir / "t.html"),
+                                    "--subject", "x")["id"]
+    login(page, relay, "alice", password)
+
+    # A template, then its editor's live preview with sample data and the check's findings.
+    page.get_by_role("link", name="Templates").click()
+    page.get_by_label("Name").fill("welcome")
+    page.get_by_label("Subject").fill("Hi {{first_name}}")
+    page.get_by_label("HTML part").fill("<p>Hello {{first_name}}, <b>welcome</b>.</p>")
+    page.get_by_role("button", name=re.compile("Add, then edit")).click()
+    page.wait_for_url(re.compile(r"/console/templates/\d+$"))
+    expect(page.locator("#preview-subject")).to_have_text("Hi first_name")
+    page.get_by_label("Sample data for the preview (JSON)").fill('{"first_name": "Ada"}')
+    expect(page.locator("#preview-subject")).to_have_text("Hi Ada")
+    frame = page.frame_locator("#preview-html")
+    assert frame.locator("b").inner_text() == "welcome" and "Hello Ada" in frame.locator("p").inner_text()
+    assert page.locator("#findings li").count() >= 1
+    page.get_by_label("Sample data for the preview (JSON)").fill("{not json")
+    expect(page.locator("#data-error")).to_contain_text("not JSON")
+    page.get_by_label("HTML part").fill("<p>Hello {{first_name}}, <b>welcome aboard</b>.</p>")
+    page.get_by_role("button", name="Save as a new version").click()
+    assert "Saved as version 2" in page.locator("#done").inner_text()
+    assert relay.cli_json("template", "show", "welcome")["version"] == 2
+    assert page.goto(base + f"/console/templates/{rival_template}").status == 404
+
+    # Groups: the sample, a CSV with a bad row (its line is named next to the field), then a good one.
+    page.goto(base + "/console/groups")
+    assert download(page, page.get_by_role("link", name="Download a sample")).startswith("email,first_name")
+    page.get_by_label("Name").fill("friends")
+    page.set_input_files("#csv", files=[{"name": "friends.csv", "mimeType": "text/csv", "buffer":
+                                         b"email,first_name\nada@example.net,Ada\nnot-an-address,Bob\n"}])
+    page.get_by_role("button", name="Upload").click()
+    assert "line 3" in page.locator("#csv-error").inner_text()
+    assert page.get_by_label("CSV file").get_attribute("aria-describedby") == "csv-error"
+    assert relay.cli_json("group", "list")["groups"] == []
+    page.get_by_label("Name").fill("friends")
+    page.set_input_files("#csv", files=[{"name": "friends.csv", "mimeType": "text/csv", "buffer":
+                                         b"email,first_name\nada@example.net,Ada\ngrace@example.net,Grace\n"}])
+    page.get_by_role("button", name="Upload").click()
+    assert "Group friends: 2 recipient(s)" in page.locator("#done").inner_text()
+
+    # A task now: it runs, its page shows the progress, the mail is rendered per row.
+    page.get_by_role("link", name="Tasks").click()
+    page.get_by_label("Recipient group").select_option(label="friends · 2")
+    page.get_by_label("Template", exact=True).select_option(label="welcome")
+    page.get_by_label("From", exact=True).fill("News <news@example.com>")
+    page.get_by_role("button", name="Create task").click()
+    page.wait_for_url(re.compile(r"/console/tasks/\d+$"))
+    task_id = page.url.rsplit("/", 1)[1]
+
+    def finished() -> bool:
+        page.reload()
+        return page.locator("#task-status").inner_text() == "finished"
+    wait_for(finished, 30)
+    assert page.locator("progress").first.get_attribute("value") == "100.0"
+    wait_for(lambda: len(receiver.transactions()) == 2, 20)
+    subjects = sorted(email.message_from_bytes(t["data"])["Subject"] for t in receiver.transactions())
+    assert subjects == ["Hi Ada", "Hi Grace"]
+    page.get_by_role("link", name="Tasks").click()
+    assert f"#{task_id}" in page.locator("#task-list").inner_text()
+    # A scheduled task, typed in the browser's local time: it waits; pause, resume and cancel it.
+    new_task(page, "once, at")
+    page.wait_for_url(re.compile(r"/console/tasks/\d+$"))
+    later = relay.cli_json("task", "show", page.url.rsplit("/", 1)[1])
+    assert later["status"] == "scheduled" and later["first_at"] == "2099-01-02T08:30:00Z"    # 09:30 in Paris
+    when = page.locator("dl.facts time").first
+    assert when.get_attribute("title") == "2099-01-02 08:30:00 UTC" and "9:30" in when.inner_text()
+    page.get_by_role("button", name="Pause").click()
+    assert page.locator("#task-status").inner_text() == "paused"
+    page.get_by_role("button", name="Resume").click()
+    assert page.locator("#task-status").inner_text() == "scheduled"
+    page.get_by_role("button", name="Cancel").click()
+    assert page.locator("#task-status").inner_text() == "cancelled"
+    # A recurring task without its period is refused next to the field.
+    page.get_by_role("link", name="Tasks").click()
+    new_task(page, "at, then every")
+    assert page.locator("#every-error").inner_text() == "give the period, like 7d"
+    # Another account's task and group are not found.
+    assert page.goto(base + "/console/groups/999").status == 404

@@ -1,7 +1,10 @@
 // smtprelay console: the few things a page cannot do without a script.
 // - Times: every <time datetime="...Z"> shows the browser's local time; UTC stays in the tooltip.
 // - Copy buttons: copy a DNS record's value.
+// - Tasks: the browser's time zone goes with a first-run time typed in local time.
 document.addEventListener("DOMContentLoaded", () => {
+  const zone = document.getElementById("zone");
+  if (zone && !zone.value) { try { zone.value = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) {} }
   for (const el of document.querySelectorAll("time[datetime]")) {
     const d = new Date(el.getAttribute("datetime"));
     if (isNaN(d)) continue;
