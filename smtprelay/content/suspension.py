@@ -16,7 +16,9 @@ import sqlite3
 from collections import deque
 from typing import Any, Callable
 
-HELD = "account suspended"
+from smtprelay.queue.store import SUSPENDED_HOLD
+
+HELD = SUSPENDED_HOLD
 RULES = ("virus", "spam")
 Job = Callable[[sqlite3.Connection], Any]
 

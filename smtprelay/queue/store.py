@@ -433,10 +433,31 @@ def insert_messages(db: sqlite3.Connection, messages: list[QueuedMessage],
     db.executemany(
         "INSERT INTO recipients (message_id, address, domain, state, next_attempt_at, updated_at, body, last_reply,"
         " hold_reason) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+    _hold_if_suspended(db, messages)
     sends = [(m.account_id, rcpt, m.created_at) for m in messages if m.account_id is not None and m.mail_from
              for rcpt in m.recipients]  # DSNs (null sender) are not the account's sending
     if sends:
         db.executemany("INSERT INTO sends (account_id, address, at) VALUES (?,?,?)", sends)
+
+
+SUSPENDED_HOLD = "account suspended"      # hold_reason of an account's mail while it is suspended
+
+
+def _hold_if_suspended(db: sqlite3.Connection, messages: list[QueuedMessage]) -> None:
+    """A front-end worker learns of a content suspension on its next reload (within about a
+    second): what it accepted meanwhile is held here, in the enqueue transaction, like the mail
+    the suspension found queued, and `account resume` releases both."""
+    accounts = sorted({m.account_id for m in messages if m.account_id is not None and m.mail_from})
+    if not accounts:
+        return
+    suspended = {r[0] for r in db.execute(
+        f"SELECT id FROM accounts WHERE suspended_at IS NOT NULL AND id IN ({','.join('?' * len(accounts))})",
+        accounts)}
+    if not suspended:
+        return
+    ids = [m.id for m in messages if m.account_id in suspended and m.mail_from]
+    db.execute(f"UPDATE recipients SET state = 'hold', hold_reason = ? WHERE state = 'queued'"
+               f" AND message_id IN ({','.join('?' * len(ids))})", (SUSPENDED_HOLD, *ids))
 
 
 class SendsHistory:
