@@ -220,7 +220,7 @@ class Console(Pages):
         zone = "\n".join(f"{r['fqdn']}. 3600 IN {r['type']} {zone_value(r)}" for r in records)
         return self.page(request, "domain.html", status=status, domain=doc, records=records, addresses=addresses,
                          checks=checks, verification=verification, errors=errors or {}, zone=zone,
-                         tracking=tracking, done=done,
+                         tracking=tracking, done=done, pools=list(self.config().egress.pools),
                          max_addresses=self.config().domains.max_addresses_per_domain)
 
     async def rotate(self, request: web.Request) -> web.Response:
@@ -243,6 +243,22 @@ class Console(Pages):
         except Invalid as exc:
             return await self.domain(request, {"tracking": str(exc)}, status=400)
         return await self.domain(request, done="Tracking settings saved.")
+
+    async def set_pool(self, request: web.Request) -> web.Response:
+        """The operator binds a domain to an [[egress.pools]] pool (or back to its account's)."""
+        if self.account_of(request) is not None:
+            return self.not_found(request, "Egress pools are the operator's.")
+        doc = await self.domain_in_scope(request, request.match_info["domain"])
+        if doc is None:
+            return self.not_found(request, f"No sender domain {request.match_info['domain']}.")
+        form = await request.post()
+        given = {k: str(form.get(k, "")) for k in ("pool", "pool_fallback") if form.get(k)}
+        try:
+            result = await self.api("PATCH", "/domains/{domain}", {"domain": doc["domain"]}, given)
+        except (Invalid, NotFound) as exc:
+            return await self.domain(request, {"pool": str(exc)}, status=400)
+        return await self.domain(request, done=f"Mail from {doc['domain']} goes out from pool {result['pool']} "
+                                               f"(when it cannot: {result['pool_fallback']}).")
 
     async def verify(self, request: web.Request) -> web.Response:
         name = request.match_info["domain"]
@@ -353,6 +369,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     r.add_post("/console/domains/{domain}/addresses/{address}/delete", console.delete_address)
     r.add_post("/console/domains/{domain}/rotate-dkim", console.rotate)
     r.add_post("/console/domains/{domain}/tracking", console.set_tracking)
+    r.add_post("/console/domains/{domain}/pool", console.set_pool)
     r.add_get("/console/messages", console.messages)
     add_pages(app, console)
     r.add_static("/console/static/", HERE / "static")

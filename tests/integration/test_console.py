@@ -303,6 +303,7 @@ def test_statistics_blocklist_and_queue(make_relay: Callable[..., Relay], dns: D
                                         receiver: Receiver) -> None:
     relay = console_relay(make_relay, dns, receiver.port)
     relay.doc["delivery"]["routes"]["deferred.example"] = f"127.0.0.1:{free_port()}"   # nothing listens
+    relay.doc["egress"] = {"pools": [{"name": "news", "addresses": [{"address": "127.0.0.1"}]}]}
     relay.write_config()
     relay.seed_sender("acme", "example.com", ("news@example.com",))
     password = user(relay, "ops", "admin")
@@ -397,6 +398,12 @@ def test_statistics_blocklist_and_queue(make_relay: Callable[..., Relay], dns: D
     assert relay.cli_json("webhook", "list")["webhooks"][0]["url"] == "https://hooks.example.com/in"
     page.get_by_role("button", name="Show").click()
     assert len(page.locator("#secret-value").inner_text()) >= 32
+    # The operator binds the domain to an egress pool from its page.
+    page.goto(base + "/console/domains/example.com")
+    page.get_by_label(re.compile(r"^Pool \(now shared")).select_option("news")
+    page.get_by_role("button", name="Save pool").click()
+    assert "goes out from pool news" in page.locator("#done").inner_text()
+    assert relay.cli_json("domain", "list")["domains"][0]["pool"] == "news"
     # At a phone's width no page scrolls sideways as a whole (wide tables scroll in their box).
     page.set_viewport_size({"width": 390, "height": 844})
     for path in ("/console/stats", "/console/blocklist", "/console/queue", "/console/webhooks"):
