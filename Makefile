@@ -76,6 +76,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/content.py
 	$(BIN)/python bench/egress.py
+	$(BIN)/python bench/feedback.py
+	$(BIN)/python bench/console.py
 
 # Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
 FUZZ_SECONDS ?= 60
