@@ -22,7 +22,7 @@ import aiohttp
 
 from api import run as send_for
 from harness import Report, Sink, percentile, scratch, tear_down
-from relay_setup import BenchRelay
+from relay_setup import DOMAIN, BenchRelay
 
 HTML = "<html><body><h1>Hello {{name}}</h1><p>Your order {{order.id}} ships on {{date}}.</p></body></html>"
 
@@ -51,7 +51,7 @@ async def pages(relay: BenchRelay, password: str, requests: int, template_id: in
                  "data": '{"name": "Ann", "order": {"id": 42}, "date": "4 December"}'}
         cases = [("overview", "GET", "/console/", None), ("statistics (7 days)", "GET", "/console/stats", None),
                  ("statistics CSV", "GET", "/console/stats.csv", None),
-                 ("sender domain page", "GET", "/console/domains/bench.test", None),
+                 ("sender domain page", "GET", f"/console/domains/{DOMAIN}", None),
                  ("blocklist", "GET", "/console/blocklist", None), ("queue", "GET", "/console/queue", None),
                  ("template editor", "GET", f"/console/templates/{template_id}", None),
                  ("live preview (draft)", "POST", "/console/templates/draft", draft)]
