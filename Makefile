@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed
 # (tests/scanners.py; no signatures or rules are downloaded).
 # chromium: the headless browser the web console's tests drive through Playwright (its
 # executable_path: Playwright never downloads a browser here).
-DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd chromium
+# redis-server: the shared counters of cluster mode; its tests start one on a high port.
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd chromium redis-server
 TOOLS := tests/tools/node_modules/.installed
 # promtool checks config/prometheus.yml and config/alerts.yml: taken out of Debian's prometheus
 # package without installing it (no Prometheus daemon is set up or started).
@@ -78,6 +79,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/egress.py
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/cluster.py
 
 # Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
 FUZZ_SECONDS ?= 60

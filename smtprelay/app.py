@@ -127,6 +127,7 @@ class Relay:
         self.gate.on_content_abuse = self.content_abuse
         await self._refresh_catalog()
         await self._load_sends()
+        await self._start_cluster()
         refresher = asyncio.create_task(self._refresh_loop(), name="catalog-refresh")
         maintenance = asyncio.create_task(self._maintenance_loop(), name="maintenance")
         rechecker = asyncio.create_task(self._recheck_loop(), name="domain-recheck")
@@ -179,6 +180,8 @@ class Relay:
                 await self._http.cleanup()
             if self._http_socket is not None:
                 self._http_socket.close()
+            if self.gate.shared is not None:
+                await self.gate.shared.close()
             await store.close()
             if self._reader is not None:
                 await self._reader.close()
@@ -277,6 +280,28 @@ class Relay:
             await self.store.run(events.insert_job(rows))
         except StoreUnavailable:
             self.gate.pending_events = rows + self.gate.pending_events
+
+    async def _start_cluster(self) -> None:
+        """`[cluster] redis`: the hourly cap and the quota are reserved in Redis too (exact across
+        nodes). An unreachable Redis does not stop the start: RCPT answers 451 until it is back."""
+        cluster = self.config.cluster
+        if cluster.redis is None:
+            return
+        from smtprelay.cluster.counters import SharedLimits, sends_since
+
+        def observe(op: str, seconds: float, ok: bool) -> None:
+            self.metrics.cluster_store_latency.labels(store="redis").observe(seconds)
+            if not ok:
+                self.metrics.cluster_store_errors.labels(store="redis").inc()
+        names = lambda: {a: row.name for a, row in self.gate.account_rows.items()}   # noqa: E731
+        shared = SharedLimits(cluster.redis, cluster.node, cluster.lease, observe,
+                              sends_since(schema.reader(self.config.server.data_dir), names))
+        await shared.start()
+        if not shared.healthy:
+            log.error("cluster: Redis at %s is not reachable (%s); new recipients get 451 until it is",
+                      cluster.redis, shared.error)
+        self.gate.shared = shared
+        log.info("cluster: node %s shares its sending limits through Redis", cluster.node)
 
     async def _load_sends(self) -> None:
         """The last 24 h of accepted recipients per account and minute, so quotas survive a
@@ -401,8 +426,14 @@ class Relay:
     def health(self) -> dict[str, object]:
         ok = self.store.healthy
         workers = self.pool.alive if self.pool is not None else 0
-        return {"status": "ok" if ok else "degraded", "store": "ok" if ok else "failing",
-                "sessions": self.gate.sessions, "workers": workers, "version": __version__}
+        doc: dict[str, object] = {"status": "ok" if ok else "degraded", "store": "ok" if ok else "failing",
+                                  "sessions": self.gate.sessions, "workers": workers, "version": __version__}
+        shared = self.gate.shared
+        if shared is not None:
+            doc["redis"] = "ok" if shared.healthy else f"failing: {shared.error or 'not connected yet'}"
+            if not shared.healthy and self.config.cluster.on_failure == "refuse":
+                doc["status"] = "degraded"
+        return doc
 
     def reload(self) -> None:
         try:

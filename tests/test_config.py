@@ -144,3 +144,21 @@ def test_console_section_is_checked() -> None:
     problems = "\n".join(err.value.problems)
     assert "console.enabled: must be true or false" in problems and "console.session_lifetime:" in problems
     assert "console.theme: unknown key" in problems
+
+
+def test_cluster_section_is_checked() -> None:
+    single = parse({"listeners": [{"port": 1}]}).cluster
+    assert single.redis is None and single.node and single.lease == 600.0 and single.on_failure == "refuse"
+    cluster = parse({"listeners": [{"port": 1}], "cluster": {"node": "relay-1", "redis": "rediss://r.example:6380/0",
+                                                             "lease": "2m", "on_failure": "local"}}).cluster
+    assert (cluster.node, cluster.redis, cluster.lease, cluster.on_failure) == (
+        "relay-1", "rediss://r.example:6380/0", 120.0, "local")
+    with pytest.raises(ConfigError) as bad:
+        parse({"listeners": [{"port": 1}], "cluster": {"node": "relay 1", "redis": "http://r.example",
+                                                       "lease": "5s", "on_failure": "refusex",
+                                                       "postgres": "postgresql://db"}})
+    problems = "\n".join(bad.value.problems)
+    for expected in ("cluster.node: must be a name of letters", "cluster.redis: must be a redis://, rediss:// or "
+                     "unix:// URL", "cluster.lease: must be at least 10s", "cluster.on_failure: must be \"refuse\" "
+                     "or \"local\"", "cluster.postgres: the shared catalog in PostgreSQL is not there yet"):
+        assert expected in problems, problems

@@ -406,6 +406,15 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several nodes sharing limits (issue 20, first part): absent `redis` = a single node."""
+    node: str = ""                  # this node's name (default: the host name)
+    redis: str | None = None        # redis://, rediss:// or unix:// URL of the shared counters
+    lease: float = 600.0            # a reservation a dead node holds is freed after this
+    on_failure: str = "refuse"      # Redis unreachable: "refuse" (451, exact) or "local" (this node's limits)
+
+
+@dataclass(frozen=True, slots=True)
 class DnsConfig:
     nameservers: tuple[tuple[str, int], ...] = ()
     timeout: float = 5.0
@@ -442,6 +451,7 @@ class Config:
     egress: EgressConfig = field(default_factory=EgressConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def submission_listeners(self) -> tuple[ListenerConfig, ...]:
@@ -477,7 +487,7 @@ def reload_report(old: Config, new: Config) -> tuple[list[str], list[str]]:
     restart: list[str] = []
     for name in ("server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim",
                  "policy", "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking",
-                 "batch", "content", "egress"):
+                 "batch", "content", "egress", "cluster"):
         before, after = getattr(old, name), getattr(new, name)
         if name == "http" and before.admin_token != after.admin_token:
             # The admin API reads the token per request: a new one is live at once.

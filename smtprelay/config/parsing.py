@@ -11,7 +11,7 @@ from typing import Any
 
 from smtprelay.config.model import (DEFAULT_RETRY, AuthConfig, BareNewline, BlocklistConfig, Protocol, ReceivedHeader, Config, DeliveryConfig,
                                     DeliveryTls, DestinationLimits, DkimAlgorithm, DkimConfig, DnsConfig,
-                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, ConsoleConfig, FeedbackConfig, LimitsConfig, ListenerConfig, ReturnPath, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
+                                    DomainsConfig, EventsConfig, BatchConfig, ClamavConfig, ContentConfig, RspamdConfig, ScannerFailure, ScanScope, HttpConfig, ConsoleConfig, ClusterConfig, FeedbackConfig, LimitsConfig, ListenerConfig, ReturnPath, LogConfig, MiB, Network, WebhooksConfig, TrackingConfig,
                                     DEFAULT_MACHINE_AGENTS,
                                     PolicyConfig, ReputationConfig, Route, ServerConfig, TlsConfig, TlsMode)
 from smtprelay.config.egress import parse_egress
@@ -26,7 +26,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     base = base_dir or Path(".")
     known = {"server", "listeners", "tls", "auth", "limits", "http", "dns", "log", "domains", "dkim", "policy",
              "delivery", "reputation", "blocklist", "warmup", "events", "webhooks", "tracking", "batch", "content",
-             "egress", "feedback", "console"}
+             "egress", "feedback", "console", "cluster"}
     for name in sorted(set(data) - known):
         problems.append(f"{name}: unknown section")
 
@@ -208,6 +208,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                             idle_timeout=co.duration("idle_timeout", 3600.0),
                             secure_cookie=co.boolean("secure_cookie", False))
     co.finish()
+    cluster = _parse_cluster(data.get("cluster", {}), problems)
     if listeners and not any(l.role == "submission" for l in listeners):
         problems.append("listeners: at least one listener must have role = \"submission\" (the default)")
     config = Config(server=server, listeners=listeners, tls=tls, auth=auth, limits=limits,
@@ -215,7 +216,7 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                     reputation=reputation, blocklist=blocklist, warmup=warmup,
                     events=events, webhooks=webhooks, tracking=tracking, batch=batch,
                     content=content, egress=egress, feedback=feedback,
-                    console=console)
+                    console=console, cluster=cluster)
     if problems:
         raise ConfigError(problems)
     return config
@@ -403,6 +404,30 @@ def _parse_listeners(raw: Any, problems: list[str]) -> tuple[ListenerConfig, ...
 
 
 _PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,15}$")
+
+
+_REDIS_URL = re.compile(r"(redis|rediss|unix)://\S+\Z")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+def _parse_cluster(raw: Any, problems: list[str]) -> ClusterConfig:
+    import socket
+    cl = _Section(raw, "cluster", problems)
+    if isinstance(raw, dict) and "postgres" in raw:
+        cl.seen.add("postgres")
+        problems.append("cluster.postgres: the shared catalog in PostgreSQL is not there yet; today the nodes share "
+                        "their limits through cluster.redis and each keeps its own catalog (README \"Running several "
+                        "nodes\")")
+    config = ClusterConfig(
+        node=cl.string("node", socket.gethostname().split(".")[0] or "relay", _NODE,
+                       "a name of letters, digits, '.', '_' or '-'"),
+        redis=cl.string("redis", None, _REDIS_URL, "a redis://, rediss:// or unix:// URL"),
+        lease=cl.duration("lease", 600.0),
+        on_failure=cl.string("on_failure", "refuse", re.compile(r"(refuse|local)\Z"), "\"refuse\" or \"local\""))
+    cl.finish()
+    if config.lease < 10:
+        problems.append("cluster.lease: must be at least 10s (a reservation lives from RCPT to the end of DATA)")
+    return config
 
 
 def _parse_feedback(raw: Any, problems: list[str]) -> FeedbackConfig:

@@ -33,6 +33,13 @@ class Metrics:
                                            registry=r)
         self.store_commits = Counter("smtprelay_store_commits_total",
                                      "Queue store transactions (group commits)", ["result"], registry=r)
+        self.cluster_store_errors = Counter("smtprelay_cluster_store_errors_total",
+                                            "Failed round trips to a store shared by the cluster's nodes", ["store"],
+                                            registry=r)
+        self.cluster_store_latency = Histogram("smtprelay_cluster_store_latency_seconds",
+                                               "Round trips to a store shared by the cluster's nodes", ["store"],
+                                               buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1),
+                                               registry=r)
         self.dkim_sign_seconds = Histogram("smtprelay_dkim_sign_seconds", "Time to DKIM-sign one message "
                                            "(all its signatures), including the hop to the signing thread",
                                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),

@@ -101,16 +101,10 @@ class SendLimiter:
         key = (account_id, address)
         sent, oldest = self.history.recent(account_id, address, now - HOUR)
         if sent + self._reserved_rcpt[key] >= self.hourly_cap:
-            retry = _when(oldest + HOUR) if oldest is not None else "a few minutes"
-            return temporary(450, "4.7.1", f"Recipient {address} has already been sent {self.hourly_cap} messages "
-                                           f"by this account in the last hour; try again after {retry}",
-                             "recipient_hourly_cap")
+            return hourly_cap_verdict(address, self.hourly_cap, oldest)
         daily, first_minute = self._daily_used(account_id, now)
         if daily + self._reserved_acct[account_id] >= limits.daily_quota:
-            retry = _when((first_minute + 1) * MINUTE + DAY) if first_minute is not None else "later"
-            return temporary(454, "4.7.0", f"Throttling failure: Daily message quota exceeded "
-                                           f"({limits.daily_quota} recipients per 24 hours; next slot after {retry})",
-                             "account_daily_quota")
+            return quota_verdict(limits.daily_quota, first_minute * MINUTE if first_minute is not None else None)
         if not self._take_token(account_id, limits.rate_per_second):
             return temporary(454, "4.7.0", f"Throttling failure: Maximum sending rate exceeded "
                                            f"({limits.rate_per_second:g} recipients per second)", "account_rate")
@@ -201,6 +195,20 @@ class SendLimiter:
             return False
         self._buckets[account_id] = (tokens - 1.0, now)
         return True
+
+
+def hourly_cap_verdict(address: str, cap: int, oldest: float | None) -> Verdict:
+    """The refusal when `address` has had `cap` messages in the hour; `oldest`: the first of them."""
+    retry = _when(oldest + HOUR) if oldest is not None else "a few minutes"
+    return temporary(450, "4.7.1", f"Recipient {address} has already been sent {cap} messages "
+                                   f"by this account in the last hour; try again after {retry}", "recipient_hourly_cap")
+
+
+def quota_verdict(quota: int, oldest: float | None) -> Verdict:
+    """The refusal when the rolling 24 h quota is used; `oldest`: the oldest send counted."""
+    retry = _when((int(oldest // MINUTE) + 1) * MINUTE + DAY) if oldest is not None else "later"
+    return temporary(454, "4.7.0", f"Throttling failure: Daily message quota exceeded "
+                                   f"({quota} recipients per 24 hours; next slot after {retry})", "account_daily_quota")
 
 
 def _when(ts: float) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from smtprelay.clock import Clock
+from smtprelay.cluster.counters import Held, Refusal, SharedLimits, SharedUnavailable, send_id
 from smtprelay.config import Config
 from smtprelay.events import types as events
 from smtprelay.http.metrics import Metrics
@@ -29,7 +30,7 @@ from smtprelay.logs import RepeatLimiter
 from smtprelay.content.suspension import RULES, Strikes
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
-from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter
+from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter, hourly_cap_verdict, quota_verdict
 from smtprelay.policy.reputation import AccountRow, effective_limits
 from smtprelay.queue import schema
 from smtprelay.queue.store import QueuedMessage, QueueStore, SendsHistory, StoreUnavailable
@@ -47,6 +48,7 @@ class Peer:
     name: str
     connections: dict[str, int] = field(default_factory=dict)
     tokens: set[int] = field(default_factory=set)
+    gone: bool = False          # the worker died (an answer still on its way is given back)
 
 
 class Gate:
@@ -77,6 +79,11 @@ class Gate:
         # past the threshold the app suspends the account (once; the strikes start over).
         self.strikes = Strikes()
         self.on_content_abuse: Callable[[int, int], None] | None = None
+        # Cluster mode (`[cluster] redis`): the hourly cap and the quota are also reserved in
+        # Redis, exact across nodes (cluster.counters); gate token → its reservation there.
+        self.shared: SharedLimits | None = None
+        self.shared_held: dict[int, Held] = {}
+        self._pending_asks: set[asyncio.Task[Any]] = set()
 
     def apply(self, config: Config) -> None:
         """Take over the reloadable parts of a new configuration (SIGHUP)."""
@@ -148,28 +155,100 @@ class Gate:
         return "locked_now" if self.lockout.failure(ip) else "failed"
 
     def rcpt(self, peer: Peer, ip: str, account_id: int, mail_from: str, sender_domain: str,
-             address: str, task: tuple[int, int] | None = None) -> tuple[str, int | None]:
+             address: str, task: tuple[int, int] | None = None
+             ) -> tuple[str, int | None] | asyncio.Future[tuple[str, int | None]]:
         """The reply to RCPT, and the reservation token when it is accepted. `task`: (task, run)
-        when a sending task asks, for its refusals' events."""
+        when a sending task asks, for its refusals' events. In cluster mode, a future of it (the
+        channel answers when it is done)."""
         now = self.clock.now()
         verdict = self.blocklist.check(address, account_id, sender_domain, now)
         if self.on_request is not None:
             self.on_request(sender_domain, verdict is not None)
         if verdict is not None:
             return self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address, task=task), None
-        reserved = self.send_limits.reserve(account_id, address, self.account_limits(account_id))
+        limits = self.account_limits(account_id)
+        reserved = self.send_limits.reserve(account_id, address, limits)
         if isinstance(reserved, V.Verdict):
             return self.reject(ip, account_id, mail_from, "RCPT", reserved, [address], rcpt=address, task=task), None
+        if self.shared is not None:
+            return self._rcpt_shared(peer, ip, account_id, mail_from, address, task, reserved, limits)
+        return V.RCPT_OK.reply, self._hold(peer, reserved)
+
+    def _hold(self, peer: Peer, reserved: Reservation, shared: Held | None = None) -> int:
         self._next_token += 1
         self.reservations[self._next_token] = reserved
+        if shared is not None:
+            self.shared_held[self._next_token] = shared
         peer.tokens.add(self._next_token)
-        return V.RCPT_OK.reply, self._next_token
+        return self._next_token
+
+    def _rcpt_shared(self, peer: Peer, ip: str, account_id: int, mail_from: str, address: str,
+                     task: tuple[int, int] | None, reserved: Reservation,
+                     limits: AccountLimits) -> asyncio.Future[tuple[str, int | None]]:
+        """This node's limits passed: now the cluster's, in Redis (one round trip)."""
+        shared = self.shared
+        assert shared is not None
+        answer: asyncio.Future[tuple[str, int | None]] = self.loop.create_future()
+        row = self.account_rows.get(account_id)
+        account = row.name if row is not None else str(account_id)
+
+        async def ask() -> None:
+            try:
+                found = await shared.reserve(account, address, self.send_limits.hourly_cap, limits.daily_quota)
+            except SharedUnavailable as exc:
+                if self.config.cluster.on_failure == "local":
+                    answer.set_result((V.RCPT_OK.reply, self._hold(peer, reserved)))
+                    return
+                self.send_limits.release([reserved])
+                self.repeats.log(("shared", "down"), "shared limits unavailable", logging.WARNING,
+                                 "RCPT refused: the cluster's shared limits are unavailable (%s)", exc)
+                answer.set_result((self.reject(ip, account_id, mail_from, "RCPT", V.SHARED_UNAVAILABLE, [address],
+                                               rcpt=address, task=task), None))
+                return
+            if isinstance(found, Refusal):
+                self.send_limits.release([reserved])
+                verdict = (hourly_cap_verdict(address, self.send_limits.hourly_cap, found.oldest)
+                           if found.limit == "hourly" else quota_verdict(limits.daily_quota, found.oldest))
+                answer.set_result((self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address,
+                                               task=task), None))
+                return
+            if peer.gone:        # nobody will use or release it
+                self.send_limits.release([reserved])
+                await shared.release([found])
+                answer.set_result((V.RCPT_OK.reply, None))
+                return
+            answer.set_result((V.RCPT_OK.reply, self._hold(peer, reserved, found)))
+        task_ = self.loop.create_task(ask())
+        self._pending_asks.add(task_)
+        task_.add_done_callback(self._pending_asks.discard)
+        return answer
 
     def release(self, peer: Peer, tokens: list[int]) -> None:
         found = [self.reservations.pop(t) for t in tokens if t in self.reservations]
         peer.tokens.difference_update(tokens)
         if found:
             self.send_limits.release(found)
+        self._release_shared(tokens)
+
+    async def _commit_shared(self, shared: SharedLimits, held: list[Held], at: float) -> None:
+        """The message is on this node's disk: its reservations become sends, under the ids the
+        node's `sends` rows give (so a rebuild after a Redis restart counts them once)."""
+        node = self.config.cluster.node
+        for h in held:
+            await shared.commit(h, send_id(node, h.address, at), at)
+
+    def _take_shared(self, tokens: list[int]) -> list[Held]:
+        return [self.shared_held.pop(t) for t in tokens if t in self.shared_held]
+
+    def _release_shared(self, tokens: list[int]) -> None:
+        held = self._take_shared(tokens)
+        if held and self.shared is not None:
+            self._background(self.shared.release(held))
+
+    def _background(self, work: Any) -> None:
+        task = self.loop.create_task(work)
+        self._pending_asks.add(task)
+        task.add_done_callback(self._pending_asks.discard)
 
     def rejected(self, peer: Peer, ip: str, account_id: int | None, mail_from: str, stage: str, reply: str,
                  reason: str, recipients: list[str], task: tuple[int, int] | None = None) -> None:
@@ -184,10 +263,17 @@ class Gate:
         message = QueuedMessage(*fields)
         answer: asyncio.Future[str] = self.loop.create_future()
         reserved = [self.reservations.pop(t) for t in tokens if t in self.reservations]
+        shared_held = self._take_shared(tokens)
         peer.tokens.difference_update(tokens)
         self.metrics.dkim_sign_seconds.observe(sign_seconds)
 
         def done(commit: asyncio.Future[Any]) -> None:
+            if shared_held and self.shared is not None:
+                shared = self.shared
+                if commit.exception() is None:
+                    self._background(self._commit_shared(shared, shared_held, message.created_at))
+                else:
+                    self._background(shared.release(shared_held))
             if commit.exception() is None:
                 self.send_limits.commit(reserved, message.created_at)
                 self.metrics.messages_accepted.inc()
@@ -208,6 +294,7 @@ class Gate:
 
     def lost(self, peer: Peer) -> None:
         """The worker is gone: its connections are closed and its reservations returned."""
+        peer.gone = True
         for ip, count in list(peer.connections.items()):
             for _ in range(count):
                 self.close_connection(peer, ip)

@@ -1,0 +1,1 @@
+"""Several relay nodes sharing limits (issue 20): Redis counters."""

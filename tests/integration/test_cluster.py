@@ -1,0 +1,174 @@
+"""Cluster mode, first part (issue 20): two relay nodes on this machine share the per-recipient
+hourly cap and the account quota through a real Redis (Debian's redis-server, started once for
+the module on a high port, stopped by PID). Each node keeps its own spool and catalog."""
+from __future__ import annotations
+
+import shutil
+import smtplib
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_limits import MSG, rcpt_reply, wait_for
+from tests.support import Relay, free_port
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(REDIS is None, reason="Debian's redis-server is installed by `make test`")
+
+
+class RedisServer:
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisServer":
+        # No persistence: a restart loses every counter, the case the rebuild is for.
+        self.proc = subprocess.Popen([str(REDIS), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+                                     stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.ping(), 10)
+        return self
+
+    def ping(self) -> bool:
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The module's Redis, emptied (each test starts with no counters), running."""
+    if redis_server.proc is None:
+        redis_server.start()
+    import redis as redis_py
+    redis_py.Redis(port=redis_server.port).flushall()
+    return redis_server
+
+
+def node(make_relay: Callable[..., Relay], redis: RedisServer, name: str, **limits: Any) -> Relay:
+    base = {"recipient_hourly_cap": 10, "account_daily_quota": 500, "account_rate_per_second": 1000.0}
+    base.update(limits)
+    return make_relay({"limits": base, "delivery": {"routes": {"*": f"127.0.0.1:{free_port()}"}},
+                       "cluster": {"node": name, "redis": redis.url, "lease": "10s"}})
+
+
+def accepting(relay: Relay) -> None:
+    """A new epoch makes every node refuse for 3 s (the rebuild's grace): wait it out."""
+    wait_for(lambda: rcpt_reply(relay, f"probe-{relay.http_port}@probe.example")[0] == 250, 15)
+
+
+def health(relay: Relay) -> tuple[int, dict[str, Any]]:
+    import json
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{relay.http_port}/healthz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_50_sessions_over_two_nodes_to_one_address_get_exactly_10(make_relay: Callable[..., Relay],
+                                                                   redis: RedisServer) -> None:
+    one, two = node(make_relay, redis, "relay-1").start(), node(make_relay, redis, "relay-2").start()
+    accepting(one)
+    accepting(two)
+    results: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
+
+    def session(relay: Relay) -> None:
+        with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=30) as s:
+            s.ehlo()
+            s.mail("app@apps.example")
+            barrier.wait()     # every session on both nodes reaches RCPT together
+            code, reply = s.rcpt("Popular@Target.Example")
+            if code == 250:
+                code, reply = s.data(MSG)
+            with lock:
+                results.append((code, reply))
+    threads = [threading.Thread(target=session, args=((one, two)[i % 2],)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 50
+    assert sum(1 for c, _ in results if c == 250) == 10, results
+    refused = [r for c, r in results if c != 250]
+    assert all(r.startswith(b"4.7.1 Recipient Popular@target.example has already been sent 10 messages") for r in
+               refused), refused[:3]
+    # Each node's own spool holds what it accepted (the 10, and its probe).
+    per_node = [len(r.cli_json("queue", "list")["messages"]) for r in (one, two)]
+    assert sum(per_node) == 12 and one.metric("smtprelay_messages_accepted_total") == per_node[0]
+    assert one.metric("smtprelay_cluster_store_latency_seconds_count", 'store="redis"') > 0
+
+
+def test_an_account_quota_holds_across_nodes_and_a_redis_restart_is_rebuilt(make_relay: Callable[..., Relay],
+                                                                             redis: RedisServer) -> None:
+    one = node(make_relay, redis, "relay-1", account_daily_quota=6).start()
+    two = node(make_relay, redis, "relay-2", account_daily_quota=6).start()
+    accepting(one)        # 1 of 6 used (the probe)
+    accepting(two)        # 2 of 6
+    codes = [rcpt_reply((one, two)[i % 2], f"q{i}@target.example")[0] for i in range(6)]
+    assert codes == [250, 250, 250, 250, 454, 454]
+    # Redis loses everything (a restart without persistence): each node adds its own sends of
+    # the last 24 h again, and the quota still holds; nothing is admitted in between.
+    redis.stop()
+    status, doc = health(one)
+    wait_for(lambda: health(one)[0] == 503, 10)
+    status, doc = health(one)
+    assert doc["redis"].startswith("failing") and doc["status"] == "degraded"
+    code, reply = rcpt_reply(two, "during@target.example")
+    assert (code, reply[:5]) == (451, b"4.3.0"), reply
+    redis.start()
+    wait_for(lambda: health(one)[0] == 200 and health(two)[0] == 200, 15)
+    # (refused with 451 during the rebuild's grace, then judged on the rebuilt counters)
+    wait_for(lambda: rcpt_reply(one, "after@target.example")[0] != 451, 15)
+    assert rcpt_reply(one, "after@target.example")[0] == 454
+    assert rcpt_reply(two, "after2@target.example")[0] == 454
+    assert "adding this node's sends of the last 24 h again" in one.log() + two.log()
+
+
+def test_a_dead_node_holds_its_reservations_only_until_the_lease(make_relay: Callable[..., Relay],
+                                                                 redis: RedisServer) -> None:
+    one = node(make_relay, redis, "relay-1", recipient_hourly_cap=1).start()
+    two = node(make_relay, redis, "relay-2", recipient_hourly_cap=1).start()
+    accepting(one)
+    accepting(two)
+    s = smtplib.SMTP("127.0.0.1", one.trusted_port, local_hostname="app.test", timeout=10)
+    s.ehlo()
+    s.mail("app@apps.example")
+    assert s.rcpt("held@target.example")[0] == 250          # reserved in Redis by node 1
+    assert rcpt_reply(two, "held@target.example")[0] == 450  # the other node sees the reservation
+    one.kill()                                               # kill -9 mid-transaction
+    s.close()
+    started = time.monotonic()
+    wait_for(lambda: rcpt_reply(two, "held@target.example")[0] == 250, 30)
+    assert time.monotonic() - started >= 5    # freed by the lease (10 s from RCPT), not at once
