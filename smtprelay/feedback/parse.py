@@ -209,7 +209,8 @@ def _dsn(message: email.message.Message) -> Report:
     recipients = []
     for block in blocks:
         final = block.get("Final-Recipient") or block.get("Original-Recipient")
-        if not final:
+        address = _address_of(final) if final else ""
+        if not address:         # no field, or one cut short ("rfc822;"): it names no one
             continue
         action = _text(block.get("Action")).lower() or "failed"
         status_text = _text(block.get("Status"))
@@ -219,7 +220,7 @@ def _dsn(message: email.message.Message) -> Report:
         klass = None
         if action == "failed":
             klass = bounce_class(_reply(diagnostic, status)).value
-        recipients.append(Recipient(_address_of(final), action, status, diagnostic,
+        recipients.append(Recipient(address, action, status, diagnostic,
                                     _text(block.get("Remote-MTA")).split(";", 1)[-1].strip() or None, klass))
     if not recipients:
         return Report("unparsed", why="a delivery report naming no recipient (no Final-Recipient)")
