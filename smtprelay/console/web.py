@@ -30,7 +30,8 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from smtprelay.catalog.console import ConsoleSession
-from smtprelay.console.pages import Pages, add_routes as add_pages
+from smtprelay.console.pages import add_routes as add_pages
+from smtprelay.console.sending import SendingPages, add_routes as add_sending
 from smtprelay.clock import Clock
 from smtprelay.config import Config
 from smtprelay.errors import Invalid, NotFound, Refused, ServiceError, StoreUnavailable
@@ -45,7 +46,7 @@ COOKIE = "smtprelay_console"
 SESSION = web.AppKey("console_session", ConsoleSession)
 
 
-class Console(Pages):
+class Console(SendingPages):
     def __init__(self, config: Callable[[], Config], open_services: Callable[[], Services], clock: Clock,
                  health: Callable[[], dict[str, object]], queue_counts: Callable[[], dict[str, int]]):
         self.queue_counts = queue_counts
@@ -372,4 +373,5 @@ def add_routes(app: web.Application, console: Console) -> None:
     r.add_post("/console/domains/{domain}/pool", console.set_pool)
     r.add_get("/console/messages", console.messages)
     add_pages(app, console)
+    add_sending(app, console)
     r.add_static("/console/static/", HERE / "static")
