@@ -200,7 +200,8 @@ class SharedLimits:
     async def rebuild(self) -> int:
         if self.sends is None:
             return 0
-        rows = list(self.sends(time.time() - DAY))
+        # Off the loop: a day of sends can be many rows (the reader connection is this one's own).
+        rows = await asyncio.to_thread(lambda: list(self.sends(time.time() - DAY)))  # type: ignore[misc]
         for chunk in range(0, len(rows), 1000):
             pipe = self.redis.pipeline(transaction=False)
             for account, address, at in rows[chunk:chunk + 1000]:
