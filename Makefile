@@ -11,8 +11,11 @@ STAMP := $(VENV)/.installed
 # (tests/scanners.py; no signatures or rules are downloaded).
 # chromium: the headless browser the web console's tests drive through Playwright (its
 # executable_path: Playwright never downloads a browser here).
-# redis-server: the shared counters of cluster mode; its tests start one on a high port.
-DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd chromium redis-server
+# redis-server and postgresql: the shared counters and the shared catalog of cluster mode; their
+# tests start their own servers on high ports (PostgreSQL as the postgres user, in a directory
+# of the test's): no daemon of the packages is started (policy-rc.d below).
+DEBS := swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base clamav-daemon rspamd chromium redis-server \
+	postgresql
 TOOLS := tests/tools/node_modules/.installed
 # promtool checks config/prometheus.yml and config/alerts.yml: taken out of Debian's prometheus
 # package without installing it (no Prometheus daemon is set up or started).

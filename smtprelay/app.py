@@ -30,6 +30,7 @@ from smtprelay.batch.runner import TaskRunner
 from smtprelay.catalog import CatalogView
 from smtprelay.content import suspension
 from smtprelay.catalog.view import SqliteCatalogView
+from smtprelay.cluster.mirror import CatalogMirror
 from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, ConfigError, TlsMode, format_duration, load, reload_report
 from smtprelay.http.metrics import Metrics
@@ -43,6 +44,7 @@ from smtprelay.events import types as events
 from smtprelay.events.webhooks import Dispatcher
 from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
+from smtprelay.errors import StoreUnavailable as ServiceUnavailable
 from smtprelay.smtp.gate import Gate
 from smtprelay.smtp.pool import WorkerPool, bind
 from smtprelay.smtp.tls import certificate_expiry, certificate_paths, server_context
@@ -79,6 +81,7 @@ class Relay:
         self.pool: WorkerPool | None = None
         self.tasks: TaskRunner | None = None
         self._background: set[asyncio.Future[None]] = set()
+        self.mirror: CatalogMirror | None = None       # cluster mode with PostgreSQL
 
     def _bind(self) -> None:
         """Every listening socket, before anything else starts: a port in use (a second `serve`)
@@ -182,6 +185,8 @@ class Relay:
                 self._http_socket.close()
             if self.gate.shared is not None:
                 await self.gate.shared.close()
+            if self.mirror is not None:
+                await self.mirror.close()
             await store.close()
             if self._reader is not None:
                 await self._reader.close()
@@ -189,21 +194,25 @@ class Relay:
 
     def _prepare_store(self) -> None:
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
+        services = self._services(conn)
         try:
-            service = self._services(conn).accounts
+            service = services.accounts
             for listener in self.config.listeners:
                 if listener.trusted_account:
                     _, created = service.ensure(listener.trusted_account)
                     if created:
                         log.info("created account %s for the trusted networks of listener %s",
                                  listener.trusted_account, listener.name)
+        except ServiceUnavailable as exc:     # cluster mode, PostgreSQL down: the node starts anyway
+            log.error("the trusted networks' accounts could not be checked (%s); a missing one is made at the "
+                      "next start, or by `smtprelay account add`", exc)
         finally:
-            conn.close()
+            services.close()
 
     def _services(self, conn: sqlite3.Connection) -> Services:
         """The services over one connection of this thread (start-up, re-verification)."""
-        from smtprelay.catalog.sqlite import SqliteCatalog
-        return Services(Context(self.config, SqliteCatalog(conn), conn, self.clock))
+        from smtprelay.services.facade import make_catalog
+        return Services(Context(self.config, make_catalog(self.config, conn), conn, self.clock))
 
     async def _refresh_catalog(self) -> None:
         """What the gate reads of the catalog: account limits and reputation levels, the blocklist."""
@@ -285,6 +294,10 @@ class Relay:
         """`[cluster] redis`: the hourly cap and the quota are reserved in Redis too (exact across
         nodes). An unreachable Redis does not stop the start: RCPT answers 451 until it is back."""
         cluster = self.config.cluster
+        if cluster.postgres is not None:
+            await self._start_mirror()
+        else:
+            await self.store.run(lambda db: db.execute("UPDATE meta SET value = 0 WHERE key = 'cluster_push'"))
         if cluster.redis is None:
             return
         from smtprelay.cluster.counters import SharedLimits, sends_since
@@ -302,6 +315,38 @@ class Relay:
                       cluster.redis, shared.error)
         self.gate.shared = shared
         log.info("cluster: node %s shares its sending limits through Redis", cluster.node)
+
+    async def _start_mirror(self) -> None:
+        """`[cluster] postgres`: the catalog is PostgreSQL's; this node mirrors it into its store
+        (cluster.mirror) and admits mail only while that copy is in sync (unless on_failure = local)."""
+        from smtprelay.cluster.mirror import key_file_problem
+        problem = key_file_problem(self.config)
+        if problem is not None:
+            raise StartError(problem)
+        def observe(op: str, seconds: float, ok: bool) -> None:
+            if ok:
+                self.metrics.cluster_store_latency.labels(store="postgres").observe(seconds)
+            else:
+                self.metrics.cluster_store_errors.labels(store="postgres").inc()
+
+        def depth() -> int:
+            counts = self.queue_counts()
+            return sum(counts.get(state, 0) for state in ("queued", "deferred", "throttled", "active", "hold"))
+
+        async def applied() -> None:
+            self.senders_changed()
+            await self.blocklist_changed()      # the gate reads limits and blocklist before the next RCPT
+        mirror = CatalogMirror(self.config, self.store, self._reader, self.clock.now, observe, depth)
+        def on_applied() -> None:
+            task = asyncio.ensure_future(applied())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        mirror.on_applied = on_applied
+        await mirror.start()
+        self.mirror = mirror
+        if self.config.cluster.on_failure == "refuse":
+            self.gate.catalog_available = lambda: mirror.available
+        log.info("cluster: node %s mirrors the catalog of PostgreSQL", self.config.cluster.node)
 
     async def _load_sends(self) -> None:
         """The last 24 h of accepted recipients per account and minute, so quotas survive a
@@ -365,11 +410,12 @@ class Relay:
 
     def _recheck_due(self) -> list[str]:
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
+        services = self._services(conn)
         try:
-            service = self._services(conn).domains
+            service = services.domains
             results = [service.verify(name) for name in service.due_for_recheck()]
         finally:
-            conn.close()
+            services.close()
         return [r.status for r in results if r.status != r.previous]
 
     async def _start_workers(self) -> None:
@@ -428,6 +474,12 @@ class Relay:
         workers = self.pool.alive if self.pool is not None else 0
         doc: dict[str, object] = {"status": "ok" if ok else "degraded", "store": "ok" if ok else "failing",
                                   "sessions": self.gate.sessions, "workers": workers, "version": __version__}
+        mirror = self.mirror
+        if mirror is not None:
+            doc["postgres"] = ("ok" if mirror.available else f"failing: {mirror.error}" if mirror.error
+                               else "ok, first copy of the catalog under way")
+            if not mirror.available and self.config.cluster.on_failure == "refuse":
+                doc["status"] = "degraded"
         shared = self.gate.shared
         if shared is not None:
             doc["redis"] = "ok" if shared.healthy else f"failing: {shared.error or 'not connected yet'}"

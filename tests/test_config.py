@@ -153,6 +153,9 @@ def test_cluster_section_is_checked() -> None:
                                                              "lease": "2m", "on_failure": "local"}}).cluster
     assert (cluster.node, cluster.redis, cluster.lease, cluster.on_failure) == (
         "relay-1", "rediss://r.example:6380/0", 120.0, "local")
+    shared = parse({"listeners": [{"port": 1}], "cluster": {"postgres": "postgresql://relay@db/relay",
+                                                            "key_file": "/etc/smtprelay/cluster.key"}}).cluster
+    assert (shared.postgres, str(shared.key_file)) == ("postgresql://relay@db/relay", "/etc/smtprelay/cluster.key")
     with pytest.raises(ConfigError) as bad:
         parse({"listeners": [{"port": 1}], "cluster": {"node": "relay 1", "redis": "http://r.example",
                                                        "lease": "5s", "on_failure": "refusex",
@@ -160,5 +163,5 @@ def test_cluster_section_is_checked() -> None:
     problems = "\n".join(bad.value.problems)
     for expected in ("cluster.node: must be a name of letters", "cluster.redis: must be a redis://, rediss:// or "
                      "unix:// URL", "cluster.lease: must be at least 10s", "cluster.on_failure: must be \"refuse\" "
-                     "or \"local\"", "cluster.postgres: the shared catalog in PostgreSQL is not there yet"):
+                     "or \"local\"", "cluster.key_file: required with cluster.postgres"):
         assert expected in problems, problems

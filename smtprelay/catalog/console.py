@@ -45,6 +45,7 @@ def _user(row: Any) -> ConsoleUser:
 
 class SqliteConsole:
     conn: sqlite3.Connection
+    integrity_error: type[BaseException]
 
     def console_user(self, name: str) -> ConsoleUser | None:
         row = self.conn.execute(_USER + " WHERE u.name = ?", (name,)).fetchone()
@@ -58,7 +59,7 @@ class SqliteConsole:
         try:
             self.conn.execute("INSERT INTO console_users (name, account_id, read_only, password_digest, created_at)"
                               " VALUES (?,?,?,?,?)", (name, account_id, int(read_only), digest, now))
-        except sqlite3.IntegrityError:
+        except self.integrity_error:
             return False
         return True
 

@@ -63,6 +63,7 @@ def blocklist_view(entries: Iterable[Any], allowed: Iterable[Any]) -> BlocklistV
 
 class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    integrity_error: type[BaseException] = sqlite3.IntegrityError    # a UNIQUE constraint refused the row
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -107,7 +108,7 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
         try:
             self.conn.execute("INSERT INTO accounts (name, daily_quota, rate_per_second, created_at)"
                               " VALUES (?,?,?,?)", (name, daily_quota, rate_per_second, now))
-        except sqlite3.IntegrityError:
+        except self.integrity_error:
             return False
         return True
 
@@ -213,7 +214,7 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
         try:
             self.conn.execute("INSERT INTO addresses (address, domain_id, display_name, created_at) VALUES (?,?,?,?)",
                               (address, domain_id, display_name, now))
-        except sqlite3.IntegrityError:
+        except self.integrity_error:
             return False
         return True
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from smtprelay import __version__
-from smtprelay.cli import (accounts, batch, blocklist, console, content, domains, feedback, queue, reports, templates, tracking,
-                           warmup, webhooks)
+from smtprelay.cli import (accounts, batch, blocklist, cluster, console, content, domains, feedback, queue, reports,
+                           templates, tracking, warmup, webhooks)
 from smtprelay.cli.base import ParseError, Registry, UsageError, default_config, emit
 from smtprelay.config import ConfigError, load
 from smtprelay.config.pools import unbindable
@@ -43,6 +43,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
         return 2
+    if config.cluster.postgres is not None:     # a host fact that stops the start: said as a problem
+        from smtprelay.cluster.mirror import key_file_problem
+        found = key_file_problem(config)
+        if found is not None:
+            emit(args, {"ok": False, "problems": [found]}, lambda: print(found, file=sys.stderr))
+            return 2
     warnings = config.warnings()
     for pool, address in config.egress.addresses():     # a host fact, not a syntax problem: the relay
         why = unbindable(address)                        # starts, and that address's mail waits or falls back
@@ -87,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.command(sub, "check-config", cmd_check_config, "validate relay.toml and print each problem with its key path")
 
     for module in (accounts, queue, domains, warmup, reports, webhooks, tracking, blocklist, templates, batch, content,
-                   feedback, console):
+                   feedback, console, cluster):
         module.register(reg)
     return parser
 

@@ -407,9 +407,11 @@ class ConsoleConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """Several nodes sharing limits (issue 20, first part): absent `redis` = a single node."""
+    """Several nodes sharing limits and catalog (issue 20): absent `redis` and `postgres` = a single node."""
     node: str = ""                  # this node's name (default: the host name)
     redis: str | None = None        # redis://, rediss:// or unix:// URL of the shared counters
+    postgres: str | None = None     # postgresql:// URL of the shared catalog
+    key_file: Path | None = None    # seals the DKIM private keys in PostgreSQL (cluster.secrets)
     lease: float = 600.0            # a reservation a dead node holds is freed after this
     on_failure: str = "refuse"      # Redis unreachable: "refuse" (451, exact) or "local" (this node's limits)
 

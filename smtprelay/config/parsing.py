@@ -407,24 +407,25 @@ _PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,15}$")
 
 
 _REDIS_URL = re.compile(r"(redis|rediss|unix)://\S+\Z")
+_PG_URL = re.compile(r"(postgresql|postgres)://\S*\Z")
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 def _parse_cluster(raw: Any, problems: list[str]) -> ClusterConfig:
     import socket
     cl = _Section(raw, "cluster", problems)
-    if isinstance(raw, dict) and "postgres" in raw:
-        cl.seen.add("postgres")
-        problems.append("cluster.postgres: the shared catalog in PostgreSQL is not there yet; today the nodes share "
-                        "their limits through cluster.redis and each keeps its own catalog (README \"Running several "
-                        "nodes\")")
     config = ClusterConfig(
         node=cl.string("node", socket.gethostname().split(".")[0] or "relay", _NODE,
                        "a name of letters, digits, '.', '_' or '-'"),
         redis=cl.string("redis", None, _REDIS_URL, "a redis://, rediss:// or unix:// URL"),
+        postgres=cl.string("postgres", None, _PG_URL, "a postgresql:// URL"),
+        key_file=cl.path_value("key_file", None),
         lease=cl.duration("lease", 600.0),
         on_failure=cl.string("on_failure", "refuse", re.compile(r"(refuse|local)\Z"), "\"refuse\" or \"local\""))
     cl.finish()
+    if config.postgres is not None and config.key_file is None:
+        problems.append("cluster.key_file: required with cluster.postgres: the DKIM private keys are kept in "
+                        "PostgreSQL sealed with it, the same file on every node (README \"Running several nodes\")")
     if config.lease < 10:
         problems.append("cluster.lease: must be at least 10s (a reservation lives from RCPT to the end of DATA)")
     return config

@@ -40,5 +40,7 @@ MAIL_OK = accept("2.1.0", "Sender ok")
 RCPT_OK = accept("2.1.5", "Recipient ok")
 SHARED_UNAVAILABLE = temporary(451, "4.3.0", "Sending limits temporarily unavailable; try again later",
                                "shared_limits_unavailable")
+CATALOG_UNAVAILABLE = temporary(451, "4.3.0", "Sender policy temporarily unavailable; try again later",
+                                "catalog_unavailable")
 STORE_UNAVAILABLE = temporary(452, "4.3.1", "Insufficient system storage", "store_unavailable")
 TOO_MANY_RECIPIENTS = temporary(452, "4.5.3", "Too many recipients", "max_recipients")

@@ -492,4 +492,29 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX console_sessions_user ON console_sessions (user_id);
     """,
+    # 16: cluster mode (issue 20): the changes this node makes itself to rows the cluster shares
+    # (a bounce's or complaint's blocklist entry, a suspension, a reputation level) are noted in
+    # `cluster_outbox` in the same transaction, and cluster.mirror copies them to PostgreSQL.
+    # `cluster_push` is 1 only on a node in cluster mode, and 0 while the mirror itself writes.
+    """
+    INSERT INTO meta (key, value) VALUES ('cluster_push', 0);
+    CREATE TABLE cluster_outbox (
+        id INTEGER PRIMARY KEY,
+        tbl TEXT NOT NULL,              -- blocklist (a new row), accounts or domains (changed columns)
+        row_id INTEGER NOT NULL,
+        payload TEXT NOT NULL           -- the row's values then (JSON): the mirror may replace the row
+    );
+    CREATE TRIGGER cluster_push_blocklist AFTER INSERT ON blocklist
+        WHEN (SELECT value FROM meta WHERE key = 'cluster_push') = 1 BEGIN
+        INSERT INTO cluster_outbox (tbl, row_id, payload) VALUES ('blocklist', NEW.id,
+            json_object('address', NEW.address, 'type', NEW.type, 'account_id', NEW.account_id, 'sender_domain', NEW.sender_domain, 'origin_account_id', NEW.origin_account_id, 'reason', NEW.reason, 'note', NEW.note, 'created_at', NEW.created_at, 'expires_at', NEW.expires_at)); END;
+    CREATE TRIGGER cluster_push_accounts AFTER UPDATE OF level, level_evaluated_day, suspended_at, suspended_reason, content_resumed_at ON accounts
+        WHEN (SELECT value FROM meta WHERE key = 'cluster_push') = 1 BEGIN
+        INSERT INTO cluster_outbox (tbl, row_id, payload) VALUES ('accounts', NEW.id,
+            json_object('level', NEW.level, 'level_evaluated_day', NEW.level_evaluated_day, 'suspended_at', NEW.suspended_at, 'suspended_reason', NEW.suspended_reason, 'content_resumed_at', NEW.content_resumed_at)); END;
+    CREATE TRIGGER cluster_push_domains AFTER UPDATE OF suspended_at, suspended_reason, resumed_at ON domains
+        WHEN (SELECT value FROM meta WHERE key = 'cluster_push') = 1 BEGIN
+        INSERT INTO cluster_outbox (tbl, row_id, payload) VALUES ('domains', NEW.id,
+            json_object('suspended_at', NEW.suspended_at, 'suspended_reason', NEW.suspended_reason, 'resumed_at', NEW.resumed_at)); END;
+    """,
 ]

@@ -6,6 +6,7 @@ import sqlite3
 from functools import cached_property
 from pathlib import Path
 
+from smtprelay.catalog import Catalog
 from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, load
 from smtprelay.errors import StoreUnavailable
@@ -92,12 +93,27 @@ class Services:
         return ReportService(self.ctx)
 
     def close(self) -> None:
+        close = getattr(self.ctx.catalog, "close", None)
+        if close is not None:
+            close()
         self.ctx.store.close()
 
 
-def open_services(config_path: Path, clock: Clock | None = None, config: Config | None = None) -> Services:
-    """The services over the store that relay.toml names (SQLite under server.data_dir)."""
+def make_catalog(config: Config, conn: sqlite3.Connection) -> Catalog:
+    """The catalog relay.toml names: the store's own (SQLite), or PostgreSQL's with `[cluster]
+    postgres` (the node's own parts still on `conn`, cluster.catalog)."""
     from smtprelay.catalog.sqlite import SqliteCatalog
+    if config.cluster.postgres is None:
+        return SqliteCatalog(conn)
+    import psycopg
+    from smtprelay.cluster import catalog as cluster_catalog
+    register_errors((psycopg.Error,))
+    return cluster_catalog.ClusterCatalog(config, conn)
+
+
+def open_services(config_path: Path, clock: Clock | None = None, config: Config | None = None) -> Services:
+    """The services over the store that relay.toml names (SQLite under server.data_dir; the
+    catalog in PostgreSQL in cluster mode)."""
     from smtprelay.queue import schema
     config = config if config is not None else load(config_path)
     try:
@@ -106,7 +122,11 @@ def open_services(config_path: Path, clock: Clock | None = None, config: Config 
         raise StoreUnavailable(f"the store could not be used: {exc}") from None
     except RuntimeError as exc:     # a store migrated by a newer smtprelay
         raise StoreUnavailable(str(exc)) from None
-    catalog = SqliteCatalog(conn)
+    try:
+        catalog = make_catalog(config, conn)
+    except StoreUnavailable:
+        conn.close()
+        raise
     register_errors(catalog.errors)
     return Services(Context(config, catalog, conn, clock or clock_from_environment()))
 

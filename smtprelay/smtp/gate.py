@@ -82,6 +82,7 @@ class Gate:
         # Cluster mode (`[cluster] redis`): the hourly cap and the quota are also reserved in
         # Redis, exact across nodes (cluster.counters); gate token → its reservation there.
         self.shared: SharedLimits | None = None
+        self.catalog_available: Callable[[], bool] | None = None     # cluster mode: the mirror is in sync
         self.shared_held: dict[int, Held] = {}
         self._pending_asks: set[asyncio.Task[Any]] = set()
 
@@ -161,6 +162,12 @@ class Gate:
         when a sending task asks, for its refusals' events. In cluster mode, a future of it (the
         channel answers when it is done)."""
         now = self.clock.now()
+        if self.catalog_available is not None and not self.catalog_available():
+            self.repeats.log(("catalog", "down"), "catalog unavailable", logging.WARNING,
+                             "RCPT refused: this node's copy of the cluster's catalog is not in sync "
+                             "(PostgreSQL unreachable)")
+            return self.reject(ip, account_id, mail_from, "RCPT", V.CATALOG_UNAVAILABLE, [address], rcpt=address,
+                               task=task), None
         verdict = self.blocklist.check(address, account_id, sender_domain, now)
         if self.on_request is not None:
             self.on_request(sender_domain, verdict is not None)

@@ -1,0 +1,299 @@
+"""Each node's copy of the shared catalog (cluster mode, issue 20).
+
+Owns: keeping the node's store equal to PostgreSQL for the shared tables (pg_schema.MIRRORED),
+so that everything that reads the catalog on a node (the front-end workers' reload, the
+gate's refresh, the scheduler, webhooks, statistics by account name) works as on a single
+node, from memory and the local store, with no PostgreSQL round trip per message. And the
+other way: the rows this node changes itself (cluster_outbox: a bounce's or complaint's
+blocklist entry, a suspension, a reputation level) go to PostgreSQL. And the node's heartbeat.
+
+How: one connection LISTENs on `smtprelay_catalog`; a NOTIFY (sent by PostgreSQL's triggers on
+every change) or one second without one starts a cycle: push the outbox, read the two version
+counters, and when they moved read the shared tables in one snapshot and apply the difference
+to the store in one transaction (the store's own triggers then tell the workers). DKIM keys a
+node lacks are unsealed into its data_dir first. A lifted suspension releases this node's held
+recipients. Every 5 s the node writes its heartbeat (`cluster status`).
+
+Must never: apply a partial snapshot; lose an outbox row before PostgreSQL committed it; block
+the event loop (file writes and the apply run in threads / the store's writer).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from smtprelay import __version__
+from smtprelay.cluster import secrets
+from smtprelay.cluster.pg_schema import CHANNEL, MIRRORED, Mirrored, check_current_async
+from smtprelay.config import Config
+
+log = logging.getLogger("smtprelay.cluster")
+
+POLL = 1.0          # seconds without a NOTIFY before the versions are read anyway
+HEARTBEAT = 5.0
+RETRY = 1.0
+SILENT_AFTER = 15.0     # `cluster status`: a node not heard of for this long is shown silent
+
+_PUSH_COLUMNS = {
+    "blocklist": ("address", "type", "account_id", "sender_domain", "origin_account_id", "reason", "note",
+                  "created_at", "expires_at"),
+    "accounts": ("level", "level_evaluated_day", "suspended_at", "suspended_reason", "content_resumed_at"),
+    "domains": ("suspended_at", "suspended_reason", "resumed_at"),
+}
+
+
+class CatalogMirror:
+    def __init__(self, config: Config, store: Any, reader: Any, clock_now: Callable[[], float],
+                 observe: Callable[[str, float, bool], None], queue_depth: Callable[[], int]):
+        self.config = config
+        self.store = store              # QueueStore: its writer applies snapshots
+        self.reader = reader            # StoreReader: the outbox
+        self.now = clock_now
+        self.observe = observe
+        self.queue_depth = queue_depth
+        self.healthy = False
+        self.synced = False             # a snapshot was applied since the start
+        self.error: str | None = "not connected yet"
+        self.versions: tuple[int, int] | None = None
+        self.started_at = time.time()
+        self._beat = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._failing_logged = False
+        self.on_applied: Callable[[], None] | None = None
+
+    @property
+    def available(self) -> bool:
+        """May new mail be admitted on this node's copy? (fail closed until the first snapshot and
+        while PostgreSQL is unreachable; `[cluster] on_failure = "local"` keeps the last copy)."""
+        return self.healthy and self.synced
+
+    async def start(self) -> None:
+        await self.store.run(_set_push(1))
+        self._task = asyncio.create_task(self._run(), name="catalog-mirror")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        import psycopg
+        url = self.config.cluster.postgres
+        assert url is not None
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5,
+                                                             application_name=f"smtprelay {self.config.cluster.node}")
+            except (psycopg.Error, OSError) as exc:
+                self._failed(exc)
+                await asyncio.sleep(RETRY)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await check_current_async(conn)
+                    self.versions = None        # read everything again after a reconnection
+                    while True:
+                        await self._cycle(conn)
+                        async for _ in conn.notifies(timeout=POLL, stop_after=1):
+                            pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:    # psycopg.Error, OSError, a schema of the wrong version
+                self._failed(exc)
+                await asyncio.sleep(RETRY)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.observe("cycle", 0.0, False)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.healthy or not self._failing_logged:
+            log.error("cluster: PostgreSQL is not reachable (%s); %s", reason,
+                      "new mail gets 451 until it is" if self.config.cluster.on_failure == "refuse"
+                      else "this node keeps its last copy of the catalog")
+            self._failing_logged = True
+        self.healthy = False
+        self.error = reason
+
+    async def _cycle(self, conn: Any) -> None:
+        started = time.perf_counter()
+        await self._push(conn)
+        row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
+                                        " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
+        versions = (int(row[0]), int(row[1]))
+        applied = versions != self.versions
+        if applied:
+            snapshot, keys, versions = await self._read(conn)
+            await asyncio.to_thread(self._write_keys, keys)
+            await self.store.run(_apply(snapshot, self.now()))
+            self.versions = versions
+            self.synced = True
+            if self.on_applied is not None:
+                self.on_applied()
+        if applied or time.monotonic() - self._beat >= HEARTBEAT:     # `cluster status` shows the version held
+            await conn.execute(
+                "INSERT INTO nodes (name, version, started_at, seen_at, queue_depth, catalog_version)"
+                " VALUES (%s, %s, %s, now(), %s, %s) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+                " started_at = excluded.started_at, seen_at = now(), queue_depth = excluded.queue_depth,"
+                " catalog_version = excluded.catalog_version",
+                (self.config.cluster.node, __version__, self.started_at, self.queue_depth(), versions[0]))
+            self._beat = time.monotonic()
+        if not self.healthy:
+            if self._failing_logged:
+                log.warning("cluster: PostgreSQL is reachable again; the catalog is in sync")
+            self._failing_logged = False
+        self.healthy = True
+        self.error = None
+        self.observe("cycle", time.perf_counter() - started, True)
+
+    async def _read(self, conn: Any) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[str, str, str]],
+                                              tuple[int, int]]:
+        """Every shared row, in one snapshot (REPEATABLE READ), with the versions it is at."""
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
+                                            " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
+            snapshot = {}
+            for table in MIRRORED:
+                cur = await conn.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")
+                snapshot[table.name] = [tuple(r) for r in await cur.fetchall()]
+            cur = await conn.execute("SELECT d.name, k.selector, k.private_key FROM dkim_keys k JOIN domains d"
+                                     " ON d.id = k.domain_id WHERE k.state != 'retired' AND k.private_key IS NOT NULL")
+            keys = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+        return snapshot, keys, (int(row[0]), int(row[1]))
+
+    def _write_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        """The DKIM keys this node does not hold yet, unsealed into its data_dir (0600)."""
+        from smtprelay.dkim import keys as dkim_keys
+        for domain, selector, token in keys:
+            path = dkim_keys.key_path(self.config.server.data_dir, domain, selector)
+            if path.exists():
+                continue
+            try:
+                pem = secrets.unseal(self.config.cluster.key_file, token)
+                dkim_keys.save_private_key(path, pem)
+            except FileExistsError:
+                continue
+            except (secrets.SecretError, OSError) as exc:
+                log.error("cluster: the DKIM key %s of %s cannot be written here (%s); its mail is refused on "
+                          "this node", selector, domain, exc)
+                continue
+            log.info("cluster: DKIM key %s of %s received from the catalog", selector, domain)
+
+    async def _push(self, conn: Any) -> None:
+        """This node's own changes to shared rows, to PostgreSQL, then out of the outbox."""
+        rows = await self.reader.rows("SELECT id, tbl, row_id, payload FROM cluster_outbox ORDER BY id LIMIT 500")
+        if not rows:
+            return
+        node = self.config.cluster.node
+        async with conn.transaction():
+            for _, tbl, row_id, payload in rows:
+                values = json.loads(payload)
+                columns = _PUSH_COLUMNS[tbl]
+                if tbl == "blocklist":
+                    args = [values.get(c) for c in columns]
+                    await conn.execute(
+                        f"INSERT INTO blocklist ({', '.join(columns)}, origin_node)"
+                        f" SELECT {', '.join(['%s'] * len(columns))}, %s WHERE NOT EXISTS (SELECT 1 FROM blocklist"
+                        " WHERE address = %s AND type = %s AND created_at = %s AND origin_node = %s)"
+                        " AND (%s::bigint IS NULL OR EXISTS (SELECT 1 FROM accounts WHERE id = %s))"
+                        " AND (%s::bigint IS NULL OR EXISTS (SELECT 1 FROM accounts WHERE id = %s))",
+                        (*args, node, values["address"], values["type"], values["created_at"], node,
+                         values.get("account_id"), values.get("account_id"),
+                         values.get("origin_account_id"), values.get("origin_account_id")))
+                else:
+                    await conn.execute(f"UPDATE {tbl} SET {', '.join(f'{c} = %s' for c in columns)} WHERE id = %s",
+                                       (*[values.get(c) for c in columns], row_id))
+        last = rows[-1][0]
+        await self.store.run(lambda db: db.execute("DELETE FROM cluster_outbox WHERE id <= ?", (last,)))
+        log.info("cluster: %d change(s) of this node sent to the catalog", len(rows))
+
+
+def _set_push(value: int) -> Callable[[sqlite3.Connection], None]:
+    def job(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'cluster_push'", (value,))
+    return job
+
+
+def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float) -> Callable[[sqlite3.Connection], int]:
+    """The store's writer job: make the mirrored tables equal to the snapshot (deletions children
+    first, then upserts parents first), with this node's pushes switched off meanwhile."""
+    def job(db: sqlite3.Connection) -> int:
+        from smtprelay.content.suspension import HELD
+        db.execute("UPDATE meta SET value = 0 WHERE key = 'cluster_push'")
+        pending = {r[0] for r in db.execute("SELECT row_id FROM cluster_outbox WHERE tbl = 'blocklist'")}
+        local: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+        remote: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+        for table in MIRRORED:
+            index = [table.columns.index(k) for k in table.key]
+            local[table.name] = {tuple(r[i] for i in index): tuple(r) for r in
+                                 db.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")}
+            remote[table.name] = {tuple(r[i] for i in index): r for r in snapshot[table.name]}
+        changes = 0
+        for table in reversed(MIRRORED):
+            gone = [k for k in local[table.name] if k not in remote[table.name]]
+            if table.name == "accounts":    # never deleted by a command; the spool refers to them
+                gone = []
+            if table.name == "blocklist":   # this node's own, not pushed yet
+                gone = [k for k in gone if k[0] not in pending]
+            where = " AND ".join(f"{k} = ?" for k in table.key)
+            db.executemany(f"DELETE FROM {table.name} WHERE {where}", gone)
+            changes += len(gone)
+        lifted_domains = _lifted(local["domains"], remote["domains"], MIRRORED[2], "name")
+        lifted_accounts = _lifted(local["accounts"], remote["accounts"], MIRRORED[0], "id")
+        suspension_moved = _moved(local["domains"], remote["domains"], MIRRORED[2])
+        for table in MIRRORED:
+            changed = [r for k, r in remote[table.name].items() if local[table.name].get(k) != r]
+            if not changed:
+                continue
+            cols = ", ".join(table.columns)
+            updates = ", ".join(f"{c} = excluded.{c}" for c in table.columns if c not in table.key)
+            db.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({', '.join('?' * len(table.columns))})"
+                           f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}", changed)
+            changes += len(changed)
+        for name in lifted_domains:
+            db.execute("UPDATE recipients SET state = 'queued', hold_reason = NULL, next_attempt_at = ?,"
+                       " last_reply = NULL WHERE state = 'hold' AND hold_reason = 'suspended' AND message_id IN"
+                       " (SELECT id FROM messages WHERE sender_domain = ?)", (now, name))
+        for account_id in lifted_accounts:
+            db.execute("UPDATE recipients SET state = 'queued', hold_reason = NULL, next_attempt_at = ?,"
+                       " updated_at = ? WHERE state = 'hold' AND hold_reason = ? AND message_id IN"
+                       " (SELECT id FROM messages WHERE account_id = ?)", (now, now, HELD, account_id))
+        if suspension_moved:
+            db.execute("UPDATE meta SET value = value + 1 WHERE key = 'warmup_generation'")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'cluster_push'")
+        return changes
+    return job
+
+
+def _lifted(local: dict[tuple[Any, ...], tuple[Any, ...]], remote: dict[tuple[Any, ...], tuple[Any, ...]],
+            table: Mirrored, name: str) -> list[Any]:
+    """The rows whose suspension the snapshot lifts (suspended here, not there)."""
+    at = table.columns.index("suspended_at")
+    column = table.columns.index(name)
+    return [row[column] for key, row in remote.items()
+            if row[at] is None and key in local and local[key][at] is not None]
+
+
+def _moved(local: dict[tuple[Any, ...], tuple[Any, ...]], remote: dict[tuple[Any, ...], tuple[Any, ...]],
+           table: Mirrored) -> bool:
+    at = table.columns.index("suspended_at")
+    return any((local.get(k) or (None,) * len(table.columns))[at] != r[at] for k, r in remote.items())
+
+
+def key_file_problem(config: Config) -> str | None:
+    """What is wrong with `[cluster] key_file`, for the start and `check-config`."""
+    if config.cluster.postgres is None:
+        return None
+    try:
+        secrets.check(config.cluster.key_file or Path("/nonexistent"))
+    except secrets.SecretError as exc:
+        return str(exc)
+    return None
