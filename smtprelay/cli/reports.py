@@ -90,6 +90,7 @@ def status(args: argparse.Namespace) -> int:
 
         def human_message() -> None:
             print(f"{doc['id']}  from <{doc['from']}>  accepted {doc['created_at']}  account {doc['account']}"
+                  + (f"  on node {doc['node']}" if doc.get("node") else "")
                   + (f"  tag {doc['tag']}" if doc.get("tag") else "")
                   + (f"  template {t['name'] or t['id']} v{t['version']}" if (t := doc.get("template")) else ""))
             for r in doc["recipients"]:
@@ -102,7 +103,8 @@ def status(args: argparse.Namespace) -> int:
         if not found.messages:
             print(f"no message to {args.recipient} in this period")
         for m in found.messages:
-            print(f"{m['queue_id']}  from <{m['from']}>  accepted {m['created_at']}")
+            print(f"{m['queue_id']}  from <{m['from']}>  accepted {m['created_at']}"
+                  + (f"  on node {m['node']}" if m.get("node") else ""))
             _print_recipient({**m, "address": m["recipient"]})
     emit(args, found.doc(), human_recipient)
     return 0

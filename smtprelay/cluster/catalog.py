@@ -213,6 +213,11 @@ class ClusterCatalog(SqliteCatalog):
                           " WHERE id = ?", (now, account_id))
         return self.local.resume_account(account_id, now)
 
+    def shared_events(self) -> tuple[PgConnection, str]:
+        """The cluster's events (every node forwards its own: cluster.mirror), and this node's
+        name: `stats` and `status` answer for the whole cluster (services.reports)."""
+        return self.remote, self.config.cluster.node
+
     # What a front-end worker loads is its store's mirror (LOCAL).
     def version(self) -> int:
         return self.local.version()

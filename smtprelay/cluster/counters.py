@@ -1,12 +1,13 @@
-"""Sending limits shared by several relay nodes through Redis (issue 20, first part): the
-per-recipient hourly cap and the account's rolling 24 h quota, exact across nodes.
+"""Sending limits shared by several relay nodes through Redis (issue 20): the per-recipient
+hourly cap, the account's rolling 24 h quota and its per-second rate, exact across nodes; and
+the AUTH lockout of a client address.
 
 How: each account's keys share one hash tag (`smtprelay:{a:<account>}:…`, one Redis Cluster
 slot), and one Lua script per step runs atomically on Redis's own clock:
 - **reserve** (at RCPT): drops what has aged out (sends older than 1 h / 24 h, reservations
   whose lease ended), refuses when committed sends + live reservations reach the cap or the
-  quota, else adds a reservation with a lease (`cluster.lease`). A node that dies holds budget
-  only until its leases end.
+  quota, or faster than the account's rate (GCRA on one key), else adds a reservation with a
+  lease (`cluster.lease`). A node that dies holds budget only until its leases end.
 - **commit** (after the node's fsync): the reservation becomes a send, stored under a send id
   `<node>|<address>|<time>` that the node's own `sends` table also yields, so adding it twice
   (a retry, a rebuild) counts once.
@@ -18,7 +19,10 @@ set a new one), every node adds its last 24 h of sends again from its `sends` ta
 admits on counters the others have not refilled yet.
 
 Owns: the Redis connection, the scripts, the node's view of Redis's health.
-Must never: decide anything but these two limits (the gate asks, and says the reply).
+- **auth**: an AUTH failure counts in a window per client address on every node; the lock
+  that `auth.max_failures` of them set holds on every node for `auth.lockout`.
+
+Must never: decide anything but these limits (the gate asks, and says the reply).
 """
 from __future__ import annotations
 
@@ -53,12 +57,45 @@ if redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[
   local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
   return {2, oldest[2] or ''}
 end
+-- The account's per-second rate (GCRA: one second's worth of burst, as a node's own bucket).
+local rate = tonumber(ARGV[5])
+local tat = now
+if rate > 0 then
+  tat = math.max(tonumber(redis.call('GET', KEYS[5]) or now), now)
+  if tat - now > math.max(1, rate) / rate - 1 / rate + 0.000001 then
+    return {3, ''}
+  end
+  redis.call('SET', KEYS[5], tostring(tat + 1 / rate), 'PX', math.ceil((tat + 1 / rate - now) * 1000) + 1000)
+end
 local lease = tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], now + lease, ARGV[3])
 redis.call('ZADD', KEYS[4], now + lease, ARGV[3])
 redis.call('EXPIRE', KEYS[2], math.ceil(lease) + 60)
 redis.call('EXPIRE', KEYS[4], math.ceil(lease) + 60)
 return {0, ''}
+"""
+
+# AUTH lockout across nodes: failures of one client address within the window, and the lock.
+_AUTH = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'locked'
+end
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1])
+  return 'ok'
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('EXPIRE', KEYS[1], math.ceil(window) + 1)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], '1', 'PX', math.ceil(tonumber(ARGV[4]) * 1000))
+  return 'locked_now'
+end
+return 'failed'
 """
 
 _COMMIT = """
@@ -92,13 +129,18 @@ class Held:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    limit: str                  # "hourly" or "quota"
+    limit: str                  # "hourly", "quota" or "rate"
     oldest: float | None        # the oldest counted send (when the next slot opens, +1 h / +24 h)
 
 
 def keys(account: str, address: str) -> list[str]:
     tag = f"{PREFIX}{{a:{account}}}"
-    return [f"{tag}:sent:{address}", f"{tag}:held:{address}", f"{tag}:sent", f"{tag}:held"]
+    return [f"{tag}:sent:{address}", f"{tag}:held:{address}", f"{tag}:sent", f"{tag}:held", f"{tag}:rate"]
+
+
+def auth_keys(ip: str) -> list[str]:
+    tag = f"{PREFIX}{{ip:{ip}}}"
+    return [f"{tag}:failures", f"{tag}:locked"]
 
 
 def send_id(node: str, address: str, at: float) -> str:
@@ -120,6 +162,7 @@ class SharedLimits:
         self._reserve = self.redis.register_script(_RESERVE)
         self._commit = self.redis.register_script(_COMMIT)
         self._release = self.redis.register_script(_RELEASE)
+        self._auth = self.redis.register_script(_AUTH)
         self._counter = 0
         self.healthy = False
         self.error: str | None = None     # why Redis failed, while it does
@@ -217,16 +260,24 @@ class SharedLimits:
         return len(rows)
 
     # -- the gate's calls ------------------------------------------------------------------------
-    async def reserve(self, account: str, address: str, hourly_cap: int, daily_quota: int) -> Held | Refusal:
+    async def reserve(self, account: str, address: str, hourly_cap: int, daily_quota: int,
+                      rate_per_second: float = 0.0) -> Held | Refusal:
         if time.time() < self.grace_until:
             raise SharedUnavailable("the shared counters are being rebuilt after a Redis restart")
         self._counter += 1
         token = f"{self.node}:{self._counter}:{secrets.token_hex(3)}"
         code, oldest = await self._call("reserve", self._reserve(
-            keys=keys(account, address), args=[hourly_cap, daily_quota, token, self.lease]))
+            keys=keys(account, address), args=[hourly_cap, daily_quota, token, self.lease, rate_per_second]))
         if int(code) == 0:
             return Held(token, account, address)
-        return Refusal("hourly" if int(code) == 1 else "quota", float(oldest) if oldest else None)
+        return Refusal({1: "hourly", 2: "quota", 3: "rate"}[int(code)], float(oldest) if oldest else None)
+
+    async def auth(self, ip: str, valid: bool, max_failures: int, window: float, lockout: float) -> str:
+        """The cluster's word on an AUTH attempt (the same words as the gate's own lockout)."""
+        self._counter += 1
+        return str(await self._call("auth", self._auth(
+            keys=auth_keys(ip), args=[int(valid), max_failures, window, lockout,
+                                      f"{self.node}:{self._counter}"])))
 
     async def commit(self, held: Held, sid: str, at: float) -> None:
         try:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from smtprelay import __version__
 from smtprelay.cluster import secrets
-from smtprelay.cluster.pg_schema import CHANNEL, MIRRORED, Mirrored, check_current_async
+from smtprelay.cluster.pg_schema import BLOCKLIST_TABLES, CHANNEL, MIRRORED, Mirrored, check_current_async
 from smtprelay.config import Config
 
 log = logging.getLogger("smtprelay.cluster")
@@ -38,6 +38,10 @@ POLL = 1.0          # seconds without a NOTIFY before the versions are read anyw
 HEARTBEAT = 5.0
 RETRY = 1.0
 SILENT_AFTER = 15.0     # `cluster status`: a node not heard of for this long is shown silent
+EVENT_BATCH = 5000
+EVENT_BATCHES = 20      # per cycle: up to 100 000 events a second, far above what one node makes
+EVENT_COLUMNS = ("type", "at", "account_id", "queue_id", "recipient", "sender_domain", "recipient_domain", "provider",
+                 "tag", "data", "template_id", "template_version", "task_id", "task_run")
 
 _PUSH_COLUMNS = {
     "blocklist": ("address", "type", "account_id", "sender_domain", "origin_account_id", "reason", "note",
@@ -62,6 +66,8 @@ class CatalogMirror:
         self.versions: tuple[int, int] | None = None
         self.started_at = time.time()
         self._beat = 0.0
+        self._events_cursor: int | None = None
+        self._pruned = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failing_logged = False
         self.on_applied: Callable[[], None] | None = None
@@ -125,12 +131,13 @@ class CatalogMirror:
     async def _cycle(self, conn: Any) -> None:
         started = time.perf_counter()
         await self._push(conn)
+        await self._forward_events(conn)
         row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
                                         " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
         versions = (int(row[0]), int(row[1]))
         applied = versions != self.versions
         if applied:
-            snapshot, keys, versions = await self._read(conn)
+            snapshot, keys, versions = await self._read(conn, self.versions)
             await asyncio.to_thread(self._write_keys, keys)
             await self.store.run(_apply(snapshot, self.now()))
             self.versions = versions
@@ -153,17 +160,22 @@ class CatalogMirror:
         self.error = None
         self.observe("cycle", time.perf_counter() - started, True)
 
-    async def _read(self, conn: Any) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[str, str, str]],
-                                              tuple[int, int]]:
-        """Every shared row, in one snapshot (REPEATABLE READ), with the versions it is at."""
+    async def _read(self, conn: Any, held: tuple[int, int] | None) -> tuple[
+            dict[str, list[tuple[Any, ...]]], list[tuple[str, str, str]], tuple[int, int]]:
+        """The rows of the tables whose version moved since `held` (a bounce's blocklist entry does
+        not re-read the accounts), in one snapshot (REPEATABLE READ), with the versions it is at."""
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
                                             " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
             snapshot = {}
-            for table in MIRRORED:
+            tables = [t for t in MIRRORED if held is None or
+                      (held[1] != row[1] if t.name in BLOCKLIST_TABLES else held[0] != row[0])]
+            for table in tables:
                 cur = await conn.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")
                 snapshot[table.name] = [tuple(r) for r in await cur.fetchall()]
+            if "dkim_keys" not in snapshot:
+                return snapshot, [], (int(row[0]), int(row[1]))
             cur = await conn.execute("SELECT d.name, k.selector, k.private_key FROM dkim_keys k JOIN domains d"
                                      " ON d.id = k.domain_id WHERE k.state != 'retired' AND k.private_key IS NOT NULL")
             keys = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
@@ -186,6 +198,36 @@ class CatalogMirror:
                           "this node", selector, domain, exc)
                 continue
             log.info("cluster: DKIM key %s of %s received from the catalog", selector, domain)
+
+    async def _forward_events(self, conn: Any) -> None:
+        """This node's new events, to PostgreSQL in batches (idempotent by node and event id),
+        then the cursor; and once an hour, the cluster's events past `events.retention` go."""
+        if self._events_cursor is None:
+            rows = await self.reader.rows("SELECT (SELECT value FROM meta WHERE key = 'cluster_events_cursor'),"
+                                          " (SELECT max(id) FROM events)")
+            cursor, newest = int(rows[0][0] or 0), int(rows[0][1] or 0)
+            if newest < cursor:     # the table emptied by retention: its ids start again
+                cursor = 0
+            self._events_cursor = cursor
+        node = self.config.cluster.node
+        for _ in range(EVENT_BATCHES):
+            rows = await self.reader.rows(f"SELECT id, {', '.join(EVENT_COLUMNS)} FROM events WHERE id > ?"
+                                          " ORDER BY id LIMIT ?", (self._events_cursor, EVENT_BATCH))
+            if not rows:
+                break
+            values = ", ".join("%s::jsonb" if c == "data" else "%s" for c in EVENT_COLUMNS)
+            async with conn.cursor() as cur:
+                await cur.executemany(f"INSERT INTO events (node, local_id, {', '.join(EVENT_COLUMNS)}) VALUES"
+                                      f" (%s, %s, {values}) ON CONFLICT DO NOTHING", [(node, *r) for r in rows])
+            last = int(rows[-1][0])
+            await self.store.run(_set_cursor(last))
+            self._events_cursor = last
+            if len(rows) < EVENT_BATCH:
+                break
+        if time.monotonic() - self._pruned >= 3600:
+            await conn.execute("DELETE FROM events WHERE at < extract(epoch FROM now()) - %s",
+                               (self.config.events.retention,))
+            self._pruned = time.monotonic()
 
     async def _push(self, conn: Any) -> None:
         """This node's own changes to shared rows, to PostgreSQL, then out of the outbox."""
@@ -216,6 +258,12 @@ class CatalogMirror:
         log.info("cluster: %d change(s) of this node sent to the catalog", len(rows))
 
 
+def _set_cursor(value: int) -> Callable[[sqlite3.Connection], None]:
+    def job(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'cluster_events_cursor'", (value,))
+    return job
+
+
 def _set_push(value: int) -> Callable[[sqlite3.Connection], None]:
     def job(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = ? WHERE key = 'cluster_push'", (value,))
@@ -231,13 +279,14 @@ def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float) -> Callable[[
         pending = {r[0] for r in db.execute("SELECT row_id FROM cluster_outbox WHERE tbl = 'blocklist'")}
         local: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
         remote: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
-        for table in MIRRORED:
+        tables = [t for t in MIRRORED if t.name in snapshot]
+        for table in tables:
             index = [table.columns.index(k) for k in table.key]
             local[table.name] = {tuple(r[i] for i in index): tuple(r) for r in
                                  db.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")}
             remote[table.name] = {tuple(r[i] for i in index): r for r in snapshot[table.name]}
         changes = 0
-        for table in reversed(MIRRORED):
+        for table in reversed(tables):
             gone = [k for k in local[table.name] if k not in remote[table.name]]
             if table.name == "accounts":    # never deleted by a command; the spool refers to them
                 gone = []
@@ -246,10 +295,13 @@ def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float) -> Callable[[
             where = " AND ".join(f"{k} = ?" for k in table.key)
             db.executemany(f"DELETE FROM {table.name} WHERE {where}", gone)
             changes += len(gone)
-        lifted_domains = _lifted(local["domains"], remote["domains"], MIRRORED[2], "name")
-        lifted_accounts = _lifted(local["accounts"], remote["accounts"], MIRRORED[0], "id")
-        suspension_moved = _moved(local["domains"], remote["domains"], MIRRORED[2])
-        for table in MIRRORED:
+        lifted_domains = lifted_accounts = []
+        suspension_moved = False
+        if "domains" in snapshot:
+            lifted_domains = _lifted(local["domains"], remote["domains"], MIRRORED[2], "name")
+            lifted_accounts = _lifted(local["accounts"], remote["accounts"], MIRRORED[0], "id")
+            suspension_moved = _moved(local["domains"], remote["domains"], MIRRORED[2])
+        for table in tables:
             changed = [r for k, r in remote[table.name].items() if local[table.name].get(k) != r]
             if not changed:
                 continue

@@ -49,14 +49,14 @@ MIRRORED: tuple[Mirrored, ...] = (
     Mirrored("tracking_settings", ("id",), ("id", "account_id", "domain", "opens", "clicks", "unsubscribe")),
 )
 
-_BLOCKLIST_TABLES = ("blocklist", "allowlist")
+BLOCKLIST_TABLES = ("blocklist", "allowlist")
 
 
 def _triggers() -> str:
     return "\n".join(
         f"    CREATE TRIGGER {t.name}_bump AFTER INSERT OR UPDATE OR DELETE ON {t.name}\n"
         f"        FOR EACH STATEMENT EXECUTE FUNCTION smtprelay_bump"
-        f"('{'blocklist_version' if t.name in _BLOCKLIST_TABLES else 'catalog_version'}');"
+        f"('{'blocklist_version' if t.name in BLOCKLIST_TABLES else 'catalog_version'}');"
         for t in MIRRORED)
 
 
@@ -203,6 +203,33 @@ MIGRATIONS: list[str] = [
     );
 {triggers}
     """.replace("{triggers}", _triggers()),
+    # 2: every node's events (cluster.mirror forwards them in batches): `stats` and `status`
+    # answer for the whole cluster. Keyed by the node and its own event id (a batch sent twice
+    # counts once). Template and task ids are the node's own (those stay per node).
+    """
+    CREATE TABLE events (
+        node TEXT NOT NULL,
+        local_id BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        account_id BIGINT,
+        queue_id TEXT,
+        recipient TEXT,
+        sender_domain TEXT,
+        recipient_domain TEXT,
+        provider TEXT,
+        tag TEXT,
+        data JSONB NOT NULL,
+        template_id BIGINT,
+        template_version INTEGER,
+        task_id BIGINT,
+        task_run INTEGER,
+        PRIMARY KEY (node, local_id)
+    );
+    CREATE INDEX events_at ON events (at);
+    CREATE INDEX events_queue ON events (queue_id);
+    CREATE INDEX events_recipient ON events (recipient, at);
+    """,
 ]
 
 

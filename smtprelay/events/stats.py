@@ -7,7 +7,7 @@ invalid address, spam, other (mailbox full, reputation and the rest).
 """
 from __future__ import annotations
 
-import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 COUNTS = ("requests", "accepted", "rejected", "delivered", "deferred", "bounced", "bounced_invalid", "bounced_spam",
@@ -18,14 +18,37 @@ _TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired",
           "unsubscribed", "complained")
 
 
-def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: str | None = None,
+@dataclass(frozen=True)
+class Dialect:
+    """Where the events are read: this node's store, or the cluster's PostgreSQL (issue 20),
+    whose rows also say which node wrote them (template and task ids are a node's own)."""
+    day: str                # the UTC day of `at`, YYYY-MM-DD
+    json: str               # a field of `data` ({key})
+    flag: str               # a true/false field of `data` as 1/0 ({key})
+    node: str               # the node of the row ('' on a single node)
+    local_node: str = ""    # this node: its template ids are the ones `template_names` knows
+
+
+SQLITE = Dialect("date(at, 'unixepoch')", "json_extract(data, '$.{key}')", "coalesce(json_extract(data, '$.{key}'), 0)",
+                 "''")
+
+
+def postgres(node: str) -> Dialect:
+    return Dialect("to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "(data->>'{key}')",
+                   "(CASE WHEN data->>'{key}' IN ('true', '1') THEN 1 ELSE 0 END)", "node", node)
+
+
+def daily(conn: Any, since: float, until: float, sender_domain: str | None = None,
           recipient_domain: str | None = None, template_id: int | None = None,
           template_names: dict[int, tuple[str, str]] | None = None, task_id: int | None = None,
-          task_run: int | None = None) -> list[dict[str, Any]]:
+          task_run: int | None = None, dialect: Dialect = SQLITE) -> list[dict[str, Any]]:
     """Rows per day and group; `template_names` (id → account, name) names the template of
-    each row (its id when the name is not known)."""
+    each row (its id when the name is not known; with the node's name when another node's)."""
     where = ["at >= ?", "at < ?", f"type IN ({','.join('?' * len(_TYPES))})"]
     args: list[Any] = [since, until, *_TYPES]
+    if dialect.local_node and (template_id is not None or task_id is not None):
+        where.append("node = ?")        # a template or task id names this node's
+        args.append(dialect.local_node)
     if sender_domain:
         where.append("sender_domain = ?")
         args.append(sender_domain.lower())
@@ -42,18 +65,20 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
             where.append("task_run = ?")
             args.append(task_run)
     rows = conn.execute(
-        "SELECT date(at, 'unixepoch'), coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
-        " coalesce(tag, ''), type, json_extract(data, '$.bounce_type'), count(*),"
+        f"SELECT {dialect.day}, coalesce(sender_domain, ''), coalesce(recipient_domain, ''),"
+        f" coalesce(tag, ''), type, {dialect.json.format(key='bounce_type')}, count(*),"
         " count(DISTINCT coalesce(queue_id, '') || ' ' || coalesce(recipient, ''))"
-        " , coalesce(json_extract(data, '$.machine'), 0), coalesce(template_id, 0)"
-        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9, 10", args).fetchall()
+        f" , {dialect.flag.format(key='machine')}, coalesce(template_id, 0), {dialect.node}"
+        " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9, 10, 11", args).fetchall()
     names = template_names or {}
-    groups: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
-    for day, sd, rd, tag, kind, klass, total, unique, machine, template in rows:
-        g = groups.setdefault((day, sd, rd, tag, template), {
+    groups: dict[tuple[str, str, str, str, int, str], dict[str, Any]] = {}
+    for day, sd, rd, tag, kind, klass, total, unique, machine, template, node in rows:
+        ours = node in ("", dialect.local_node)
+        g = groups.setdefault((day, sd, rd, tag, template, "" if ours or not template else node), {
             "day": day, "sender_domain": sd or None, "recipient_domain": rd or None, "tag": tag or None,
             "template_id": template or None,
-            "template": (names[template][1] if template in names else str(template)) if template else None,
+            "template": ((names[template][1] if template in names else str(template)) if ours
+                         else f"{template}@{node}") if template else None,
             **{c: 0 for c in COUNTS}})
         if kind in ("opened", "clicked") and machine:   # prefetchers and scanners are counted apart
             g[kind + "_machine"] += total
@@ -76,8 +101,8 @@ def daily(conn: sqlite3.Connection, since: float, until: float, sender_domain: s
 IP_COUNTS = ("delivered", "deferred", "bounced", "bounced_invalid", "bounced_spam", "bounced_other", "expired")
 
 
-def by_source(conn: sqlite3.Connection, since: float, until: float,
-              sender_domain: str | None = None) -> list[dict[str, Any]]:
+def by_source(conn: Any, since: float, until: float, sender_domain: str | None = None,
+              dialect: Dialect = SQLITE) -> list[dict[str, Any]]:
     """Delivery outcomes per day and source address (issue 19: `stats --by ip`); `ip` None is
     mail the kernel chose the address for (a pool without addresses)."""
     where = ["at >= ?", "at < ?", "type IN ('delivered', 'deferred', 'bounced', 'expired')"]
@@ -86,8 +111,8 @@ def by_source(conn: sqlite3.Connection, since: float, until: float,
         where.append("sender_domain = ?")
         args.append(sender_domain.lower())
     rows = conn.execute(
-        "SELECT date(at, 'unixepoch'), coalesce(json_extract(data, '$.source_ip'), ''), type,"
-        " json_extract(data, '$.bounce_type'), count(*) FROM events WHERE " + " AND ".join(where) +
+        f"SELECT {dialect.day}, coalesce({dialect.json.format(key='source_ip')}, ''), type,"
+        f" {dialect.json.format(key='bounce_type')}, count(*) FROM events WHERE " + " AND ".join(where) +
         " GROUP BY 1, 2, 3, 4", args).fetchall()
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for day, ip, kind, klass, total in rows:

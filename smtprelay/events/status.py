@@ -58,3 +58,62 @@ def recipient_status(conn: sqlite3.Connection, address: str, since: float, until
                        "message_id": r[9],
                        "history": history, "events": _events(conn, r[1], r[4])})
     return result
+
+
+# -- cluster mode (issue 20): another node's message, from the events in PostgreSQL -----------
+_OUTCOME = {"accepted": "queued", "deferred": "deferred", "throttled": "throttled", "delivered": "delivered",
+            "bounced": "bounced", "expired": "expired"}
+_ATTEMPTS = ("deferred", "delivered", "bounced")
+
+
+def cluster_message_status(pg: Any, queue_id: str, accounts: dict[int, str],
+                           recipient: str | None = None) -> dict[str, Any] | None:
+    """What the cluster's events say of a message another node accepted (`pg`: a catalog
+    connection taking `?`): its recipients' states are their last outcome; the attempts'
+    details (relay, TLS) stay in the node's own store (`status` on that node shows them)."""
+    bare = queue_id.strip().strip("<>")
+    found = pg.execute("SELECT queue_id FROM events WHERE queue_id = ? OR (type = 'accepted' AND"
+                       " data->>'message_id' IN (?, ?)) ORDER BY at DESC LIMIT 1", (queue_id, f"<{bare}>", bare))
+    row = found.fetchone()
+    if row is None:
+        return None
+    queue_id = row[0]
+    sql = "SELECT node, type, at, recipient, data::text, account_id FROM events WHERE queue_id = ?"
+    args: tuple[Any, ...] = (queue_id,)
+    if recipient is not None:
+        sql += " AND recipient = ?"
+        args += (recipient,)
+    events = [(r[0], r[1], float(r[2]), r[3], json.loads(r[4]), r[5])
+              for r in pg.execute(sql + " ORDER BY at, local_id", args)]
+    if not events:
+        return None
+    accepted = next((e for e in events if e[1] == "accepted"), events[0])
+    recipients: dict[str, dict[str, Any]] = {}
+    for node, kind, at, address, data, _ in events:
+        if address is None:
+            continue
+        r = recipients.setdefault(address, {"address": address, "state": "queued", "attempts": 0,
+                                            "next_attempt_at": None, "last_reply": None, "bounce_class": None,
+                                            "history": [], "events": []})
+        r["events"].append({"type": kind, "at": at, "recipient": address, **data})
+        if kind in _OUTCOME:
+            r["state"] = _OUTCOME[kind]
+        if kind in _ATTEMPTS:
+            r["attempts"] += 1
+            r["last_reply"] = data.get("smtp_response") or r["last_reply"]
+        if kind == "bounced":
+            r["bounce_class"] = data.get("bounce_type")
+    data = accepted[4]
+    return {"id": queue_id, "node": accepted[0], "account": accounts.get(accepted[5]) if accepted[5] else None,
+            "username": None, "from": data.get("from"), "size": data.get("size"), "created_at": accepted[2],
+            "client_address": None, "tls": None, "message_id": data.get("message_id"), "tag": None,
+            "template": None, "recipients": list(recipients.values())}
+
+
+def cluster_recipient_messages(pg: Any, address: str, since: float, until: float, node: str,
+                               limit: int = 1000) -> list[str]:
+    """The queue ids of messages to `address` (as the events record it) other nodes accepted in
+    [since, until), newest first."""
+    return [r[0] for r in pg.execute(
+        "SELECT queue_id FROM events WHERE recipient = ? AND type = 'accepted' AND at >= ? AND at < ? AND node != ?"
+        " ORDER BY at DESC LIMIT ?", (address, since, until, node, limit))]

@@ -106,8 +106,7 @@ class SendLimiter:
         if daily + self._reserved_acct[account_id] >= limits.daily_quota:
             return quota_verdict(limits.daily_quota, first_minute * MINUTE if first_minute is not None else None)
         if not self._take_token(account_id, limits.rate_per_second):
-            return temporary(454, "4.7.0", f"Throttling failure: Maximum sending rate exceeded "
-                                           f"({limits.rate_per_second:g} recipients per second)", "account_rate")
+            return rate_verdict(limits.rate_per_second)
         self._reserved_rcpt[key] += 1
         self._reserved_acct[account_id] += 1
         return Reservation(account_id, address)
@@ -209,6 +208,12 @@ def quota_verdict(quota: int, oldest: float | None) -> Verdict:
     retry = _when((int(oldest // MINUTE) + 1) * MINUTE + DAY) if oldest is not None else "later"
     return temporary(454, "4.7.0", f"Throttling failure: Daily message quota exceeded "
                                    f"({quota} recipients per 24 hours; next slot after {retry})", "account_daily_quota")
+
+
+def rate_verdict(rate: float) -> Verdict:
+    """The refusal when the account sends faster than its per-second rate."""
+    return temporary(454, "4.7.0", f"Throttling failure: Maximum sending rate exceeded "
+                                   f"({rate:g} recipients per second)", "account_rate")
 
 
 def _when(ts: float) -> str:

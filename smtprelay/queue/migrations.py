@@ -494,10 +494,12 @@ MIGRATIONS: list[str] = [
     """,
     # 16: cluster mode (issue 20): the changes this node makes itself to rows the cluster shares
     # (a bounce's or complaint's blocklist entry, a suspension, a reputation level) are noted in
-    # `cluster_outbox` in the same transaction, and cluster.mirror copies them to PostgreSQL.
+    # `cluster_outbox` in the same transaction, and cluster.mirror copies them to PostgreSQL;
+    # its events follow them there past `cluster_events_cursor` (cluster-wide stats and status).
     # `cluster_push` is 1 only on a node in cluster mode, and 0 while the mirror itself writes.
     """
     INSERT INTO meta (key, value) VALUES ('cluster_push', 0);
+    INSERT INTO meta (key, value) VALUES ('cluster_events_cursor', 0);   -- the last event sent to PostgreSQL
     CREATE TABLE cluster_outbox (
         id INTEGER PRIMARY KEY,
         tbl TEXT NOT NULL,              -- blocklist (a new row), accounts or domains (changed columns)

@@ -14,8 +14,9 @@ from typing import Any
 
 from smtprelay.clock import FakeClock
 from smtprelay.errors import Invalid, NotFound
-from smtprelay.events.stats import by_source, daily
-from smtprelay.events.status import message_status, recipient_status
+from smtprelay.events.stats import SQLITE, Dialect, by_source, daily, postgres
+from smtprelay.events.status import (cluster_message_status, cluster_recipient_messages, message_status,
+                                    recipient_status)
 from smtprelay.policy.address import canonical
 from smtprelay.policy.limits import SendLimiter
 from smtprelay.policy.reputation import AccountRow, effective_limits
@@ -123,14 +124,25 @@ class ReportService:
             raise NotFound(f"no task {task}")
         if run is not None and task is None:
             raise Invalid("--run needs --task", "run")
-        return Stats(start, end, daily(self.ctx.store, start, end, sender_domain, recipient_domain, template_id,
-                                       names, task, run))
+        conn, dialect = self._events()
+        return Stats(start, end, daily(conn, start, end, sender_domain, recipient_domain, template_id, names, task,
+                                       run, dialect))
+
+    def _events(self) -> tuple[Any, Dialect]:
+        """Where the events are: this node's store, or in cluster mode the cluster's (every node
+        forwards its own to PostgreSQL: cluster.mirror)."""
+        shared = getattr(self.ctx.catalog, "shared_events", None)
+        if shared is None:
+            return self.ctx.store, SQLITE
+        conn, node = shared()
+        return conn, postgres(node)
 
     def ip_stats(self, since: float | None = None, until: float | None = None, sender_domain: str | None = None,
                  whole_day: bool = False) -> IpStats:
         """Delivery outcomes per day and egress source address, with the address's pool now."""
         start, end = self.period(since, until, 7, whole_day)
-        rows = by_source(self.ctx.store, start, end, sender_domain)
+        conn, dialect = self._events()
+        rows = by_source(conn, start, end, sender_domain, dialect)
         for row in rows:
             pool = self.ctx.config.egress.pool_of(row["ip"]) if row["ip"] else None
             row["pool"] = pool.name if pool is not None else None
@@ -155,6 +167,8 @@ class ReportService:
 
     def message(self, queue_id: str) -> MessageStatus:
         found = message_status(self.ctx.store, queue_id)
+        if found is None and (shared := getattr(self.ctx.catalog, "shared_events", None)) is not None:
+            found = cluster_message_status(shared()[0], queue_id, self.ctx.catalog.account_names())
         if found is None:
             raise NotFound(f"no message with queue id or Message-ID {queue_id}")
         return MessageStatus(stamp(found))
@@ -162,8 +176,24 @@ class ReportService:
     def recipient(self, address: str, since: float | None = None, until: float | None = None,
                   whole_day: bool = False) -> RecipientStatus:
         start, end = self.period(since, until, 30, whole_day)
-        return RecipientStatus(address, start, end,
-                               [stamp(m) for m in recipient_status(self.ctx.store, address, start, end)])
+        messages = recipient_status(self.ctx.store, address, start, end)
+        shared = getattr(self.ctx.catalog, "shared_events", None)
+        if shared is not None:      # cluster mode: the messages other nodes accepted, from their events
+            conn, node = shared()
+            names = self.ctx.catalog.account_names()
+            local, _, domain = address.rpartition("@")
+            keyed = f"{local}@{domain.lower()}" if local else address     # as the events record it
+            for queue_id in cluster_recipient_messages(conn, keyed, start, end, node):
+                doc = cluster_message_status(conn, queue_id, names, keyed)
+                if doc is not None:
+                    r = doc["recipients"][0]
+                    messages.append({"queue_id": queue_id, "node": doc["node"], "from": doc["from"],
+                                     "created_at": doc["created_at"], "recipient": r["address"], "state": r["state"],
+                                     "attempts": r["attempts"], "last_reply": r["last_reply"],
+                                     "bounce_class": r["bounce_class"], "message_id": doc["message_id"],
+                                     "history": [], "events": r["events"]})
+            messages.sort(key=lambda m: m["created_at"], reverse=True)
+        return RecipientStatus(address, start, end, [stamp(m) for m in messages])
 
     def explain(self, account_name: str, mail_from: str, rcpt: str) -> Explanation:
         catalog, config, conn, now = self.ctx.catalog, self.ctx.config, self.ctx.store, self.ctx.now()

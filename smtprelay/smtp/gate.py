@@ -30,7 +30,8 @@ from smtprelay.logs import RepeatLimiter
 from smtprelay.content.suspension import RULES, Strikes
 from smtprelay.policy import verdict as V
 from smtprelay.policy.blocklist import BlocklistView
-from smtprelay.policy.limits import AccountLimits, Reservation, SendLimiter, hourly_cap_verdict, quota_verdict
+from smtprelay.policy.limits import (AccountLimits, Reservation, SendLimiter, hourly_cap_verdict, quota_verdict,
+                                     rate_verdict)
 from smtprelay.policy.reputation import AccountRow, effective_limits
 from smtprelay.queue import schema
 from smtprelay.queue.store import QueuedMessage, QueueStore, SendsHistory, StoreUnavailable
@@ -140,20 +141,53 @@ class Gate:
         self.sessions -= 1
         self.metrics.smtp_sessions_active.dec()
 
-    def auth(self, peer: Peer, ip: str, valid: bool) -> str:
+    def auth(self, peer: Peer, ip: str, valid: bool) -> str | asyncio.Future[str]:
         """The lockout's word on an AUTH attempt whose credentials were `valid`: "ok", "failed",
-        "locked" (refused without looking: the address is locked out) or "locked_now"."""
+        "locked" (refused without looking: the address is locked out) or "locked_now". In
+        cluster mode, a future of it: the failures and the lock are counted in Redis, on every
+        node (this node's own lockout keeps counting too, and decides while Redis is away)."""
         if self.lockout.locked(ip):
-            self.metrics.auth_attempts.labels(result="locked_out").inc()
-            self.repeats.log(("locked", ip), f"[{ip}]: AUTH refused while locked out", logging.WARNING,
-                             "[%s]: AUTH refused: the address is locked out after failed attempts (421 4.7.0)", ip)
-            return "locked"
+            return self._auth_locked(ip)
+        if self.shared is not None:
+            return self._auth_shared(self.shared, ip, valid)
+        return self._auth_local(ip, valid)
+
+    def _auth_locked(self, ip: str) -> str:
+        self.metrics.auth_attempts.labels(result="locked_out").inc()
+        self.repeats.log(("locked", ip), f"[{ip}]: AUTH refused while locked out", logging.WARNING,
+                         "[%s]: AUTH refused: the address is locked out after failed attempts (421 4.7.0)", ip)
+        return "locked"
+
+    def _auth_local(self, ip: str, valid: bool) -> str:
         if valid:
             self.lockout.success(ip)
             self.metrics.auth_attempts.labels(result="success").inc()
             return "ok"
         self.metrics.auth_attempts.labels(result="failure").inc()
         return "locked_now" if self.lockout.failure(ip) else "failed"
+
+    def _auth_shared(self, shared: SharedLimits, ip: str, valid: bool) -> asyncio.Future[str]:
+        answer: asyncio.Future[str] = self.loop.create_future()
+        auth = self.config.auth
+
+        async def ask() -> None:
+            try:
+                word = await shared.auth(ip, valid, auth.max_failures, auth.failure_window, auth.lockout)
+            except SharedUnavailable:
+                answer.set_result(self._auth_local(ip, valid))
+                return
+            if word == "locked":
+                self.lockout.lock(ip)
+                answer.set_result(self._auth_locked(ip))
+                return
+            self._auth_local(ip, valid)     # metrics, and this node's own count for an outage
+            if word == "locked_now":
+                self.lockout.lock(ip)
+            answer.set_result(word)
+        task_ = self.loop.create_task(ask())
+        self._pending_asks.add(task_)
+        task_.add_done_callback(self._pending_asks.discard)
+        return answer
 
     def rcpt(self, peer: Peer, ip: str, account_id: int, mail_from: str, sender_domain: str,
              address: str, task: tuple[int, int] | None = None
@@ -201,7 +235,8 @@ class Gate:
 
         async def ask() -> None:
             try:
-                found = await shared.reserve(account, address, self.send_limits.hourly_cap, limits.daily_quota)
+                found = await shared.reserve(account, address, self.send_limits.hourly_cap, limits.daily_quota,
+                                             limits.rate_per_second)
             except SharedUnavailable as exc:
                 if self.config.cluster.on_failure == "local":
                     answer.set_result((V.RCPT_OK.reply, self._hold(peer, reserved)))
@@ -215,7 +250,8 @@ class Gate:
             if isinstance(found, Refusal):
                 self.send_limits.release([reserved])
                 verdict = (hourly_cap_verdict(address, self.send_limits.hourly_cap, found.oldest)
-                           if found.limit == "hourly" else quota_verdict(limits.daily_quota, found.oldest))
+                           if found.limit == "hourly" else quota_verdict(limits.daily_quota, found.oldest)
+                           if found.limit == "quota" else rate_verdict(limits.rate_per_second))
                 answer.set_result((self.reject(ip, account_id, mail_from, "RCPT", verdict, [address], rcpt=address,
                                                task=task), None))
                 return

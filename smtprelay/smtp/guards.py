@@ -82,6 +82,11 @@ class AuthLockout:
     def success(self, ip: str) -> None:
         self._failures.pop(ip, None)
 
+    def lock(self, ip: str) -> None:
+        """Locked out by another node's count (cluster mode): from now, for `lockout`."""
+        self._failures.pop(ip, None)
+        self._locked_until[ip] = max(self._locked_until.get(ip, 0.0), self.clock.monotonic() + self.lockout)
+
     def prune(self) -> None:
         """Forget stale entries so the tables stay small under a long attack."""
         now = self.clock.monotonic()

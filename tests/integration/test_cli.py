@@ -306,6 +306,8 @@ BAD_USAGE = [
     ["console-user", "list", "--bogus"],
     ["console-user", "delete"],
     ["console-user", "password"],
+    ["cluster", "migrate", "--bogus"],
+    ["cluster", "status", "extra"],
     ["frobnicate"],
 ]
 

@@ -172,3 +172,47 @@ def test_a_dead_node_holds_its_reservations_only_until_the_lease(make_relay: Cal
     started = time.monotonic()
     wait_for(lambda: rcpt_reply(two, "held@target.example")[0] == 250, 30)
     assert time.monotonic() - started >= 5    # freed by the lease (10 s from RCPT), not at once
+
+
+def test_the_account_rate_and_the_auth_lockout_hold_across_nodes(make_relay: Callable[..., Relay],
+                                                                  redis: RedisServer) -> None:
+    one = node(make_relay, redis, "relay-1", account_rate_per_second=1.0)
+    two = node(make_relay, redis, "relay-2", account_rate_per_second=1.0)
+    for relay in (one, two):
+        relay.doc["auth"] = {"max_failures": 3, "failure_window": "10m", "lockout": "10m"}
+        relay.write_config()
+    user, password = one.add_account_with_credential("acme")
+    two.cli("account", "add", "acme")      # each node's own catalog here: the names match
+    one.start()
+    two.start()
+    accepting(one)
+    accepting(two)
+    # One recipient per second for the account, however many nodes: each node's own bucket
+    # would let one through on each. Bounded by the time the burst took (Redis's clock).
+    wait_for(lambda: rcpt_reply((one, two)[0], "wait@target.example")[0] == 250, 5)
+    started = time.monotonic()
+    codes = [rcpt_reply((one, two)[i % 2], f"r{i}@target.example")[0] for i in range(6)]
+    elapsed = time.monotonic() - started
+    assert codes.count(250) <= 1 + int(elapsed) and set(codes) <= {250, 454}, (codes, elapsed)
+    assert codes.count(454) >= 6 - 1 - int(elapsed), codes
+
+    # Three failed logins, spread over both nodes, lock the address out on both.
+    def login(relay: Relay, secret: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", relay.starttls_port, local_hostname="c.test", timeout=10) as s:
+            from tests.support import client_tls
+            s.starttls(context=client_tls())
+            s.ehlo()
+            s.user, s.password = user, secret
+            try:
+                s.auth("PLAIN", s.auth_plain)     # one mechanism: one attempt (login() tries several)
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code, exc.smtp_error
+            except smtplib.SMTPServerDisconnected:
+                return 421, b""
+            return 235, b""
+    assert login(one, "wrong-1")[0] == 535
+    assert login(two, "wrong-2")[0] == 535
+    assert login(one, password)[0] == 235       # a success resets the count
+    assert [login(r, "wrong")[0] for r in (one, two, one)] == [535, 535, 421]
+    assert login(two, password)[0] == 421       # locked on the node that did not count the third
+    assert "authentication failed" in two.log()

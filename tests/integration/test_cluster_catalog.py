@@ -19,12 +19,13 @@ from typing import Any
 import dkim
 import pytest
 
+from smtprelay.cluster.pg_schema import MIGRATIONS
 from tests.dnsserver import DnsServer, records_from_cli
 from tests.integration.test_cluster import health
 from tests.integration.test_limits import MSG, rcpt_reply, wait_for
 from tests.mailservers import Receiver
 from tests.pgserver import PgServer, binaries
-from tests.support import Relay, client_tls, free_port
+from tests.support import Relay, client_tls, free_port, queued_id
 
 pytestmark = pytest.mark.skipif(binaries() is None or shutil.which("dnsmasq") is None,
                                 reason="Debian's postgresql and dnsmasq are installed by `make test`")
@@ -89,6 +90,19 @@ def seed_verified(one: Relay, pg: PgServer, account: str, domain: str, address: 
            domain)
 
 
+def sending_pair(make_relay: Callable[..., Relay], pg: PgServer, key_file: Path, port: int) -> tuple[Relay, Relay]:
+    """Two nodes delivering to 127.0.0.1:port, the catalog migrated, apps.example verified, both sending."""
+    one = node(make_relay, pg, key_file, "relay-1", route=f"127.0.0.1:{port}")
+    two = node(make_relay, pg, key_file, "relay-2", route=f"127.0.0.1:{port}")
+    one.cli("cluster", "migrate")
+    one.start()
+    two.start()
+    seed_verified(one, pg, "apps", "apps.example", "app@apps.example")
+    for relay in (one, two):
+        wait_for(lambda: rcpt_reply(relay, f"probe-{relay.http_port}@elsewhere.example")[0] == 250, 10)
+    return one, two
+
+
 def test_a_domain_verified_through_node_1_signs_and_sends_from_node_2(make_relay: Callable[..., Relay], pg: PgServer,
                                                                      key_file: Path, dns: DnsServer,
                                                                      tmp_path: Path) -> None:
@@ -97,7 +111,8 @@ def test_a_domain_verified_through_node_1_signs_and_sends_from_node_2(make_relay
         one = node(make_relay, pg, key_file, "relay-1", dns, route=f"127.0.0.1:{sink.port}")
         two = node(make_relay, pg, key_file, "relay-2", dns, route=f"127.0.0.1:{sink.port}")
         migrated = one.cli_json("cluster", "migrate")
-        assert (migrated["schema_version_before"], migrated["schema_version"]) == (0, 1)
+        assert (migrated["schema_version_before"], migrated["schema_version"]) == (0, len(MIGRATIONS))
+        assert one.cli_json("cluster", "migrate")["schema_version_before"] == len(MIGRATIONS)     # idempotent
         one.start()
         two.start()
         # Everything through node 1's CLI: the account, a credential, the domain and its address.
@@ -156,13 +171,7 @@ def test_blocklist_entries_made_on_one_node_refuse_on_the_other(make_relay: Call
                                                                  key_file: Path, tmp_path: Path) -> None:
     bouncer = Receiver(tmp_path, "127.0.0.1", None, "--rcpt-reply", "gone=550 5.1.1 User unknown").start()
     try:
-        one = node(make_relay, pg, key_file, "relay-1", route=f"127.0.0.1:{bouncer.port}")
-        two = node(make_relay, pg, key_file, "relay-2", route=f"127.0.0.1:{bouncer.port}")
-        one.cli("cluster", "migrate")
-        one.start()
-        two.start()
-        seed_verified(one, pg, "apps", "apps.example", "app@apps.example")
-        wait_for(lambda: rcpt_reply(one, "someone@target.example")[0] == 250, 10)
+        one, two = sending_pair(make_relay, pg, key_file, bouncer.port)
         # An operator's entry, through node 2's CLI, refuses on node 1.
         two.cli("blocklist", "add", "blocked@target.example", "--note", "asked to stop")
         wait_for(lambda: rcpt_reply(one, "blocked@target.example")[0] == 550, 3)
@@ -228,3 +237,43 @@ def test_a_single_node_moves_its_catalog_into_the_cluster(make_relay: Callable[.
     assert (two.data_dir / "dkim" / "apps.example").is_dir()
     again = single.cli("cluster", "migrate", "--import-local", check=False)
     assert again.returncode != 0 and "already has accounts" in again.stderr, again.stderr
+
+
+def test_stats_and_status_answer_for_the_whole_cluster(make_relay: Callable[..., Relay], pg: PgServer,
+                                                       key_file: Path, tmp_path: Path) -> None:
+    """Each node forwards its events to PostgreSQL: `stats` and `status` on node 1 count and find
+    node 2's mail too."""
+    sink = Receiver(tmp_path).start()
+    try:
+        one, two = sending_pair(make_relay, pg, key_file, sink.port)
+        ids = {}
+        for relay, n in ((one, 2), (two, 3)):
+            for i in range(n):
+                with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+                    s.ehlo()
+                    s.mail("app@apps.example")
+                    s.rcpt("Reader@Target.Example")
+                    code, reply = s.data(MSG)
+                    assert code == 250
+                    ids.setdefault(relay.doc["cluster"]["node"], []).append(queued_id(reply))
+
+        def delivered_everywhere() -> bool:
+            rows = one.cli_json("stats", "--recipient-domain", "target.example")["days"]
+            return sum(r["delivered"] for r in rows) == 5
+        wait_for(delivered_everywhere, 15)
+        rows = one.cli_json("stats", "--recipient-domain", "target.example")["days"]
+        assert sum(r["accepted"] for r in rows) == 5 and sum(r["requests"] for r in rows) == 5, rows
+        # Node 2's message, asked on node 1: its node, its state, its events.
+        doc = one.cli_json("status", ids["relay-2"][0])
+        assert (doc["node"], doc["from"], doc["account"]) == ("relay-2", "app@apps.example", "apps"), doc
+        assert [r["state"] for r in doc["recipients"]] == ["delivered"], doc
+        assert [e["type"] for e in doc["recipients"][0]["events"]] == ["accepted", "delivered"], doc
+        human = one.cli("status", ids["relay-2"][0]).stdout
+        assert "on node relay-2" in human and "Reader@target.example: delivered" in human, human
+        # A node's own message still comes from its store, with the attempt's details.
+        mine = one.cli_json("status", ids["relay-1"][0])
+        assert "node" not in mine and mine["recipients"][0]["history"], mine
+        by_address = one.cli_json("status", "--recipient", "Reader@target.example")["messages"]
+        assert sorted(m["queue_id"] for m in by_address) == sorted(ids["relay-1"] + ids["relay-2"])
+    finally:
+        sink.stop()
