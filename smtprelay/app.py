@@ -314,6 +314,7 @@ class Relay:
             log.error("cluster: Redis at %s is not reachable (%s); new recipients get 451 until it is",
                       cluster.redis, shared.error)
         self.gate.shared = shared
+        self.scheduler.shared = shared      # warm-up budgets granted over every node
         log.info("cluster: node %s shares its sending limits through Redis", cluster.node)
 
     async def _start_mirror(self) -> None:

@@ -1,6 +1,6 @@
 """Sending limits shared by several relay nodes through Redis (issue 20): the per-recipient
-hourly cap, the account's rolling 24 h quota and its per-second rate, exact across nodes; and
-the AUTH lockout of a client address.
+hourly cap, the account's rolling 24 h quota and its per-second rate, and each sender domain's
+warm-up budget per provider, exact across nodes; and the AUTH lockout of a client address.
 
 How: each account's keys share one hash tag (`smtprelay:{a:<account>}:…`, one Redis Cluster
 slot), and one Lua script per step runs atomically on Redis's own clock:
@@ -19,6 +19,8 @@ set a new one), every node adds its last 24 h of sends again from its `sends` ta
 admits on counters the others have not refilled yet.
 
 Owns: the Redis connection, the scripts, the node's view of Redis's health.
+- **grant** (before a delivery batch): a sender domain's warm-up budget at a provider today,
+  counted over every node; a node gives back at once what its throttle did not use.
 - **auth**: an AUTH failure counts in a window per client address on every node; the lock
   that `auth.max_failures` of them set holds on every node for `auth.lockout`.
 
@@ -98,6 +100,18 @@ end
 return 'failed'
 """
 
+# A sender domain's warm-up budget at one provider for one day, across nodes: a node takes
+# grants (at most what is left of the cap) before sending, and gives back what it did not use.
+_GRANT = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.max(0, math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used))
+if grant > 0 then
+  redis.call('INCRBY', KEYS[1], grant)
+  redis.call('EXPIRE', KEYS[1], 172800)
+end
+return grant
+"""
+
 _COMMIT = """
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -138,6 +152,10 @@ def keys(account: str, address: str) -> list[str]:
     return [f"{tag}:sent:{address}", f"{tag}:held:{address}", f"{tag}:sent", f"{tag}:held", f"{tag}:rate"]
 
 
+def warmup_key(sender_domain: str, provider: str, day: str) -> str:
+    return f"{PREFIX}{{w:{sender_domain}}}:{provider}:{day}"
+
+
 def auth_keys(ip: str) -> list[str]:
     tag = f"{PREFIX}{{ip:{ip}}}"
     return [f"{tag}:failures", f"{tag}:locked"]
@@ -163,6 +181,7 @@ class SharedLimits:
         self._commit = self.redis.register_script(_COMMIT)
         self._release = self.redis.register_script(_RELEASE)
         self._auth = self.redis.register_script(_AUTH)
+        self._grant = self.redis.register_script(_GRANT)
         self._counter = 0
         self.healthy = False
         self.error: str | None = None     # why Redis failed, while it does
@@ -271,6 +290,32 @@ class SharedLimits:
         if int(code) == 0:
             return Held(token, account, address)
         return Refusal({1: "hourly", 2: "quota", 3: "rate"}[int(code)], float(oldest) if oldest else None)
+
+    async def grants(self, wants: dict[tuple[str, str], tuple[int, int]], day: str) -> dict[tuple[str, str], int]:
+        """Warm-up budget for (sender domain, provider) pairs: `wants` maps a pair to (how many,
+        its cap today); what Redis grants of it (never past the cap, counted over every node)."""
+        if time.time() < self.grace_until:
+            raise SharedUnavailable("the shared counters are being rebuilt after a Redis restart")
+        pipe = self.redis.pipeline(transaction=False)
+        pairs = list(wants)
+        for domain, provider in pairs:
+            want, cap = wants[(domain, provider)]
+            await self._grant(keys=[warmup_key(domain, provider, day)], args=[want, cap], client=pipe)
+        answers = await self._call("grant", pipe.execute())
+        return {pair: int(n) for pair, n in zip(pairs, answers)}
+
+    async def give_back(self, unused: dict[tuple[str, str], int], day: str) -> None:
+        """Grants a node took and did not use (the throttle waited for another reason)."""
+        if not any(unused.values()):
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (domain, provider), n in unused.items():
+            if n > 0:
+                pipe.decrby(warmup_key(domain, provider, day), n)
+        try:
+            await self._call("grant", pipe.execute())
+        except SharedUnavailable:
+            pass        # counted as used until the day ends: an early refusal, never an excess
 
     async def auth(self, ip: str, valid: bool, max_failures: int, window: float, lockout: float) -> str:
         """The cluster's word on an AUTH attempt (the same words as the gate's own lockout)."""

@@ -121,7 +121,8 @@ class CatalogMirror:
         self.observe("cycle", 0.0, False)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self.healthy or not self._failing_logged:
-            log.error("cluster: PostgreSQL is not reachable (%s); %s", reason,
+            log.error("cluster: %s (%s); %s", "the PostgreSQL catalog cannot be used" if isinstance(exc, RuntimeError)
+                      else "PostgreSQL is not reachable", reason,
                       "new mail gets 451 until it is" if self.config.cluster.on_failure == "refuse"
                       else "this node keeps its last copy of the catalog")
             self._failing_logged = True

@@ -25,6 +25,7 @@ from typing import Awaitable, Callable
 
 
 from smtprelay.clock import Clock
+from smtprelay.cluster.counters import SharedLimits
 from smtprelay.config import Config, DeliveryTls, ReturnPath
 from smtprelay.feedback import verp
 from smtprelay.feedback.keys import load_secrets
@@ -62,6 +63,7 @@ class Scheduler(WarmupSeam, EgressSeam):
         self.config = config
         self.store = store
         self.clock = clock
+        self.shared: SharedLimits | None = None     # cluster mode: warm-up budgets in Redis (app sets it)
         self.metrics = metrics
         self.resolver = resolver or MxResolver(config)
         self.transport = transport or SmtpTransport(config.delivery, config.server.hostname)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 
 from smtprelay.clock import Clock
+from smtprelay.cluster.counters import SharedLimits, SharedUnavailable
 from smtprelay.config import Config
 from smtprelay.delivery.mx import NextHop
 from smtprelay.delivery.outcome import BounceClass, Reply, Result
@@ -23,6 +24,7 @@ from smtprelay.warmup import ledger
 from smtprelay.queue.jobs import Outcome, Work
 from smtprelay.warmup.providers import provider_for
 from smtprelay.queue.store import QueueStore, StoreUnavailable, recipient_domain
+from smtprelay.warmup.schedule import local_day
 from smtprelay.warmup.throttle import Admission, Throttle
 
 log = logging.getLogger("smtprelay.delivery")
@@ -37,6 +39,7 @@ class WarmupSeam:
     _reader: sqlite3.Connection | None
     _warmup_generation: int
     _feedback_id: int
+    shared: SharedLimits | None         # cluster mode: the warm-up budget is granted by Redis
 
     if TYPE_CHECKING:
         on_senders_change: Callable[[], None] | None
@@ -94,7 +97,10 @@ class WarmupSeam:
     async def _admit(self, batch: list[Work]) -> list[Work]:
         """Ask the throttle; record who waits or is held; persist a capped budget before sending."""
         now = self.clock.now()
-        admission = self.throttle.admit(batch, now)
+        grants, day = await self._grants(batch, now)
+        admission = self.throttle.admit(batch, now, grants)
+        if grants and self.shared is not None:      # what the throttle did not use goes back at once
+            await self.shared.give_back(grants, day)
         if admission.wait or admission.hold or admission.expire:
             await self._not_admitted(admission, now)
         if admission.take and admission.persist:
@@ -114,6 +120,23 @@ class WarmupSeam:
                 self.in_window -= len(admission.take)
                 return []
         return admission.take
+
+    async def _grants(self, batch: list[Work], now: float) -> tuple[dict[tuple[str, str], int] | None, str]:
+        """Cluster mode (`[cluster] redis`): the warm-up budget this batch may use, granted by
+        Redis over every node; None on a single node (or, with on_failure = "local", while Redis
+        is away: this node's own budget)."""
+        day = local_day(now, self.config.warmup.timezone)
+        if self.shared is None:
+            return None, day
+        wants = self.throttle.wants(batch, now)
+        if not wants:
+            return {}, day
+        try:
+            return await self.shared.grants(wants, day), day
+        except SharedUnavailable:
+            if self.config.cluster.on_failure == "local":
+                return None, day
+            return {}, day      # fail closed: capped pairs wait (throttled), as with no budget
 
     async def _record_quietly(self, outcomes: list[Outcome]) -> None:
         try:

@@ -171,7 +171,27 @@ class Throttle:
         log.info("warm-up: %s at %s set to day %d by an operator", sender_domain, provider, day)
 
     # -- admission ---------------------------------------------------------------------------
-    def admit(self, works: list[Work], now: float) -> Admission:
+    def wants(self, works: list[Work], now: float) -> dict[tuple[str, str], tuple[int, int]]:
+        """Cluster mode: the capped budget this batch could use per pair, with the pair's cap today
+        (what to ask Redis for before `admit`)."""
+        if not self.enabled:
+            return {}
+        cfg = self.config.warmup
+        today = W.local_day(now, cfg.timezone)
+        wanted: dict[tuple[str, str], tuple[int, int]] = {}
+        for work in works:
+            if not work.sender_domain or work.sender_domain in self.suspended:
+                continue
+            pair = self._pair(work.sender_domain, work.provider, today)
+            cap = W.cap_today(pair, cfg)
+            if cap is not None:
+                key = (work.sender_domain, work.provider)
+                wanted[key] = (wanted.get(key, (0, cap))[0] + 1, cap)
+        return wanted
+
+    def admit(self, works: list[Work], now: float, grants: dict[tuple[str, str], int] | None = None) -> Admission:
+        """`grants` (cluster mode): the capped budget Redis granted this batch per pair, used
+        first-come and decremented here; a capped pair without one waits as if its budget were used."""
         result = Admission()
         if not self.enabled:
             result.take = works
@@ -202,6 +222,8 @@ class Throttle:
                 wait = (min(ip_until, now + REROUTE_SECONDS), ip_why)
             else:
                 left = W.remaining(pair, cfg)
+                if grants is not None and left is not None:
+                    left = min(left, grants.get((domain, work.provider), 0))
                 hour = self._hour(work.provider, now)
                 per_hour = cfg.settings(work.provider).max_per_hour
                 if left == 0:
@@ -212,6 +234,8 @@ class Throttle:
                     wait = ((hour[0] + 1) * 3600.0, f"{work.provider} max_per_hour {per_hour} reached")
                 else:
                     pair.used += 1
+                    if grants is not None and left is not None:
+                        grants[(domain, work.provider)] -= 1
                     hour[1] += 1
                     self.dirty_pairs.add((domain, work.provider))
                     if per_hour is not None:

@@ -216,3 +216,38 @@ def test_the_account_rate_and_the_auth_lockout_hold_across_nodes(make_relay: Cal
     assert [login(r, "wrong")[0] for r in (one, two, one)] == [535, 535, 421]
     assert login(two, password)[0] == 421       # locked on the node that did not count the third
     assert "authentication failed" in two.log()
+
+
+def test_a_warm_up_budget_holds_across_nodes(make_relay: Callable[..., Relay], redis: RedisServer,
+                                             tmp_path: Path) -> None:
+    """Day 1 of the schedule allows 3 a day for apps.example at a provider: 3 over both nodes,
+    not 3 on each; the rest waits as `throttled`."""
+    from tests.mailservers import Receiver
+    rx = Receiver(tmp_path).start()
+    try:
+        relays = []
+        for name in ("relay-1", "relay-2"):
+            relay = node(make_relay, redis, name)
+            relay.doc["warmup"] = {"enabled": True, "schedule": [3, 10]}
+            relay.doc["delivery"] = {"routes": {"*": f"127.0.0.1:{rx.port}"}}
+            relay.write_config()
+            relays.append(relay.start())
+        one, two = relays
+        for relay in (one, two):
+            accepting(relay)
+            with smtplib.SMTP("127.0.0.1", relay.trusted_port, local_hostname="app.test", timeout=10) as s:
+                for i in range(4):
+                    s.sendmail("app@apps.example", [f"w{relay.http_port}-{i}@target.example"], MSG)
+
+        def throttled(relay: Relay) -> int:
+            return sum(len(m["recipients"]) for m in relay.cli_json("queue", "list", "--state", "throttled")["messages"])
+        wait_for(lambda: throttled(one) + throttled(two) == 5, 20)
+        delivered = [r for t in rx.transactions() for r in t["rcpts"] if r.endswith("@target.example")
+                     and not r.startswith("probe")]
+        assert len(delivered) == 3, delivered
+        for relay in (one, two):
+            for m in relay.cli_json("queue", "list", "--state", "throttled")["messages"]:
+                last = relay.cli_json("queue", "show", m["id"])["recipients"][0]["last_reply"]
+                assert "warm-up budget used" in last, last
+    finally:
+        rx.stop()

@@ -1,0 +1,84 @@
+"""Cluster mode's pure parts (issue 20): the dialect adapter, the sealed DKIM keys, and the
+mirror's apply job on a real store: the difference applied, this node's unsent entries kept,
+its own changes noted for PostgreSQL, a lifted suspension releasing held mail."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from smtprelay.cluster import secrets
+from smtprelay.cluster.catalog import translate
+from smtprelay.cluster.mirror import _apply
+from smtprelay.cluster.pg_schema import MIRRORED, problem
+from smtprelay.queue import schema
+
+
+def test_the_sqlite_dialect_becomes_psycopgs() -> None:
+    assert translate("SELECT 1 FROM w WHERE a = ? AND address IS ? AND n LIKE 'x%'") == \
+        "SELECT 1 FROM w WHERE a = %s AND address IS NOT DISTINCT FROM %s AND n LIKE 'x%%'"
+    assert "cluster migrate" in (problem(0) or "") and problem(10**6).startswith("the PostgreSQL catalog is at") \
+        and "upgrade smtprelay" in problem(10**6)
+
+
+def test_a_sealed_key_opens_only_with_the_same_key_file(tmp_path: Path) -> None:
+    key, other, short = tmp_path / "a.key", tmp_path / "b.key", tmp_path / "c.key"
+    key.write_text("k" * 40)
+    other.write_text("o" * 40)
+    short.write_text("tiny")
+    token = secrets.seal(key, b"-----BEGIN PRIVATE KEY-----\nsecret\n")
+    assert b"secret" not in token.encode() and secrets.unseal(key, token).endswith(b"secret\n")
+    with pytest.raises(secrets.SecretError, match="not the key this DKIM key was sealed with"):
+        secrets.unseal(other, token)
+    with pytest.raises(secrets.SecretError, match="needs at least 32"):
+        secrets.seal(short, b"x")
+    with pytest.raises(secrets.SecretError, match="No such file"):
+        secrets.check(tmp_path / "missing.key")
+
+
+def _store(tmp_path: Path) -> sqlite3.Connection:
+    conn = schema.connect(tmp_path)
+    conn.isolation_level = None
+    return conn
+
+
+def _snapshot(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    return {t.name: [tuple(r) for r in conn.execute(f"SELECT {', '.join(t.columns)} FROM {t.name}")] for t in MIRRORED}
+
+
+def test_the_mirror_applies_the_difference_and_keeps_what_this_node_has_not_sent(tmp_path: Path) -> None:
+    conn = _store(tmp_path)
+    conn.execute("UPDATE meta SET value = 1 WHERE key = 'cluster_push'")     # a node in cluster mode
+    snapshot = _snapshot(conn)
+    snapshot["accounts"] = [(7, "acme", None, None, 1.0, None, 0, None, None, None, None, None, None)]
+    snapshot["domains"] = [(3, "example.com", 7, "verified", None, None, 1.0, 1.0, 1.0, 5.0, "bounces", None,
+                            None, None, 0)]
+    snapshot["blocklist"] = [(40, "op@x.example", "custom", None, None, None, "operator", None, 1.0, None)]
+    assert _apply(snapshot, 10.0)(conn) == 3
+    assert conn.execute("SELECT count(*) FROM cluster_outbox").fetchone()[0] == 0     # the mirror's own: not echoed
+    assert conn.execute("SELECT value FROM meta WHERE key = 'cluster_push'").fetchone()[0] == 1
+    assert _apply(snapshot, 11.0)(conn) == 0            # nothing moved: nothing written
+    # A hard bounce on this node: kept (and noted for PostgreSQL) until the catalog has it.
+    conn.execute("INSERT INTO blocklist (address, type, origin_account_id, reason, created_at) VALUES"
+                 " ('gone@x.example', 'invalid', 7, '550 5.1.1', 12.0)")
+    noted = conn.execute("SELECT tbl, payload FROM cluster_outbox").fetchall()
+    assert [(t, json.loads(p)["address"]) for t, p in noted] == [("blocklist", "gone@x.example")]
+    # Held mail of the suspended domain; then the catalog lifts the suspension.
+    conn.execute("INSERT INTO messages (id, account_id, mail_from, sender_domain, size, created_at, client_address,"
+                 " body) VALUES ('Q1', 7, 'a@example.com', 'example.com', 1, 1.0, '127.0.0.1', x'00')")
+    conn.execute("INSERT INTO recipients (message_id, address, domain, state, hold_reason, next_attempt_at,"
+                 " attempts, updated_at) VALUES ('Q1', 'r@y.example', 'y.example', 'hold', 'suspended', 0, 0, 1.0)")
+    generation = conn.execute("SELECT value FROM meta WHERE key = 'warmup_generation'").fetchone()[0]
+    lifted = dict(snapshot)
+    lifted["domains"] = [(3, "example.com", 7, "verified", None, None, 1.0, 1.0, 1.0, None, None, 20.0, None, None, 0)]
+    lifted["blocklist"] = []            # the operator's entry removed
+    _apply(lifted, 20.0)(conn)
+    assert [r[0] for r in conn.execute("SELECT address FROM blocklist")] == ["gone@x.example"]
+    assert tuple(conn.execute("SELECT state, next_attempt_at FROM recipients").fetchone()) == ("queued", 20.0)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'warmup_generation'").fetchone()[0] == generation + 1
+    # A suspension this node sets is noted for PostgreSQL too.
+    conn.execute("UPDATE accounts SET suspended_at = 30.0, suspended_reason = 'content' WHERE id = 7")
+    assert json.loads(conn.execute("SELECT payload FROM cluster_outbox WHERE tbl = 'accounts'").fetchone()[0])[
+        "suspended_reason"] == "content"
