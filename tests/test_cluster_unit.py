@@ -82,3 +82,23 @@ def test_the_mirror_applies_the_difference_and_keeps_what_this_node_has_not_sent
     conn.execute("UPDATE accounts SET suspended_at = 30.0, suspended_reason = 'content' WHERE id = 7")
     assert json.loads(conn.execute("SELECT payload FROM cluster_outbox WHERE tbl = 'accounts'").fetchone()[0])[
         "suspended_reason"] == "content"
+
+
+def test_an_incremental_read_applies_only_what_changed(tmp_path: Path) -> None:
+    conn = _store(tmp_path)
+    conn.execute("UPDATE meta SET value = 1 WHERE key = 'cluster_push'")
+    full = _snapshot(conn)
+    full["accounts"] = [(7, "acme", None, None, 1.0, None, 0, None, None, None, None, None, None)]
+    full["blocklist"] = [(40, "a@x.example", "custom", None, None, None, "op", None, 1.0, None),
+                         (41, "b@x.example", "custom", 7, None, None, "op", None, 1.0, None)]
+    full["allowlist"] = [(7, "c@x.example", 1.0)]
+    _apply(full, 1.0)(conn)
+    # Since then: 40 deleted, 41's note set, 42 added, the allowlist entry deleted (its key: two columns).
+    changed = {t.name: [] for t in MIRRORED}
+    changed["blocklist"] = [(41, "b@x.example", "custom", 7, None, None, "op", "noted", 1.0, None),
+                            (42, "d@x.example", "custom", None, None, None, "op", None, 2.0, None)]
+    assert _apply(changed, 2.0, {"blocklist": [(40,)], "allowlist": [(7, "c@x.example")]})(conn) == 4
+    assert [tuple(r) for r in conn.execute("SELECT id, note FROM blocklist ORDER BY id")] == [(41, "noted"), (42, None)]
+    assert conn.execute("SELECT count(*) FROM allowlist").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1     # untouched: not in the change
+    assert conn.execute("SELECT count(*) FROM cluster_outbox").fetchone()[0] == 0

@@ -24,12 +24,13 @@ import json
 import logging
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from smtprelay import __version__
 from smtprelay.cluster import secrets
-from smtprelay.cluster.pg_schema import BLOCKLIST_TABLES, CHANNEL, MIRRORED, Mirrored, check_current_async
+from smtprelay.cluster.pg_schema import CHANNEL, MIRRORED, Mirrored, check_current_async
 from smtprelay.config import Config
 
 log = logging.getLogger("smtprelay.cluster")
@@ -64,6 +65,7 @@ class CatalogMirror:
         self.synced = False             # a snapshot was applied since the start
         self.error: str | None = "not connected yet"
         self.versions: tuple[int, int] | None = None
+        self.watermark: int | None = None       # PostgreSQL transaction id: changes from it on are read next
         self.started_at = time.time()
         self._beat = 0.0
         self._events_cursor: int | None = None
@@ -138,10 +140,11 @@ class CatalogMirror:
         versions = (int(row[0]), int(row[1]))
         applied = versions != self.versions
         if applied:
-            snapshot, keys, versions = await self._read(conn, self.versions)
-            await asyncio.to_thread(self._write_keys, keys)
-            await self.store.run(_apply(snapshot, self.now()))
-            self.versions = versions
+            read = await self._read(conn, self.watermark)
+            await asyncio.to_thread(self._write_keys, read.keys)
+            await self.store.run(_apply(read.rows, self.now(), read.deletions))
+            self.versions, self.watermark = read.versions, read.watermark
+            versions = read.versions
             self.synced = True
             if self.on_applied is not None:
                 self.on_applied()
@@ -161,26 +164,45 @@ class CatalogMirror:
         self.error = None
         self.observe("cycle", time.perf_counter() - started, True)
 
-    async def _read(self, conn: Any, held: tuple[int, int] | None) -> tuple[
-            dict[str, list[tuple[Any, ...]]], list[tuple[str, str, str]], tuple[int, int]]:
-        """The rows of the tables whose version moved since `held` (a bounce's blocklist entry does
-        not re-read the accounts), in one snapshot (REPEATABLE READ), with the versions it is at."""
+    async def _read(self, conn: Any, watermark: int | None) -> "Read":
+        """What changed, in one snapshot (REPEATABLE READ). Incrementally, the rows written and the
+        keys deleted by transactions from `watermark` on (PostgreSQL transaction ids: every row
+        carries its writer's, so a transaction that commits late is still read next time; a row
+        read twice is applied twice, harmlessly). In full, every row (at the start, and when deletions
+        newer than the watermark were pruned: the node was away for more than a day)."""
         async with conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
-                                            " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
-            snapshot = {}
-            tables = [t for t in MIRRORED if held is None or
-                      (held[1] != row[1] if t.name in BLOCKLIST_TABLES else held[0] != row[0])]
-            for table in tables:
-                cur = await conn.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")
-                snapshot[table.name] = [tuple(r) for r in await cur.fetchall()]
-            if "dkim_keys" not in snapshot:
-                return snapshot, [], (int(row[0]), int(row[1]))
-            cur = await conn.execute("SELECT d.name, k.selector, k.private_key FROM dkim_keys k JOIN domains d"
-                                     " ON d.id = k.domain_id WHERE k.state != 'retired' AND k.private_key IS NOT NULL")
-            keys = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
-        return snapshot, keys, (int(row[0]), int(row[1]))
+            row = await (await conn.execute(
+                "SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
+                " (SELECT value FROM meta WHERE key = 'blocklist_version'),"
+                " (SELECT value FROM meta WHERE key = 'deletions_pruned_below'),"
+                " txid_snapshot_xmin(txid_current_snapshot())")).fetchone()
+            versions, pruned, xmin = (int(row[0]), int(row[1])), int(row[2]), int(row[3])
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            deletions: dict[str, list[tuple[Any, ...]]] | None = None
+            if watermark is not None and watermark >= pruned:
+                deletions = {}
+                for table in MIRRORED:
+                    cur = await conn.execute(f"SELECT {', '.join(table.columns)} FROM {table.name} WHERE txid >= %s",
+                                             (watermark,))
+                    rows[table.name] = [tuple(r) for r in await cur.fetchall()]
+                cur = await conn.execute("SELECT tbl, key FROM catalog_deletions WHERE txid >= %s", (watermark,))
+                for tbl, key in await cur.fetchall():
+                    deletions.setdefault(tbl, []).append(tuple(key))
+                keys_sql = " AND k.txid >= %s"
+                args: tuple[Any, ...] = (watermark,)
+            else:
+                for table in MIRRORED:
+                    cur = await conn.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")
+                    rows[table.name] = [tuple(r) for r in await cur.fetchall()]
+                keys_sql, args = "", ()
+            keys: list[tuple[str, str, str]] = []
+            if "dkim_keys" in rows and (deletions is None or rows["dkim_keys"]):
+                cur = await conn.execute("SELECT d.name, k.selector, k.private_key FROM dkim_keys k JOIN domains d"
+                                         " ON d.id = k.domain_id WHERE k.state != 'retired' AND k.private_key IS NOT"
+                                         " NULL" + keys_sql, args)
+                keys = [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+        return Read(rows, deletions, keys, versions, xmin)
 
     def _write_keys(self, keys: list[tuple[str, str, str]]) -> None:
         """The DKIM keys this node does not hold yet, unsealed into its data_dir (0600)."""
@@ -228,6 +250,10 @@ class CatalogMirror:
         if time.monotonic() - self._pruned >= 3600:
             await conn.execute("DELETE FROM events WHERE at < extract(epoch FROM now()) - %s",
                                (self.config.events.retention,))
+            # Deletions a day old: a node further behind than that reads the catalog in full.
+            await conn.execute("WITH gone AS (DELETE FROM catalog_deletions WHERE at < now() - interval '1 day'"
+                               " RETURNING txid) UPDATE meta SET value = greatest(value, (SELECT max(txid) + 1"
+                               " FROM gone)) WHERE key = 'deletions_pruned_below' AND EXISTS (SELECT 1 FROM gone)")
             self._pruned = time.monotonic()
 
     async def _push(self, conn: Any) -> None:
@@ -259,6 +285,15 @@ class CatalogMirror:
         log.info("cluster: %d change(s) of this node sent to the catalog", len(rows))
 
 
+@dataclass(frozen=True)
+class Read:
+    rows: dict[str, list[tuple[Any, ...]]]          # per table: rows written (or every row, in full)
+    deletions: dict[str, list[tuple[Any, ...]]] | None   # per table: keys deleted; None: `rows` is in full
+    keys: list[tuple[str, str, str]]                # DKIM keys: domain, selector, sealed key
+    versions: tuple[int, int]
+    watermark: int
+
+
 def _set_cursor(value: int) -> Callable[[sqlite3.Connection], None]:
     def job(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = ? WHERE key = 'cluster_events_cursor'", (value,))
@@ -271,39 +306,48 @@ def _set_push(value: int) -> Callable[[sqlite3.Connection], None]:
     return job
 
 
-def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float) -> Callable[[sqlite3.Connection], int]:
-    """The store's writer job: make the mirrored tables equal to the snapshot (deletions children
-    first, then upserts parents first), with this node's pushes switched off meanwhile."""
+def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float,
+           deletions: dict[str, list[tuple[Any, ...]]] | None = None) -> Callable[[sqlite3.Connection], int]:
+    """The store's writer job: deletions children first, then upserts parents first, with this
+    node's pushes switched off meanwhile. In full (`deletions` None) the snapshot is each table's
+    whole content and the difference is applied; else the snapshot holds the rows written and
+    `deletions` the keys deleted since the last read."""
     def job(db: sqlite3.Connection) -> int:
         from smtprelay.content.suspension import HELD
         db.execute("UPDATE meta SET value = 0 WHERE key = 'cluster_push'")
         pending = {r[0] for r in db.execute("SELECT row_id FROM cluster_outbox WHERE tbl = 'blocklist'")}
+        tables = [t for t in MIRRORED if t.name in snapshot]
         local: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
         remote: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
-        tables = [t for t in MIRRORED if t.name in snapshot]
         for table in tables:
             index = [table.columns.index(k) for k in table.key]
-            local[table.name] = {tuple(r[i] for i in index): tuple(r) for r in
-                                 db.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")}
             remote[table.name] = {tuple(r[i] for i in index): r for r in snapshot[table.name]}
+            if deletions is None or table.name in ("accounts", "domains"):     # small; suspensions compared
+                local[table.name] = {tuple(r[i] for i in index): tuple(r) for r in
+                                     db.execute(f"SELECT {', '.join(table.columns)} FROM {table.name}")}
         changes = 0
-        for table in reversed(tables):
-            gone = [k for k in local[table.name] if k not in remote[table.name]]
+        for table in reversed(MIRRORED):
+            if deletions is None:
+                gone = [k for k in local.get(table.name, {}) if k not in remote.get(table.name, {})]
+            else:
+                gone = [k for k in deletions.get(table.name, []) if k not in remote.get(table.name, {})]
             if table.name == "accounts":    # never deleted by a command; the spool refers to them
                 gone = []
             if table.name == "blocklist":   # this node's own, not pushed yet
                 gone = [k for k in gone if k[0] not in pending]
             where = " AND ".join(f"{k} = ?" for k in table.key)
-            db.executemany(f"DELETE FROM {table.name} WHERE {where}", gone)
-            changes += len(gone)
-        lifted_domains = lifted_accounts = []
+            changes += sum(db.execute(f"DELETE FROM {table.name} WHERE {where}", k).rowcount for k in gone)
+        lifted_domains: list[Any] = []
+        lifted_accounts: list[Any] = []
         suspension_moved = False
-        if "domains" in snapshot:
+        if "domains" in remote:
             lifted_domains = _lifted(local["domains"], remote["domains"], MIRRORED[2], "name")
-            lifted_accounts = _lifted(local["accounts"], remote["accounts"], MIRRORED[0], "id")
             suspension_moved = _moved(local["domains"], remote["domains"], MIRRORED[2])
+        if "accounts" in remote:
+            lifted_accounts = _lifted(local["accounts"], remote["accounts"], MIRRORED[0], "id")
         for table in tables:
-            changed = [r for k, r in remote[table.name].items() if local[table.name].get(k) != r]
+            mine = local.get(table.name)
+            changed = [r for k, r in remote[table.name].items() if mine is None or mine.get(k) != r]
             if not changed:
                 continue
             cols = ", ".join(table.columns)

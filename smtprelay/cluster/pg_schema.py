@@ -60,6 +60,17 @@ def _triggers() -> str:
         for t in MIRRORED)
 
 
+def _incremental() -> str:
+    return "\n".join(
+        f"    ALTER TABLE {t.name} ADD COLUMN txid BIGINT NOT NULL DEFAULT txid_current();\n"
+        f"    CREATE INDEX {t.name}_txid ON {t.name} (txid);\n"
+        f"    CREATE TRIGGER {t.name}_txid BEFORE INSERT OR UPDATE ON {t.name}\n"
+        f"        FOR EACH ROW EXECUTE FUNCTION smtprelay_txid();\n"
+        f"    CREATE TRIGGER {t.name}_deleted AFTER DELETE ON {t.name}\n"
+        f"        FOR EACH ROW EXECUTE FUNCTION smtprelay_deleted({', '.join(repr(k) for k in t.key)});"
+        for t in MIRRORED)
+
+
 MIGRATIONS: list[str] = [
     # 1: the shared catalog (the SQLite store's catalog tables at its version 15), heartbeats.
     """
@@ -230,6 +241,38 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_queue ON events (queue_id);
     CREATE INDEX events_recipient ON events (recipient, at);
     """,
+    # 3: incremental copies. Each mirrored row carries the id of the transaction that last wrote
+    # it, and each deletion is kept (a day) with its key: a node reads only what transactions
+    # from its watermark on wrote or deleted (cluster.mirror), not whole tables, so a change to
+    # a blocklist of a million entries costs the node what the change is.
+    """
+    CREATE FUNCTION smtprelay_txid() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.txid := txid_current();
+        RETURN NEW;
+    END $$;
+    CREATE TABLE catalog_deletions (
+        tbl TEXT NOT NULL,
+        key JSONB NOT NULL,             -- the deleted row's key columns, in pg_schema.MIRRORED's order
+        txid BIGINT NOT NULL DEFAULT txid_current(),
+        at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX catalog_deletions_txid ON catalog_deletions (txid);
+    CREATE INDEX catalog_deletions_at ON catalog_deletions (at);
+    CREATE FUNCTION smtprelay_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        key JSONB := '[]'::jsonb;
+        col TEXT;
+    BEGIN
+        FOREACH col IN ARRAY TG_ARGV LOOP
+            key := key || jsonb_build_array(to_jsonb(OLD) -> col);
+        END LOOP;
+        INSERT INTO catalog_deletions (tbl, key) VALUES (TG_TABLE_NAME, key);
+        RETURN NULL;
+    END $$;
+    INSERT INTO meta (key, value) VALUES ('deletions_pruned_below', 0);
+{incremental}
+    """.replace("{incremental}", _incremental()),
 ]
 
 
