@@ -46,6 +46,7 @@ from smtprelay.events.webhooks import prune as prune_outbox
 from smtprelay.queue.store import QueueStore, StoreUnavailable
 from smtprelay.errors import StoreUnavailable as ServiceUnavailable
 from smtprelay.smtp.gate import Gate
+from smtprelay.policy.blocklist import BlocklistView, Entry
 from smtprelay.smtp.pool import WorkerPool, bind
 from smtprelay.smtp.tls import certificate_expiry, certificate_paths, server_context
 from smtprelay.feedback.intake import FeedbackIntake
@@ -78,6 +79,7 @@ class Relay:
         self._http: web.AppRunner | None = None
         self._catalog_version = -1
         self._blocklist_version = -1
+        self._blocklist_rev = -1        # the last blocklist change the gate holds (-1: none read yet)
         self.pool: WorkerPool | None = None
         self.tasks: TaskRunner | None = None
         self._background: set[asyncio.Future[None]] = set()
@@ -226,7 +228,20 @@ class Relay:
             self._catalog_version = version
         version = versions.get("blocklist_version", 0)
         if version != self._blocklist_version:
-            gate.blocklist = await view.blocklist_view(self.clock.now())
+            # Only what changed since the last read (every entry the first time): a change to a
+            # large list costs what the change is (store migration 17).
+            now = self.clock.now()
+            rows, allowed = await view.blocklist_changes(self._blocklist_rev, now)
+            if self._blocklist_rev < 0:
+                gate.blocklist = BlocklistView([], allowed)
+            blocklist = gate.blocklist
+            blocklist.allowed = allowed
+            for row in rows:
+                if row[2] is None:
+                    blocklist.drop(row[1])
+                else:
+                    blocklist.put(Entry(*row[1:]))
+                self._blocklist_rev = max(self._blocklist_rev, int(row[0]))
             self._blocklist_version = version
 
     async def blocklist_changed(self) -> None:
@@ -378,6 +393,8 @@ class Relay:
                     await asyncio.sleep(0)
                 while await self.store.run(prune_feedback(now - self.config.feedback.retention)) >= 5000:
                     await asyncio.sleep(0)
+                applied = self._blocklist_rev      # deletions the gate has applied are not needed again
+                await self.store.run(lambda db: db.execute("DELETE FROM blocklist_deleted WHERE rev <= ?", (applied,)))
                 changes = await asyncio.to_thread(self._evaluate_levels)
                 for account, old, new, why in changes:
                     log.warning("account %s: reputation level %d → %d (%s)", account, old, new, why)

@@ -102,3 +102,37 @@ def test_an_incremental_read_applies_only_what_changed(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM allowlist").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1     # untouched: not in the change
     assert conn.execute("SELECT count(*) FROM cluster_outbox").fetchone()[0] == 0
+
+
+def test_the_gate_reads_only_the_blocklist_changes_in_their_order(tmp_path: Path) -> None:
+    """Store migration 17: a deleted entry whose id is taken again by the next insert ends
+    present (changes are replayed by version, not deletions last)."""
+    import asyncio
+
+    from smtprelay.catalog.view import SqliteCatalogView
+    from smtprelay.policy.blocklist import BlocklistView, Entry
+    from smtprelay.queue.readers import StoreReader
+    conn = _store(tmp_path)
+    add = "INSERT INTO blocklist (address, type, reason, created_at) VALUES (?, 'custom', 'op', 1.0)"
+    conn.execute(add, ("a@x.example",))
+    conn.execute(add, ("b@x.example",))
+
+    async def run() -> None:
+        reader = await StoreReader.open(tmp_path)
+        view = SqliteCatalogView(reader)
+        try:
+            rows, _ = await view.blocklist_changes(-1, 2.0)
+            gate = BlocklistView([Entry(*r[1:]) for r in rows], set())
+            seen = max(r[0] for r in rows)
+            conn.execute("DELETE FROM blocklist WHERE address = 'b@x.example'")     # the highest id: reused
+            conn.execute(add, ("c@x.example",))
+            rows, _ = await view.blocklist_changes(seen, 2.0)
+            assert [r[2] for r in rows] == [None, "c@x.example"]      # the deletion first, by version
+            for r in rows:
+                gate.drop(r[1]) if r[2] is None else gate.put(Entry(*r[1:]))
+            assert sorted(gate.by_address) == ["a@x.example", "c@x.example"] and len(gate) == 2
+            assert gate.check("c@x.example", 1, "s.example", 2.0) is not None
+            assert gate.check("b@x.example", 1, "s.example", 2.0) is None
+        finally:
+            await reader.close()
+    asyncio.run(run())

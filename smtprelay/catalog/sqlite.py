@@ -33,9 +33,9 @@ log = logging.getLogger("smtprelay.catalog")
 ACCOUNT_ROWS_SQL = "SELECT id, name, daily_quota, rate_per_second, level FROM accounts"
 # Both versions the back end's refresh polls, in one statement (one hop to its reader).
 VERSIONS_SQL = "SELECT key, value FROM meta WHERE key IN ('catalog_version', 'blocklist_version')"
-_BLOCK_COLUMNS = ("id, address, type, account_id, sender_domain, origin_account_id, reason, note, created_at,"
+BLOCK_COLUMNS = ("id, address, type, account_id, sender_domain, origin_account_id, reason, note, created_at,"
                   " expires_at")
-BLOCKLIST_SQL = f"SELECT {_BLOCK_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?"   # (now,)
+BLOCKLIST_SQL = f"SELECT {BLOCK_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?"   # (now,)
 ALLOWED_SQL = "SELECT account_id, address FROM allowlist"
 _DOMAIN_SQL = ("SELECT d.*, a.name AS account, a.pool AS account_pool, a.pool_fallback AS account_pool_fallback,"
                " (SELECT count(*) FROM addresses x WHERE x.domain_id = d.id) AS n"
@@ -240,7 +240,7 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
             "INSERT INTO blocklist (address, type, account_id, sender_domain, origin_account_id, reason, note,"
             " created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
             (address, type_, account_id, sender_domain, origin_account_id, reason, note, now, expires_at))
-        return Entry(*self.conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocklist WHERE id = ?",
+        return Entry(*self.conn.execute(f"SELECT {BLOCK_COLUMNS} FROM blocklist WHERE id = ?",
                                         (cur.lastrowid,)).fetchone())
 
     def blocks(self, *, now: float, include_expired: bool = False, type_: str | None = None,
@@ -262,7 +262,7 @@ class SqliteCatalog(SqliteTemplates, SqliteBatch, SqliteConsole):
         if until is not None:
             where.append("created_at < ?")
             args.append(until)
-        sql = f"SELECT {_BLOCK_COLUMNS} FROM blocklist" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = f"SELECT {BLOCK_COLUMNS} FROM blocklist" + (" WHERE " + " AND ".join(where) if where else "")
         return [Entry(*r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
     def update_block(self, entry_id: int, fields: dict[str, Any]) -> None:

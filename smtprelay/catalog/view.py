@@ -2,8 +2,10 @@
 aiosqlite reader (catalog.CatalogView), one statement per question, never blocking its loop."""
 from __future__ import annotations
 
-from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, ALLOWED_SQL, BLOCKLIST_SQL, VERSIONS_SQL, account_rows, \
-    blocklist_view
+from typing import Any
+
+from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, ALLOWED_SQL, BLOCK_COLUMNS, BLOCKLIST_SQL, VERSIONS_SQL, \
+    account_rows, blocklist_view
 from smtprelay.policy.blocklist import BlocklistView
 from smtprelay.policy.reputation import AccountRow
 from smtprelay.queue.readers import StoreReader
@@ -23,3 +25,17 @@ class SqliteCatalogView:
 
     async def blocklist_view(self, now: float) -> BlocklistView:
         return blocklist_view(await self.reader.rows(BLOCKLIST_SQL, (now,)), await self.reader.rows(ALLOWED_SQL))
+
+    async def blocklist_changes(self, since: int, now: float) -> tuple[list[tuple[Any, ...]], set[tuple[int, str]]]:
+        """The blocklist's changes after version `since` (every active entry when it is negative),
+        in the order they were made, in one statement (one snapshot): (rev, id, the entry's
+        columns or None for a deletion); and the allow list, whole (it is small)."""
+        if since < 0:
+            rows = await self.reader.rows(f"SELECT rev, {BLOCK_COLUMNS} FROM blocklist"
+                                          " WHERE expires_at IS NULL OR expires_at > ?", (now,))
+        else:
+            rows = await self.reader.rows(
+                f"SELECT rev, {BLOCK_COLUMNS} FROM blocklist WHERE rev > ?"
+                " UNION ALL SELECT rev, entry_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+                " FROM blocklist_deleted WHERE rev > ? ORDER BY 1", (since, since))
+        return rows, {(r[0], r[1]) for r in await self.reader.rows(ALLOWED_SQL)}

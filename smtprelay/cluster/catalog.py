@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from smtprelay.catalog.records import Login, SenderDomain, WebhookRecord
-from smtprelay.catalog.sqlite import _BLOCK_COLUMNS, SqliteCatalog
+from smtprelay.catalog.sqlite import BLOCK_COLUMNS, SqliteCatalog
 from smtprelay.cluster import secrets
 from smtprelay.config import Config
 from smtprelay.policy.blocklist import Entry
@@ -182,7 +182,7 @@ class ClusterCatalog(SqliteCatalog):
                      expires_at: float | None) -> Entry:
         return Entry(*self.conn.execute(
             "INSERT INTO blocklist (address, type, account_id, sender_domain, origin_account_id, reason, note,"
-            f" created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {_BLOCK_COLUMNS}",
+            f" created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?) RETURNING {BLOCK_COLUMNS}",
             (address, type_, account_id, sender_domain, origin_account_id, reason, note, now, expires_at)).fetchone())
 
     def allow(self, account_id: int, address: str, now: float) -> None:

@@ -43,9 +43,29 @@ class Finding:
 class BlocklistView:
     def __init__(self, entries: list[Entry], allowed: set[tuple[int, str]]):
         self.by_address: dict[str, list[Entry]] = {}
+        self.by_id: dict[int, Entry] = {}
         for e in entries:
             self.by_address.setdefault(e.address, []).append(e)
+            self.by_id[e.id] = e
         self.allowed = allowed
+
+    def put(self, entry: Entry) -> None:
+        """A new or changed entry (the gate's incremental refresh)."""
+        self.drop(entry.id)
+        self.by_address.setdefault(entry.address, []).append(entry)
+        self.by_id[entry.id] = entry
+
+    def drop(self, entry_id: int) -> None:
+        old = self.by_id.pop(entry_id, None)
+        if old is not None:
+            left = [e for e in self.by_address.get(old.address, []) if e.id != entry_id]
+            if left:
+                self.by_address[old.address] = left
+            else:
+                self.by_address.pop(old.address, None)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
 
     def explain(self, address: str, account_id: int | None, sender_domain: str, now: float) -> list[Finding]:
         """Every entry for this address and whether it applies, with the reason."""

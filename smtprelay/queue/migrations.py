@@ -519,4 +519,29 @@ MIGRATIONS: list[str] = [
         INSERT INTO cluster_outbox (tbl, row_id, payload) VALUES ('domains', NEW.id,
             json_object('suspended_at', NEW.suspended_at, 'suspended_reason', NEW.suspended_reason, 'resumed_at', NEW.resumed_at)); END;
     """,
+    # 17: the gate reads only what changed in the blocklist (issue 20: a cluster's bounces change
+    # it every second; a 100 000-entry list was read whole each time). Each row carries the
+    # blocklist_version of its last change (`rev`); a deletion leaves its id and version in
+    # blocklist_deleted until the back end has applied it.
+    """
+    ALTER TABLE blocklist ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX blocklist_rev ON blocklist (rev);
+    CREATE TABLE blocklist_deleted (entry_id INTEGER NOT NULL, rev INTEGER NOT NULL);
+    CREATE INDEX blocklist_deleted_rev ON blocklist_deleted (rev);
+    DROP TRIGGER blocklist_ins;
+    DROP TRIGGER blocklist_upd;
+    DROP TRIGGER blocklist_del;
+    CREATE TRIGGER blocklist_ins AFTER INSERT ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version';
+        UPDATE blocklist SET rev = (SELECT value FROM meta WHERE key = 'blocklist_version') WHERE id = NEW.id; END;
+    CREATE TRIGGER blocklist_upd AFTER UPDATE OF address, type, account_id, sender_domain, origin_account_id,
+        reason, note, created_at, expires_at ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version';
+        UPDATE blocklist SET rev = (SELECT value FROM meta WHERE key = 'blocklist_version') WHERE id = NEW.id; END;
+    CREATE TRIGGER blocklist_del AFTER DELETE ON blocklist BEGIN
+        UPDATE meta SET value = value + 1 WHERE key = 'blocklist_version';
+        INSERT INTO blocklist_deleted (entry_id, rev) SELECT OLD.id, value FROM meta WHERE key = 'blocklist_version';
+        END;
+    UPDATE blocklist SET rev = 1;
+    """,
 ]
