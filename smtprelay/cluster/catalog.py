@@ -4,9 +4,9 @@ the console write and read when `[cluster] postgres` is set.
 Owns: `ClusterCatalog`, the catalog.Catalog of cluster mode. It runs the SQLite catalog's own
 statements on PostgreSQL (through `PgConnection`, which speaks the sqlite3 connection's small
 dialect: `?` parameters, rows by index or name, `IS ?`), overriding the few that differ. The
-parts that are a node's own state stay in the node's store: templates, recipient groups and
-sending tasks (a task runs on the node it was made on), warm-up counters and day overrides
-(the scheduler's state), and the recipients a resume releases. DKIM private keys go to
+parts that are a node's own state stay in the node's store: recipient groups and sending tasks
+(a task runs on the node it was made on), warm-up counters and day overrides (the scheduler's
+state), and the recipients a resume releases. Templates are shared (schema 4). DKIM private keys go to
 PostgreSQL encrypted with `[cluster] key_file` (cluster.secrets), so every node can sign.
 
 Must never: decide anything (the services do); run on an event loop (it is synchronous, as
@@ -121,8 +121,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 # What stays in the node's store (module docstring): these methods run on the local catalog.
-LOCAL = ("find_templates", "templates", "template_names", "insert_template", "update_template", "rename_template",
-         "set_template_status", "delete_template", "insert_group", "set_group_size", "find_groups", "groups",
+LOCAL = ("insert_group", "set_group_size", "find_groups", "groups",
          "group_rows", "delete_group", "open_tasks_using", "insert_task", "find_task", "tasks", "set_task_held",
          "cancel_task", "task_runs", "warmup_pairs", "set_warmup_day", "ip_warmup_pairs", "set_ip_warmup_day",
          "version", "logins", "senders")
@@ -162,6 +161,25 @@ class ClusterCatalog(SqliteCatalog):
         return bool(self.conn.execute("INSERT INTO console_users (name, account_id, read_only, password_digest,"
                                       " created_at) VALUES (?,?,?,?,?) ON CONFLICT (name) DO NOTHING",
                                       (name, account_id, int(read_only), digest, now)).rowcount)
+
+    def insert_template(self, account_id: int, name: str, description: str | None, parts: dict[str, str | None],
+                        variables: list[str], now: float) -> int | None:
+        row = self.conn.execute(
+            "INSERT INTO templates (account_id, name, description, version, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, 1, 'active', ?, ?) ON CONFLICT (account_id, name) WHERE deleted_at IS NULL DO NOTHING"
+            " RETURNING id", (account_id, name, description, now, now)).fetchone()
+        if row is None:
+            return None
+        self._insert_version(int(row[0]), 1, parts, variables, now)
+        return int(row[0])
+
+    def rename_template(self, template_id: int, name: str, now: float) -> bool:
+        try:
+            with self.remote.pg.transaction():      # a savepoint: a taken name leaves the caller's transaction usable
+                self.conn.execute("UPDATE templates SET name = ?, updated_at = ? WHERE id = ?", (name, now, template_id))
+        except self.integrity_error:
+            return False
+        return True
 
     def insert_domain(self, name: str, account_id: int, status: str, now: float) -> int:
         return int(self.conn.execute("INSERT INTO domains (name, account_id, status, created_at) VALUES (?,?,?,?)"

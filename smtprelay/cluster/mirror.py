@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from smtprelay import __version__
 from smtprelay.cluster import secrets
-from smtprelay.cluster.pg_schema import CHANNEL, MIRRORED, Mirrored, check_current_async
+from smtprelay.cluster.pg_schema import CHANNEL, MIRRORED, NEVER_DELETED, Mirrored, check_current_async
 from smtprelay.config import Config
 
 log = logging.getLogger("smtprelay.cluster")
@@ -331,7 +331,7 @@ def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float,
                 gone = [k for k in local.get(table.name, {}) if k not in remote.get(table.name, {})]
             else:
                 gone = [k for k in deletions.get(table.name, []) if k not in remote.get(table.name, {})]
-            if table.name == "accounts":    # never deleted by a command; the spool refers to them
+            if table.name in NEVER_DELETED:     # the spool and tasks refer to them
                 gone = []
             if table.name == "blocklist":   # this node's own, not pushed yet
                 gone = [k for k in gone if k[0] not in pending]

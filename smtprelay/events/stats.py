@@ -21,12 +21,12 @@ _TYPES = ("accepted", "rejected", "delivered", "deferred", "bounced", "expired",
 @dataclass(frozen=True)
 class Dialect:
     """Where the events are read: this node's store, or the cluster's PostgreSQL (issue 20),
-    whose rows also say which node wrote them (template and task ids are a node's own)."""
+    whose rows also say which node wrote them (task ids are a node's own)."""
     day: str                # the UTC day of `at`, YYYY-MM-DD
     json: str               # a field of `data` ({key})
     flag: str               # a true/false field of `data` as 1/0 ({key})
     node: str               # the node of the row ('' on a single node)
-    local_node: str = ""    # this node: its template ids are the ones `template_names` knows
+    local_node: str = ""    # this node: a task id names one of its tasks
 
 
 SQLITE = Dialect("date(at, 'unixepoch')", "json_extract(data, '$.{key}')", "coalesce(json_extract(data, '$.{key}'), 0)",
@@ -43,11 +43,11 @@ def daily(conn: Any, since: float, until: float, sender_domain: str | None = Non
           template_names: dict[int, tuple[str, str]] | None = None, task_id: int | None = None,
           task_run: int | None = None, dialect: Dialect = SQLITE) -> list[dict[str, Any]]:
     """Rows per day and group; `template_names` (id → account, name) names the template of
-    each row (its id when the name is not known; with the node's name when another node's)."""
+    each row (its id when the name is not known)."""
     where = ["at >= ?", "at < ?", f"type IN ({','.join('?' * len(_TYPES))})"]
     args: list[Any] = [since, until, *_TYPES]
-    if dialect.local_node and (template_id is not None or task_id is not None):
-        where.append("node = ?")        # a template or task id names this node's
+    if dialect.local_node and task_id is not None:
+        where.append("node = ?")        # a task id names this node's (tasks run where they were made)
         args.append(dialect.local_node)
     if sender_domain:
         where.append("sender_domain = ?")
@@ -71,14 +71,12 @@ def daily(conn: Any, since: float, until: float, sender_domain: str | None = Non
         f" , {dialect.flag.format(key='machine')}, coalesce(template_id, 0), {dialect.node}"
         " FROM events WHERE " + " AND ".join(where) + " GROUP BY 1, 2, 3, 4, 5, 6, 9, 10, 11", args).fetchall()
     names = template_names or {}
-    groups: dict[tuple[str, str, str, str, int, str], dict[str, Any]] = {}
-    for day, sd, rd, tag, kind, klass, total, unique, machine, template, node in rows:
-        ours = node in ("", dialect.local_node)
-        g = groups.setdefault((day, sd, rd, tag, template, "" if ours or not template else node), {
+    groups: dict[tuple[str, str, str, str, int], dict[str, Any]] = {}
+    for day, sd, rd, tag, kind, klass, total, unique, machine, template, _node in rows:
+        g = groups.setdefault((day, sd, rd, tag, template), {
             "day": day, "sender_domain": sd or None, "recipient_domain": rd or None, "tag": tag or None,
             "template_id": template or None,
-            "template": ((names[template][1] if template in names else str(template)) if ours
-                         else f"{template}@{node}") if template else None,
+            "template": (names[template][1] if template in names else str(template)) if template else None,
             **{c: 0 for c in COUNTS}})
         if kind in ("opened", "clicked") and machine:   # prefetchers and scanners are counted apart
             g[kind + "_machine"] += total

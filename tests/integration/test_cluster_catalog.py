@@ -275,5 +275,21 @@ def test_stats_and_status_answer_for_the_whole_cluster(make_relay: Callable[...,
         assert "node" not in mine and mine["recipients"][0]["history"], mine
         by_address = one.cli_json("status", "--recipient", "Reader@target.example")["messages"]
         assert sorted(m["queue_id"] for m in by_address) == sorted(ids["relay-1"] + ids["relay-2"])
+        # A template made through node 1 renders in node 2's send API; stats name it everywhere.
+        from tests.integration.test_templates import add_template, api
+        template = add_template(one, tmp_path, account="apps", name="welcome", subject="Hi {{name}}")
+        cred = one.cli_json("credential", "add", "apps")
+
+        def sent() -> bool:
+            status, doc, _ = api(two, {"from": "app@apps.example", "to": ["fan@target.example"],
+                                       "template": {"id": "welcome", "data": {"name": "Fan", "order": {"id": 7},
+                                                                              "footer": ""}}},
+                                 (cred["username"], cred["password"]))
+            return status == 202
+        wait_for(sent, 5)
+        wait_for(lambda: any(b"Subject: Hi Fan" in t["data"] for t in sink.transactions()), 15)
+        assert [t["name"] for t in two.cli_json("template", "list")["templates"]] == ["welcome"]
+        wait_for(lambda: any(r["template"] == "welcome" for r in one.cli_json(
+            "stats", "--template", str(template["id"]))["days"]), 10)
     finally:
         sink.stop()
