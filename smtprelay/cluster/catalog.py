@@ -5,8 +5,9 @@ Owns: `ClusterCatalog`, the catalog.Catalog of cluster mode. It runs the SQLite 
 statements on PostgreSQL (through `PgConnection`, which speaks the sqlite3 connection's small
 dialect: `?` parameters, rows by index or name, `IS ?`), overriding the few that differ. The
 parts that are a node's own state stay in the node's store: recipient groups and sending tasks
-(a task runs on the node it was made on), warm-up counters and day overrides (the scheduler's
-state), and the recipients a resume releases. Templates are shared (schema 4). DKIM private keys go to
+(a task runs on the node it was made on), warm-up counters (the scheduler's state) and IP
+warm-up, and the recipients a resume releases. Templates (schema 4) and warm-up days an
+operator sets (schema 5) are shared. DKIM private keys go to
 PostgreSQL encrypted with `[cluster] key_file` (cluster.secrets), so every node can sign.
 
 Must never: decide anything (the services do); run on an event loop (it is synchronous, as
@@ -123,7 +124,7 @@ def _first_line(exc: BaseException) -> str:
 # What stays in the node's store (module docstring): these methods run on the local catalog.
 LOCAL = ("insert_group", "set_group_size", "find_groups", "groups",
          "group_rows", "delete_group", "open_tasks_using", "insert_task", "find_task", "tasks", "set_task_held",
-         "cancel_task", "task_runs", "warmup_pairs", "set_warmup_day", "ip_warmup_pairs", "set_ip_warmup_day",
+         "cancel_task", "task_runs", "warmup_pairs", "ip_warmup_pairs", "set_ip_warmup_day",
          "version", "logins", "senders")
 
 
@@ -180,6 +181,13 @@ class ClusterCatalog(SqliteCatalog):
         except self.integrity_error:
             return False
         return True
+
+    def set_warmup_day(self, sender_domain: str, provider: str, day: int, today: str, now: float) -> None:
+        """For every node: each applies it to its own pair when its copy arrives (store migration 18)."""
+        self.conn.execute("INSERT INTO warmup_days (sender_domain, provider, day, day_date, set_at) VALUES (?,?,?,?,?)"
+                          " ON CONFLICT (sender_domain, provider) DO UPDATE SET day = excluded.day, day_date ="
+                          " excluded.day_date, set_at = excluded.set_at", (sender_domain, provider, day, today, now))
+        self.local.set_warmup_day(sender_domain, provider, day, today, now)     # this node at once
 
     def insert_domain(self, name: str, account_id: int, status: str, now: float) -> int:
         return int(self.conn.execute("INSERT INTO domains (name, account_id, status, created_at) VALUES (?,?,?,?)"

@@ -58,6 +58,9 @@ MIRRORED += (
     Mirrored("template_versions", ("template_id", "version"), ("template_id", "version", "subject", "html", "text",
                                                               "variables", "created_at")),
 )
+# Warm-up days an operator set (schema 5): every node applies them to its own pair.
+MIRRORED += (Mirrored("warmup_days", ("sender_domain", "provider"),
+                      ("sender_domain", "provider", "day", "day_date", "set_at")),)
 NEVER_DELETED = ("accounts", "templates", "template_versions")     # a node's spool refers to them
 _V1 = MIRRORED[:10]             # the tables of schema versions 1 and 3 (released steps never change)
 
@@ -314,6 +317,21 @@ MIGRATIONS: list[str] = [
 {incremental}
     """.replace("{triggers}", _triggers(MIRRORED[10:12])).replace("{incremental}", "\n".join(
         line for line in _incremental(MIRRORED[10:12]).splitlines() if "ADD COLUMN txid" not in line)),
+    # 5: warm-up days set by an operator, for every node (the store's warmup_days, version 18).
+    """
+    CREATE TABLE warmup_days (
+        sender_domain TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        day_date TEXT NOT NULL,
+        set_at DOUBLE PRECISION NOT NULL,
+        txid BIGINT NOT NULL DEFAULT txid_current(),
+        PRIMARY KEY (sender_domain, provider)
+    );
+{triggers}
+{incremental}
+    """.replace("{triggers}", _triggers(MIRRORED[12:13])).replace("{incremental}", "\n".join(
+        line for line in _incremental(MIRRORED[12:13]).splitlines() if "ADD COLUMN txid" not in line)),
 ]
 
 

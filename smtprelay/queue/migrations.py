@@ -544,4 +544,24 @@ MIGRATIONS: list[str] = [
         END;
     UPDATE blocklist SET rev = 1;
     """,
+    # 18: cluster mode (issue 20): a warm-up day set through any node (`warmup set-day`) is
+    # mirrored into `warmup_days`; its triggers apply it to this node's pair as the local command
+    # does (day_override, picked up by the scheduler at its next scan).
+    """
+    CREATE TABLE warmup_days (
+        sender_domain TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        day_date TEXT NOT NULL,
+        set_at REAL NOT NULL,
+        PRIMARY KEY (sender_domain, provider)
+    );
+{apply}
+    """.replace("{apply}", "\n".join(
+        f"    CREATE TRIGGER warmup_days_{op[:3].lower()} AFTER {op} ON warmup_days BEGIN\n"
+        "        INSERT INTO warmup (sender_domain, provider, day, day_date, used, updated_at, day_override)\n"
+        "            VALUES (NEW.sender_domain, NEW.provider, NEW.day, NEW.day_date, 0, NEW.set_at, NEW.day)\n"
+        "            ON CONFLICT (sender_domain, provider) DO UPDATE SET day_override = excluded.day_override,\n"
+        "            day = excluded.day, updated_at = excluded.updated_at;\n"
+        "        UPDATE meta SET value = value + 1 WHERE key = 'warmup_generation'; END;" for op in ("INSERT", "UPDATE"))),
 ]

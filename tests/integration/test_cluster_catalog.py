@@ -186,6 +186,13 @@ def test_blocklist_entries_made_on_one_node_refuse_on_the_other(make_relay: Call
         assert (code, b"type invalid" in reply) == (550, True), reply
         listed = {e["address"] for e in two.cli_json("blocklist", "list")["entries"]}
         assert {"blocked@target.example", "gone@target.example"} <= listed
+        # A warm-up day set through node 1 applies to node 2's pair too.
+        assert one.cli_json("warmup", "set-day", "apps.example", "gmail", "2")["day"] == 2
+
+        def day_on_two() -> int | None:
+            pairs = two.cli_json("warmup", "status", "--sender-domain", "apps.example")["pairs"]
+            return next((p["day"] for p in pairs if p["provider"] == "gmail"), None)
+        wait_for(lambda: day_on_two() == 2, 3)
         # Removed through node 1: node 2 accepts again.
         one.cli("blocklist", "remove", "gone@target.example")
         wait_for(lambda: rcpt_reply(two, "gone@target.example")[0] == 250, 3)
