@@ -84,6 +84,12 @@ def _incremental(tables: tuple[Mirrored, ...]) -> str:
         for t in tables)
 
 
+def _created_shared(tables: tuple[Mirrored, ...]) -> str:
+    """A table created with its txid column: its version bump, txid and deletion triggers."""
+    return _triggers(tables) + "\n" + "\n".join(
+        line for line in _incremental(tables).splitlines() if "ADD COLUMN txid" not in line)
+
+
 MIGRATIONS: list[str] = [
     # 1: the shared catalog (the SQLite store's catalog tables at its version 15), heartbeats.
     """
@@ -313,10 +319,8 @@ MIGRATIONS: list[str] = [
         txid BIGINT NOT NULL DEFAULT txid_current(),
         PRIMARY KEY (template_id, version)
     );
-{triggers}
-{incremental}
-    """.replace("{triggers}", _triggers(MIRRORED[10:12])).replace("{incremental}", "\n".join(
-        line for line in _incremental(MIRRORED[10:12]).splitlines() if "ADD COLUMN txid" not in line)),
+{shared}
+    """.replace("{shared}", _created_shared(MIRRORED[10:12])),
     # 5: warm-up days set by an operator, for every node (the store's warmup_days, version 18).
     """
     CREATE TABLE warmup_days (
@@ -328,10 +332,8 @@ MIGRATIONS: list[str] = [
         txid BIGINT NOT NULL DEFAULT txid_current(),
         PRIMARY KEY (sender_domain, provider)
     );
-{triggers}
-{incremental}
-    """.replace("{triggers}", _triggers(MIRRORED[12:13])).replace("{incremental}", "\n".join(
-        line for line in _incremental(MIRRORED[12:13]).splitlines() if "ADD COLUMN txid" not in line)),
+{shared}
+    """.replace("{shared}", _created_shared(MIRRORED[12:13])),
 ]
 
 
