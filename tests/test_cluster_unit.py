@@ -136,3 +136,23 @@ def test_the_gate_reads_only_the_blocklist_changes_in_their_order(tmp_path: Path
         finally:
             await reader.close()
     asyncio.run(run())
+
+
+def test_a_node_with_a_catalog_of_its_own_is_not_overwritten(tmp_path: Path) -> None:
+    """Account ids are the cluster's: a store whose account 1 is another name is refused (said
+    why, nothing changed), never silently renamed under its queued mail."""
+    conn = _store(tmp_path)
+    conn.execute("INSERT INTO accounts (id, name, created_at) VALUES (1, 'local-apps', 1.0)")
+    snapshot = _snapshot(conn)
+    snapshot["accounts"] = [(1, "acme", None, None, 1.0, None, 0, None, None, None, None, None, None)]
+    why = _apply(snapshot, 2.0)(conn)
+    assert isinstance(why, str) and "catalog of its own" in why and "--import-local" in why
+    assert [tuple(r) for r in conn.execute("SELECT id, name FROM accounts")] == [(1, "local-apps")]
+    # A statement failing inside the job is rolled back to its savepoint and said, not raised.
+    conn.execute("INSERT INTO accounts (id, name, created_at) VALUES (2, 'acme', 1.0)")
+    snapshot["accounts"] = [(1, "local-apps", None, None, 1.0, None, 0, None, None, None, None, None, None),
+                            (3, "acme", None, None, 1.0, None, 0, None, None, None, None, None, None)]
+    why = _apply(snapshot, 2.0)(conn)
+    assert isinstance(why, str) and "UNIQUE" in why, why
+    assert [tuple(r) for r in conn.execute("SELECT id, name FROM accounts ORDER BY id")] == [(1, "local-apps"),
+                                                                                               (2, "acme")]

@@ -123,7 +123,7 @@ class CatalogMirror:
         self.observe("cycle", 0.0, False)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self.healthy or not self._failing_logged:
-            log.error("cluster: %s (%s); %s", "the PostgreSQL catalog cannot be used" if isinstance(exc, RuntimeError)
+            log.error("cluster: %s (%s); %s", "the catalog cannot be used" if isinstance(exc, RuntimeError)
                       else "PostgreSQL is not reachable", reason,
                       "new mail gets 451 until it is" if self.config.cluster.on_failure == "refuse"
                       else "this node keeps its last copy of the catalog")
@@ -142,7 +142,9 @@ class CatalogMirror:
         if applied:
             read = await self._read(conn, self.watermark)
             await asyncio.to_thread(self._write_keys, read.keys)
-            await self.store.run(_apply(read.rows, self.now(), read.deletions))
+            done = await self.store.run(_apply(read.rows, self.now(), read.deletions))
+            if isinstance(done, str):
+                raise CatalogConflict(done)
             self.versions, self.watermark = read.versions, read.watermark
             versions = read.versions
             self.synced = True
@@ -285,6 +287,10 @@ class CatalogMirror:
         log.info("cluster: %d change(s) of this node sent to the catalog", len(rows))
 
 
+class CatalogConflict(RuntimeError):
+    """The snapshot cannot be applied to this node's store (said why): the node stays out of sync."""
+
+
 @dataclass(frozen=True)
 class Read:
     rows: dict[str, list[tuple[Any, ...]]]          # per table: rows written (or every row, in full)
@@ -312,8 +318,28 @@ def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float,
     node's pushes switched off meanwhile. In full (`deletions` None) the snapshot is each table's
     whole content and the difference is applied; else the snapshot holds the rows written and
     `deletions` the keys deleted since the last read."""
-    def job(db: sqlite3.Connection) -> int:
+    def job(db: sqlite3.Connection) -> int | str:
+        # Inside the store's group commit, beside messages being committed: a failure here must
+        # not fail them, so it is rolled back to a savepoint and returned, never raised.
+        db.execute("SAVEPOINT mirror")
+        try:
+            result = apply(db)
+        except sqlite3.Error as exc:
+            result = f"this node's copy of the catalog cannot be updated: {exc}"
+        if isinstance(result, str):
+            db.execute("ROLLBACK TO mirror")
+        db.execute("RELEASE mirror")
+        return result
+
+    def apply(db: sqlite3.Connection) -> int | str:
         from smtprelay.content.suspension import HELD
+        if deletions is None and "accounts" in snapshot:
+            theirs = {r[0]: r[1] for r in snapshot["accounts"]}
+            for account_id, name in db.execute("SELECT id, name FROM accounts"):
+                if account_id in theirs and theirs[account_id] != name:
+                    return (f"this node's store has a catalog of its own (account {name!r} is id {account_id} here, "
+                            f"{theirs[account_id]!r} in the cluster's): move it into an empty cluster catalog with "
+                            "`smtprelay cluster migrate --import-local`, or start this node with an empty data_dir")
         db.execute("UPDATE meta SET value = 0 WHERE key = 'cluster_push'")
         pending = {r[0] for r in db.execute("SELECT row_id FROM cluster_outbox WHERE tbl = 'blocklist'")}
         tables = [t for t in MIRRORED if t.name in snapshot]

@@ -153,8 +153,14 @@ class ReportService:
         (the sends the limiter counts; within the minute it rounds to)."""
         now = self.ctx.now()
         wanted = AccountService(self.ctx).get(account).id if account is not None else None
-        used = dict(self.ctx.store.execute(
-            "SELECT account_id, count(*) FROM sends WHERE at > ? GROUP BY account_id", (now - 86400,)).fetchall())
+        shared = getattr(self.ctx.catalog, "shared_events", None)
+        if shared is None:
+            used = dict(self.ctx.store.execute(
+                "SELECT account_id, count(*) FROM sends WHERE at > ? GROUP BY account_id", (now - 86400,)).fetchall())
+        else:       # cluster mode: every node's accepted recipients (their events, forwarded each second)
+            used = {int(r[0]): int(r[1]) for r in shared()[0].execute(
+                "SELECT account_id, count(*) FROM events WHERE type = 'accepted' AND at > ? AND account_id IS NOT NULL"
+                " GROUP BY account_id", (now - 86400,))}
         out = []
         for a, _ in self.ctx.catalog.accounts():
             if wanted is not None and a.id != wanted:

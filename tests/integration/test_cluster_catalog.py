@@ -67,6 +67,7 @@ def node(make_relay: Callable[..., Relay], pg: PgServer, key_file: Path, name: s
          route: str | None = None, **cluster: Any) -> Relay:
     conf: dict[str, dict[str, Any]] = {
         "cluster": {"node": name, "postgres": pg.url, "key_file": str(key_file), **cluster},
+        "http": {"admin_token": "s3cret-token"},
         "server": {"public_ips": ["127.0.0.1"]},
         "delivery": {"routes": {"*": route or f"127.0.0.1:{free_port()}"}}}
     if dns is not None:
@@ -270,6 +271,11 @@ def test_stats_and_status_answer_for_the_whole_cluster(make_relay: Callable[...,
         wait_for(delivered_everywhere, 15)
         rows = one.cli_json("stats", "--recipient-domain", "target.example")["days"]
         assert sum(r["accepted"] for r in rows) == 5 and sum(r["requests"] for r in rows) == 5, rows
+        # The quota used in 24 h (GET /usage, the console's overview) counts both nodes' mail.
+        from tests.integration.test_admin_api import call
+        everything = sum(r["accepted"] for r in one.cli_json("stats")["days"])
+        status, usage = call(one, "GET", "/usage")
+        assert status == 200 and {u["account"]: u["used_24h"] for u in usage["usage"]}["apps"] == everything >= 7
         # Node 2's message, asked on node 1: its node, its state, its events.
         doc = one.cli_json("status", ids["relay-2"][0])
         assert (doc["node"], doc["from"], doc["account"]) == ("relay-2", "app@apps.example", "apps"), doc
