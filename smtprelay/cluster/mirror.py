@@ -313,7 +313,7 @@ def _set_push(value: int) -> Callable[[sqlite3.Connection], None]:
 
 
 def _apply(snapshot: dict[str, list[tuple[Any, ...]]], now: float,
-           deletions: dict[str, list[tuple[Any, ...]]] | None = None) -> Callable[[sqlite3.Connection], int]:
+           deletions: dict[str, list[tuple[Any, ...]]] | None = None) -> Callable[[sqlite3.Connection], int | str]:
     """The store's writer job: deletions children first, then upserts parents first, with this
     node's pushes switched off meanwhile. In full (`deletions` None) the snapshot is each table's
     whole content and the difference is applied; else the snapshot holds the rows written and
