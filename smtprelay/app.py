@@ -30,6 +30,7 @@ from smtprelay.batch.runner import TaskRunner
 from smtprelay.catalog import CatalogView
 from smtprelay.content import suspension
 from smtprelay.catalog.view import SqliteCatalogView
+from smtprelay.cluster.lookup import ClusterEvents
 from smtprelay.cluster.mirror import CatalogMirror
 from smtprelay.clock import Clock, clock_from_environment
 from smtprelay.config import Config, ConfigError, TlsMode, format_duration, load, reload_report
@@ -84,6 +85,7 @@ class Relay:
         self.tasks: TaskRunner | None = None
         self._background: set[asyncio.Future[None]] = set()
         self.mirror: CatalogMirror | None = None       # cluster mode with PostgreSQL
+        self.cluster_events: ClusterEvents | None = None   # and its lookups of other nodes' messages
 
     def _bind(self) -> None:
         """Every listening socket, before anything else starts: a port in use (a second `serve`)
@@ -189,6 +191,8 @@ class Relay:
                 await self.gate.shared.close()
             if self.mirror is not None:
                 await self.mirror.close()
+            if self.cluster_events is not None:
+                await self.cluster_events.close()
             await store.close()
             if self._reader is not None:
                 await self._reader.close()
@@ -360,6 +364,8 @@ class Relay:
         mirror.on_applied = on_applied
         await mirror.start()
         self.mirror = mirror
+        assert self.config.cluster.postgres is not None
+        self.cluster_events = ClusterEvents(self.config.cluster.postgres)
         if self.config.cluster.on_failure == "refuse":
             self.gate.catalog_available = lambda: mirror.available
         log.info("cluster: node %s mirrors the catalog of PostgreSQL", self.config.cluster.node)
@@ -466,7 +472,8 @@ class Relay:
         def endpoints(app: web.Application) -> None:
             assert self._reader is not None and self.pool is not None
             tracking_http.add_routes(app, lambda: self.config, self.store, tracking.load_key(self.config),
-                                     self._reader, self.clock.now, self.blocklist_changed)
+                                     self._reader, self.clock.now, self.blocklist_changed,
+                                     self.cluster_events.accepted if self.cluster_events is not None else None)
             send_http.add_route(app, lambda: self.config, self.pool.send)
             if self.config.console.enabled:     # a restart turns it on or off, like the admin token
                 from smtprelay.console.web import Console, add_routes as add_console

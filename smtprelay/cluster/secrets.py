@@ -39,6 +39,15 @@ def check(path: Path) -> None:
     _fernet(path)
 
 
+def derived(path: Path, purpose: str) -> bytes:
+    """A key for `purpose` every node derives alike from the key file (cluster mode's tracking
+    and VERP keys when tracking.secret / feedback.secret are not set: a link or a bounce may
+    reach any node)."""
+    import hmac
+    _fernet(path)       # the same checks
+    return hmac.new(path.read_bytes().strip(), f"smtprelay {purpose}".encode(), hashlib.sha256).hexdigest().encode()
+
+
 def seal(path: Path | None, plaintext: bytes) -> str:
     if path is None:
         raise SecretError("cluster.key_file is not set")

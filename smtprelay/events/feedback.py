@@ -13,7 +13,10 @@ from smtprelay.policy.address import canonical
 
 
 def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None, sender_domain: str, address: str,
-                    kind: str, queue_id: str | None = None) -> None:
+                    kind: str, queue_id: str | None = None,
+                    elsewhere: tuple[str | None, int | None, int | None, int | None, int | None] | None = None) -> None:
+    """`elsewhere`: (tag, template id, version, task id, run) of a message this node does not
+    hold (cluster mode: another node accepted it)."""
     if kind not in ("unsubscribe", "complaint"):
         raise ValueError(kind)
     address = canonical(address)
@@ -24,7 +27,7 @@ def record_feedback(conn: sqlite3.Connection, now: float, account_id: int | None
     # row as the message's opens and deliveries.
     found = conn.execute("SELECT tag, template_id, template_version, task_id, task_run FROM messages WHERE id = ?",
                          (queue_id,)).fetchone() if queue_id else None
-    tag, template_id, version, task_id, task_run = found if found else (None, None, None, None, None)
+    tag, template_id, version, task_id, task_run = found if found else elsewhere or (None, None, None, None, None)
     conn.execute(events.INSERT_WITH_TEMPLATE, ("complained" if kind == "complaint" else "unsubscribed", now, account_id,
                                                queue_id, address, domain, address.rpartition("@")[2], None, tag,
                                                events.data(), template_id, version, task_id, task_run))

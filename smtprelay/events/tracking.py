@@ -143,10 +143,14 @@ def personalize(content: bytes, settings: Settings, base_url: str, secret: bytes
 
 
 def load_key(config: "Config") -> bytes:
-    """The key that signs tracking and unsubscribe tokens: tracking.secret, or one generated once
-    into data_dir/tracking.key (0600) so that links keep working across restarts."""
+    """The key that signs tracking and unsubscribe tokens: tracking.secret; in cluster mode one
+    derived from cluster.key_file (the same on every node); else one generated once into
+    data_dir/tracking.key (0600) so that links keep working across restarts."""
     if config.tracking.secret:
         return config.tracking.secret.encode()
+    if config.cluster.postgres is not None and config.cluster.key_file is not None:
+        from smtprelay.cluster.secrets import derived
+        return derived(config.cluster.key_file, "tracking")     # every node's: a click may reach any node
     path = config.server.data_dir / "tracking.key"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,6 +1,7 @@
 """The key that signs VERP return paths: feedback.secret, or one generated once into
 data_dir/feedback.key (0600), so a bounce that comes back days later (or after a restart)
-still names its recipient.
+still names its recipient. In cluster mode one derived from cluster.key_file signs (the same on
+every node), the node's own file still reading what it signed before.
 
 Owns: that file. Must never: sign or parse (feedback.verp does).
 """
@@ -19,6 +20,10 @@ def load_secrets(config: "Config") -> list[bytes]:
     the old one)."""
     if config.feedback.secret:
         return [config.feedback.secret.encode()]
+    shared: list[bytes] = []
+    if config.cluster.postgres is not None and config.cluster.key_file is not None:
+        from smtprelay.cluster.secrets import derived     # signs from now on; the node's own key still reads
+        shared = [derived(config.cluster.key_file, "verp")]
     path = config.server.data_dir / "feedback.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,4 +34,4 @@ def load_secrets(config: "Config") -> list[bytes]:
         else:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
-    return [path.read_text().strip().encode()]
+    return shared + [path.read_text().strip().encode()]

@@ -87,8 +87,8 @@ def seed_verified(one: Relay, pg: PgServer, account: str, domain: str, address: 
     one.cli("account", "add", account, check=False)     # the trusted listener may have made it
     one.cli("domain", "add", account, domain)
     one.cli("address", "add", address)
-    pg_sql(pg, "UPDATE domains SET status = 'verified', verified_at = extract(epoch FROM now()) WHERE name = %s",
-           domain)
+    pg_sql(pg, "UPDATE domains SET status = 'verified', verified_at = extract(epoch FROM now()),"
+           " last_checked_at = extract(epoch FROM now()) WHERE name = %s", domain)
 
 
 def sending_pair(make_relay: Callable[..., Relay], pg: PgServer, key_file: Path, port: int) -> tuple[Relay, Relay]:
@@ -304,5 +304,49 @@ def test_stats_and_status_answer_for_the_whole_cluster(make_relay: Callable[...,
         assert [t["name"] for t in two.cli_json("template", "list")["templates"]] == ["welcome"]
         wait_for(lambda: any(r["template"] == "welcome" for r in one.cli_json(
             "stats", "--template", str(template["id"]))["days"]), 10)
+    finally:
+        sink.stop()
+
+
+def test_a_link_from_one_nodes_mail_works_on_the_other(make_relay: Callable[..., Relay], pg: PgServer,
+                                                        key_file: Path, tmp_path: Path) -> None:
+    """Behind a load balancer an open, a click or an unsubscribe may reach any node: node 1
+    records them for node 2's message (the tokens are signed with a key every node derives from
+    the key file; the message's fields come from node 2's `accepted` event)."""
+    import email
+    import email.policy
+    import re
+
+    from tests.integration.test_tracking import HTML, get
+    sink = Receiver(tmp_path).start()
+    try:
+        one, two = sending_pair(make_relay, pg, key_file, sink.port)
+        for relay in (one, two):
+            relay.doc["tracking"] = {"base_url": "http://t.example", "machine_window": "1ms"}
+            relay.write_config()
+            relay.stop()
+            relay.start()
+        one.cli("tracking", "set", "--account", "apps", "--opens", "on", "--clicks", "on", "--unsubscribe", "on")
+        wait_for(lambda: rcpt_reply(two, "probe2@elsewhere.example")[0] == 250, 10)
+        with smtplib.SMTP("127.0.0.1", two.trusted_port, local_hostname="app.test", timeout=10) as s:
+            assert s.sendmail("app@apps.example", ["reader@d.test"], HTML) == {}
+        wait_for(lambda: any("reader@d.test" in t["rcpts"] for t in sink.transactions()), 15)
+        data = next(t["data"] for t in sink.transactions() if "reader@d.test" in t["rcpts"])
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        html = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_content()
+        pixel = re.search(r'src="http://t\.example(/t/o/[^"]+)"', html).group(1)  # type: ignore[union-attr]
+        unsub = re.search(r"<http://t\.example(/u/[^>]+)>", msg["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+        # (node 2's events reach PostgreSQL within its next cycle, a second at most)
+        wait_for(lambda: bool(pg_sql(pg, "SELECT 1 FROM events WHERE recipient = %s AND type = 'accepted'",
+                                     "reader@d.test")), 5)
+        assert get(one, pixel).status == 200
+        assert get(one, unsub, "POST", b"List-Unsubscribe=One-Click").status == 200     # node 1 never saw it
+
+        def counted() -> bool:
+            day = next((d for d in one.cli_json("stats")["days"] if d["tag"] == "spring"), None)
+            return day is not None and (day["opened"], day["unsubscribed"]) == (1, 1)
+        wait_for(counted, 10)
+        # The unsubscribe's `reject` entry, made on node 1, refuses on node 2.
+        wait_for(lambda: rcpt_reply(two, "reader@d.test")[0] == 550, 5)
     finally:
         sink.stop()
