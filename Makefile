@@ -83,6 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/cluster_catalog.py
 
 # Coverage-guided fuzzing of the parsers (atheris), longer than `make test` affords; not part of it.
 FUZZ_SECONDS ?= 60

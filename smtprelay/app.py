@@ -462,6 +462,9 @@ class Relay:
         context = None
         if any(l.tls is not TlsMode.NONE for l in self.config.feedback_listeners):
             context = server_context(*certificate_paths(self.config))
+        if self.mirror is not None and self.cluster_events is not None:     # cluster mode: reports travel
+            intake.cluster = self.cluster_events
+            self.mirror.on_feedback = intake.apply_handed
         self.feedback = FeedbackServer(lambda: self.config, intake.accepts, intake.apply)
         await self.feedback.start(self._feedback_sockets, context)
 

@@ -12,7 +12,9 @@ every change) or one second without one starts a cycle: push the outbox, read th
 counters, and when they moved read the shared tables in one snapshot and apply the difference
 to the store in one transaction (the store's own triggers then tell the workers). DKIM keys a
 node lacks are unsealed into its data_dir first. A lifted suspension releases this node's held
-recipients. Every 5 s the node writes its heartbeat (`cluster status`).
+recipients. Every 5 s the node writes its heartbeat (`cluster status`). Each cycle also sends
+the node's new events (cluster-wide `stats` and `status`) and applies the bounces and complaints
+other nodes' feedback listeners received about this node's mail (`feedback_relay`).
 
 Must never: apply a partial snapshot; lose an outbox row before PostgreSQL committed it; block
 the event loop (file writes and the apply run in threads / the store's writer).
@@ -26,7 +28,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from smtprelay import __version__
 from smtprelay.cluster import secrets
@@ -73,6 +75,8 @@ class CatalogMirror:
         self._task: asyncio.Task[None] | None = None
         self._failing_logged = False
         self.on_applied: Callable[[], None] | None = None
+        # A report another node received about this node's mail: (from node, peer, MAIL FROM, RCPT TOs, raw) → reply
+        self.on_feedback: Callable[[str, str, str, tuple[str, ...], bytes], Awaitable[str]] | None = None
 
     @property
     def available(self) -> bool:
@@ -135,6 +139,7 @@ class CatalogMirror:
         started = time.perf_counter()
         await self._push(conn)
         await self._forward_events(conn)
+        await self._take_feedback(conn)
         row = await (await conn.execute("SELECT (SELECT value FROM meta WHERE key = 'catalog_version'),"
                                         " (SELECT value FROM meta WHERE key = 'blocklist_version')")).fetchone()
         versions = (int(row[0]), int(row[1]))
@@ -223,6 +228,20 @@ class CatalogMirror:
                           "this node", selector, domain, exc)
                 continue
             log.info("cluster: DKIM key %s of %s received from the catalog", selector, domain)
+
+    async def _take_feedback(self, conn: Any) -> None:
+        """Bounces and complaints other nodes received about this node's mail: applied here (where
+        the recipient is), then deleted; one that cannot be applied now waits for the next cycle."""
+        if self.on_feedback is None:
+            return
+        cur = await conn.execute("SELECT id, from_node, peer, mail_from, rcpt_to, raw FROM feedback_relay"
+                                 " WHERE node = %s ORDER BY id LIMIT 20", (self.config.cluster.node,))
+        for relay_id, from_node, peer, mail_from, rcpt_to, raw in await cur.fetchall():
+            reply = await self.on_feedback(from_node, peer, mail_from, tuple(rcpt_to), bytes(raw))
+            if not reply.startswith("250"):
+                log.warning("cluster: a report node %s handed over waits (%s)", from_node, reply)
+                return
+            await conn.execute("DELETE FROM feedback_relay WHERE id = %s", (relay_id,))
 
     async def _forward_events(self, conn: Any) -> None:
         """This node's new events, to PostgreSQL in batches (idempotent by node and event id),

@@ -334,6 +334,22 @@ MIGRATIONS: list[str] = [
     );
 {shared}
     """.replace("{shared}", _created_shared(MIRRORED[12:13])),
+    # 6: bounces and complaints handed to the node that sent the message (the bounce MX of a
+    # sender domain may reach any node; the recipient, its attempts and the webhooks are that
+    # node's): the receiving node puts the report here, the sending node applies it and deletes it.
+    """
+    CREATE TABLE feedback_relay (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node TEXT NOT NULL,             -- the node that sent the message: it applies the report
+        from_node TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        rcpt_to JSONB NOT NULL,
+        raw BYTEA NOT NULL,
+        received_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE INDEX feedback_relay_node ON feedback_relay (node, id);
+    """,
 ]
 
 

@@ -350,3 +350,55 @@ def test_a_link_from_one_nodes_mail_works_on_the_other(make_relay: Callable[...,
         wait_for(lambda: rcpt_reply(two, "reader@d.test")[0] == 550, 5)
     finally:
         sink.stop()
+
+
+def test_a_complaint_received_by_one_node_is_applied_by_the_node_that_sent(make_relay: Callable[..., Relay],
+                                                                           pg: PgServer, key_file: Path,
+                                                                           tmp_path: Path) -> None:
+    """The bounce MX of a sender domain may reach any node: node 1's feedback listener hands a
+    complaint about node 2's mail to node 2 (through PostgreSQL), which applies it where the
+    recipient is; its `reject` entry then refuses on both."""
+    import email
+    import email.policy
+
+    from tests.integration.test_feedback import arf
+    sink = Receiver(tmp_path).start()
+    try:
+        one, two = sending_pair(make_relay, pg, key_file, sink.port)
+        for relay in (one, two):
+            relay.feedback_port = free_port()  # type: ignore[attr-defined]
+            relay.doc["listeners"].append({"name": "feedback", "address": "127.0.0.1",
+                                           "port": relay.feedback_port, "tls": "none", "role": "feedback"})  # type: ignore[attr-defined]
+            relay.write_config()
+            relay.stop()
+            relay.start()
+        pg_sql(pg, "UPDATE domains SET return_path_ok = 1 WHERE name = 'apps.example'")
+
+        def verp_on_two() -> bool:        # node 2's copy has it: its next message leaves with a VERP path
+            with two.db() as conn:
+                return conn.execute("SELECT return_path_ok FROM domains WHERE name = 'apps.example'").fetchone()[0]
+        wait_for(verp_on_two, 5)
+        wait_for(lambda: rcpt_reply(two, "probe3@elsewhere.example")[0] == 250, 10)
+        with smtplib.SMTP("127.0.0.1", two.trusted_port, local_hostname="app.test", timeout=10) as s:
+            assert s.sendmail("app@apps.example", ["angry@d.test"], MSG) == {}
+
+        def delivered() -> dict[str, object] | None:
+            return next((t for t in sink.transactions() if "angry@d.test" in t["rcpts"]), None)
+        wait_for(lambda: delivered() is not None and str(delivered()["mail_from"]).startswith("bounces+"), 15)
+        found = delivered()
+        assert found is not None
+        verp_path = str(found["mail_from"])
+        message_id = email.message_from_bytes(found["data"], policy=email.policy.default)["Message-ID"]
+        wait_for(lambda: bool(pg_sql(pg, "SELECT 1 FROM events WHERE recipient = 'angry@d.test'")), 5)
+        with smtplib.SMTP("127.0.0.1", one.feedback_port, local_hostname="mx.d.test", timeout=10) as s:  # type: ignore[attr-defined]
+            s.ehlo()
+            s.mail("")
+            assert s.rcpt(verp_path)[0] == 250
+            code, reply = s.data(arf(verp_path, message_id, "angry@d.test"))
+        assert (code, b"handed to node relay-2" in reply) == (250, True), reply
+        wait_for(lambda: any(f["result"] == "applied" for f in two.cli_json("feedback", "list")["feedback"]), 10)
+        wait_for(lambda: rcpt_reply(one, "angry@d.test")[0] == 550, 5)
+        assert rcpt_reply(two, "angry@d.test")[0] == 550
+        assert not pg_sql(pg, "SELECT 1 FROM feedback_relay")       # applied, then gone
+    finally:
+        sink.stop()
