@@ -51,6 +51,13 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def forget(args: argparse.Namespace) -> int:
+    from smtprelay.cluster import admin
+    admin.forget(_config(args), args.node)
+    emit(args, {"forgotten": args.node}, lambda: print(f"node {args.node} forgotten"))
+    return 0
+
+
 def register(reg: Registry) -> None:
     cl = reg.group("cluster", "several nodes sharing one catalog ([cluster] postgres) and limits ([cluster] redis)")
     p = reg.command(cl, "migrate", migrate, "create or upgrade the catalog's schema in PostgreSQL")
@@ -58,3 +65,5 @@ def register(reg: Registry) -> None:
                    help="also copy this node's catalog (accounts, domains and DKIM keys, ...) into it; the "
                         "cluster's catalog must be empty (stop this node first)")
     reg.command(cl, "status", status, "list the nodes: state, version, queue depth, last contact (heartbeats)")
+    p = reg.command(cl, "forget", forget, "drop a node taken out for good from `cluster status` (a stopped one)")
+    p.add_argument("node")

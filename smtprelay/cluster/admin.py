@@ -14,7 +14,7 @@ from typing import Any
 from smtprelay.cluster import catalog as cluster_catalog, pg_schema, secrets
 from smtprelay.cluster.mirror import SILENT_AFTER
 from smtprelay.config import Config
-from smtprelay.errors import Refused, StoreUnavailable
+from smtprelay.errors import NotFound, Refused, StoreUnavailable
 
 log = logging.getLogger("smtprelay.cluster")
 
@@ -117,3 +117,27 @@ def status(config: Config) -> tuple[list[Node], int]:
     finally:
         pg.close()
     return nodes, version
+
+
+def forget(config: Config, name: str) -> None:
+    """A node taken out of the cluster for good: its heartbeat row goes (`cluster status` stops
+    listing it). A node heard of in the last SILENT_AFTER seconds is refused: it is running."""
+    import psycopg
+    pg = _connect(config)
+    try:
+        pg_schema.check_current(pg)
+        row = pg.execute("SELECT extract(epoch FROM now() - seen_at) FROM nodes WHERE name = %s", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no node named {name} in the cluster")
+        if float(row[0]) < SILENT_AFTER:
+            raise Refused(f"node {name} was heard from {float(row[0]):.0f}s ago: stop it first")
+        pg.execute("DELETE FROM nodes WHERE name = %s", (name,))
+        pending = pg.execute("SELECT count(*) FROM feedback_relay WHERE node = %s", (name,)).fetchone()[0]
+        if pending:
+            log.warning("cluster: %d report(s) handed to node %s were never applied; they are kept", pending, name)
+    except RuntimeError as exc:
+        raise Refused(str(exc)) from None
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"the cluster's PostgreSQL could not be read: {str(exc).strip()}") from None
+    finally:
+        pg.close()

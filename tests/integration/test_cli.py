@@ -308,6 +308,7 @@ BAD_USAGE = [
     ["console-user", "password"],
     ["cluster", "migrate", "--bogus"],
     ["cluster", "status", "extra"],
+    ["cluster", "forget"],
     ["frobnicate"],
 ]
 

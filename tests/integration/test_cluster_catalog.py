@@ -163,6 +163,9 @@ def test_a_domain_verified_through_node_1_signs_and_sends_from_node_2(make_relay
             return all(n["catalog_version"] == status["catalog_version"] for n in status["nodes"])
         wait_for(in_sync, 5)
         assert "in sync" in two.cli("cluster", "status").stdout
+        running = one.cli("cluster", "forget", "relay-2", check=False)
+        assert running.returncode == 1 and "stop it first" in running.stderr, running.stderr
+        assert "no node named relay-9" in one.cli("cluster", "forget", "relay-9", check=False).stderr
         assert two.metric("smtprelay_cluster_store_latency_seconds_count", 'store="postgres"') > 0
     finally:
         sink.stop()
