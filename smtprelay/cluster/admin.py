@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from smtprelay.cluster import catalog as cluster_catalog, pg_schema, secrets
 from smtprelay.cluster.mirror import SILENT_AFTER
@@ -100,32 +101,36 @@ class Node:
         return "up" if self.seen_ago < SILENT_AFTER else "silent"
 
 
-def status(config: Config) -> tuple[list[Node], int]:
-    """The nodes by their heartbeats, and the catalog's version (a node behind it is syncing)."""
+@contextmanager
+def _current(config: Config) -> Iterator[Any]:
+    """A connection to a catalog at this schema version; its errors as the services' kinds."""
     import psycopg
     pg = _connect(config)
     try:
         pg_schema.check_current(pg)
-        nodes = [Node(r[0], r[1], float(r[2]), float(r[3]), int(r[4]), int(r[5])) for r in pg.execute(
-            "SELECT name, version, started_at, extract(epoch FROM now() - seen_at), queue_depth, catalog_version"
-            " FROM nodes ORDER BY name")]
-        version = int(pg.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()[0])
+        yield pg
     except RuntimeError as exc:
         raise Refused(str(exc)) from None
     except psycopg.Error as exc:
         raise StoreUnavailable(f"the cluster's PostgreSQL could not be read: {str(exc).strip()}") from None
     finally:
         pg.close()
+
+
+def status(config: Config) -> tuple[list[Node], int]:
+    """The nodes by their heartbeats, and the catalog's version (a node behind it is syncing)."""
+    with _current(config) as pg:
+        nodes = [Node(r[0], r[1], float(r[2]), float(r[3]), int(r[4]), int(r[5])) for r in pg.execute(
+            "SELECT name, version, started_at, extract(epoch FROM now() - seen_at), queue_depth, catalog_version"
+            " FROM nodes ORDER BY name")]
+        version = int(pg.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()[0])
     return nodes, version
 
 
 def forget(config: Config, name: str) -> None:
     """A node taken out of the cluster for good: its heartbeat row goes (`cluster status` stops
     listing it). A node heard of in the last SILENT_AFTER seconds is refused: it is running."""
-    import psycopg
-    pg = _connect(config)
-    try:
-        pg_schema.check_current(pg)
+    with _current(config) as pg:
         row = pg.execute("SELECT extract(epoch FROM now() - seen_at) FROM nodes WHERE name = %s", (name,)).fetchone()
         if row is None:
             raise NotFound(f"no node named {name} in the cluster")
@@ -135,9 +140,3 @@ def forget(config: Config, name: str) -> None:
         pending = pg.execute("SELECT count(*) FROM feedback_relay WHERE node = %s", (name,)).fetchone()[0]
         if pending:
             log.warning("cluster: %d report(s) handed to node %s were never applied; they are kept", pending, name)
-    except RuntimeError as exc:
-        raise Refused(str(exc)) from None
-    except psycopg.Error as exc:
-        raise StoreUnavailable(f"the cluster's PostgreSQL could not be read: {str(exc).strip()}") from None
-    finally:
-        pg.close()
