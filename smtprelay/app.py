@@ -334,6 +334,8 @@ class Relay:
                       cluster.redis, shared.error)
         self.gate.shared = shared
         self.scheduler.shared = shared      # warm-up budgets granted over every node
+        if self.mirror is not None:
+            self.mirror.redis_health = lambda: "ok" if shared.healthy else f"failing: {shared.error}"
         log.info("cluster: node %s shares its sending limits through Redis", cluster.node)
 
     async def _start_mirror(self) -> None:
@@ -436,6 +438,9 @@ class Relay:
         conn = schema.connect(self.config.server.data_dir, self.config.server.store_busy_timeout)
         services = self._services(conn)
         try:
+            exclusive = getattr(services.ctx.catalog, "try_exclusive", None)
+            if exclusive is not None and not exclusive("domain-recheck"):
+                return []       # cluster mode: another node is checking now (the due list is shared)
             service = services.domains
             results = [service.verify(name) for name in service.due_for_recheck()]
         finally:

@@ -40,14 +40,14 @@ def status(args: argparse.Namespace) -> int:
     from smtprelay.cluster import admin
     nodes, version = admin.status(_config(args))
     docs = [{"name": n.name, "state": n.state, "version": n.version, "queue_depth": n.queue_depth,
-             "last_contact_seconds": round(n.seen_ago, 1), "catalog_version": n.catalog_version,
+             "last_contact_seconds": round(n.seen_ago, 1), "catalog_version": n.catalog_version, "redis": n.redis,
              "started_at": datetime.datetime.fromtimestamp(n.started_at, datetime.timezone.utc).isoformat(
                  timespec="seconds")} for n in nodes]
     emit(args, {"nodes": docs, "catalog_version": version}, lambda: print_table(
-        ["node", "state", "version", "queue", "last contact", "catalog", "started"],
+        ["node", "state", "version", "queue", "last contact", "catalog", "redis", "started"],
         [[d["name"], d["state"], d["version"], d["queue_depth"], f"{d['last_contact_seconds']}s ago",
           "in sync" if d["catalog_version"] == version else f"{d['catalog_version']} of {version}",
-          d["started_at"]] for d in docs]))
+          d["redis"] or "-", d["started_at"]] for d in docs]))
     return 0
 
 

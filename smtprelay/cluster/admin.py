@@ -95,6 +95,7 @@ class Node:
     seen_ago: float         # seconds since its last heartbeat, by PostgreSQL's clock
     queue_depth: int
     catalog_version: int
+    redis: str | None           # the node's word on Redis (None: it does not use one)
 
     @property
     def state(self) -> str:
@@ -120,9 +121,9 @@ def _current(config: Config) -> Iterator[Any]:
 def status(config: Config) -> tuple[list[Node], int]:
     """The nodes by their heartbeats, and the catalog's version (a node behind it is syncing)."""
     with _current(config) as pg:
-        nodes = [Node(r[0], r[1], float(r[2]), float(r[3]), int(r[4]), int(r[5])) for r in pg.execute(
-            "SELECT name, version, started_at, extract(epoch FROM now() - seen_at), queue_depth, catalog_version"
-            " FROM nodes ORDER BY name")]
+        nodes = [Node(r[0], r[1], float(r[2]), float(r[3]), int(r[4]), int(r[5]), r[6]) for r in pg.execute(
+            "SELECT name, version, started_at, extract(epoch FROM now() - seen_at), queue_depth, catalog_version,"
+            " redis FROM nodes ORDER BY name")]
         version = int(pg.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()[0])
     return nodes, version
 

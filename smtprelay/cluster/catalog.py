@@ -239,6 +239,11 @@ class ClusterCatalog(SqliteCatalog):
                           " WHERE id = ?", (now, account_id))
         return self.local.resume_account(account_id, now)
 
+    def try_exclusive(self, name: str) -> bool:
+        """Whether this connection now holds the cluster-wide lock `name` (held until it closes):
+        one node at a time re-verifies the due domains (they read one due list: last_checked_at)."""
+        return bool(self.conn.execute("SELECT pg_try_advisory_lock(hashtext(?))", (f"smtprelay {name}",)).fetchone()[0])
+
     def shared_events(self) -> tuple[PgConnection, str]:
         """The cluster's events (every node forwards its own: cluster.mirror), and this node's
         name: `stats` and `status` answer for the whole cluster (services.reports)."""

@@ -75,6 +75,7 @@ class CatalogMirror:
         self._task: asyncio.Task[None] | None = None
         self._failing_logged = False
         self.on_applied: Callable[[], None] | None = None
+        self.redis_health: Callable[[], str] | None = None     # with [cluster] redis: "ok" or why not
         # A report another node received about this node's mail: (from node, peer, MAIL FROM, RCPT TOs, raw) → reply
         self.on_feedback: Callable[[str, str, str, tuple[str, ...], bytes], Awaitable[str]] | None = None
 
@@ -157,11 +158,12 @@ class CatalogMirror:
                 self.on_applied()
         if applied or time.monotonic() - self._beat >= HEARTBEAT:     # `cluster status` shows the version held
             await conn.execute(
-                "INSERT INTO nodes (name, version, started_at, seen_at, queue_depth, catalog_version)"
-                " VALUES (%s, %s, %s, now(), %s, %s) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+                "INSERT INTO nodes (name, version, started_at, seen_at, queue_depth, catalog_version, redis)"
+                " VALUES (%s, %s, %s, now(), %s, %s, %s) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
                 " started_at = excluded.started_at, seen_at = now(), queue_depth = excluded.queue_depth,"
-                " catalog_version = excluded.catalog_version",
-                (self.config.cluster.node, __version__, self.started_at, self.queue_depth(), versions[0]))
+                " catalog_version = excluded.catalog_version, redis = excluded.redis",
+                (self.config.cluster.node, __version__, self.started_at, self.queue_depth(), versions[0],
+                 self.redis_health() if self.redis_health is not None else None))
             self._beat = time.monotonic()
         if not self.healthy:
             if self._failing_logged:

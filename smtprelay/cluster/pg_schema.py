@@ -350,6 +350,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX feedback_relay_node ON feedback_relay (node, id);
     """,
+    # 7: each node's word on Redis in its heartbeat (`cluster status`: which node cannot reach it).
+    """
+    ALTER TABLE nodes ADD COLUMN redis TEXT;    -- NULL: no [cluster] redis; "ok", or why it fails
+    """,
 ]
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from smtprelay.cluster.pg_schema import MIGRATIONS
 from tests.dnsserver import DnsServer, records_from_cli
-from tests.integration.test_cluster import health
+from tests.integration.test_cluster import RedisServer, accepting, health, redis, redis_server  # noqa: F401 (fixtures)
 from tests.integration.test_limits import MSG, rcpt_reply, wait_for
 from tests.mailservers import Receiver
 from tests.pgserver import PgServer, binaries
@@ -405,3 +405,25 @@ def test_a_complaint_received_by_one_node_is_applied_by_the_node_that_sent(make_
         assert not pg_sql(pg, "SELECT 1 FROM feedback_relay")       # applied, then gone
     finally:
         sink.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="Debian's redis-server is installed by `make test`")
+def test_both_stores_together_a_cap_over_a_shared_catalog(make_relay: Callable[..., Relay], pg: PgServer,
+                                                          key_file: Path, redis: RedisServer) -> None:
+    """PostgreSQL and Redis at once, as a cluster runs: the account comes from the shared catalog
+    (made through node 1), the hourly cap of 3 holds over both nodes, and `cluster status` shows
+    each node's word on Redis."""
+    one = node(make_relay, pg, key_file, "relay-1", redis=redis.url, lease="10s")
+    two = node(make_relay, pg, key_file, "relay-2", redis=redis.url, lease="10s")
+    for relay in (one, two):
+        relay.doc["limits"] = {**relay.doc["limits"], "recipient_hourly_cap": 3}
+        relay.write_config()
+    one.cli("cluster", "migrate")
+    one.start()
+    two.start()
+    seed_verified(one, pg, "apps", "apps.example", "app@apps.example")
+    for relay in (one, two):
+        accepting(relay)        # Redis's new epoch: 3 s of 451 first
+    codes = [rcpt_reply((one, two)[i % 2], "popular@target.example")[0] for i in range(6)]
+    assert codes == [250, 250, 250, 450, 450, 450], codes
+    wait_for(lambda: [n["redis"] for n in one.cli_json("cluster", "status")["nodes"]] == ["ok", "ok"], 10)
