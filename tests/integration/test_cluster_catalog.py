@@ -161,7 +161,7 @@ def test_a_domain_verified_through_node_1_signs_and_sends_from_node_2(make_relay
         def in_sync() -> bool:
             status = two.cli_json("cluster", "status")
             return all(n["catalog_version"] == status["catalog_version"] for n in status["nodes"])
-        wait_for(in_sync, 5)
+        wait_for(in_sync, 10)
         assert "in sync" in two.cli("cluster", "status").stdout
         running = one.cli("cluster", "forget", "relay-2", check=False)
         assert running.returncode == 1 and "stop it first" in running.stderr, running.stderr
@@ -186,6 +186,12 @@ def test_blocklist_entries_made_on_one_node_refuse_on_the_other(make_relay: Call
         query = ("SELECT type, origin_node FROM blocklist WHERE address = %s", "gone@target.example")
         wait_for(lambda: bool(pg_sql(pg, *query)), 3)       # pushed within a mirror cycle (1 s)
         assert pg_sql(pg, *query) == [("invalid", "relay-1")]
+
+        def on_two() -> bool:        # node 2's copy has it (NOTIFY: at once)
+            with two.db() as conn:
+                return conn.execute("SELECT 1 FROM blocklist WHERE address = 'gone@target.example'").fetchone() \
+                    is not None
+        wait_for(on_two, 3)
         code, reply = rcpt_reply(two, "gone@target.example")   # node 2 never sent there itself
         assert (code, b"type invalid" in reply) == (550, True), reply
         listed = {e["address"] for e in two.cli_json("blocklist", "list")["entries"]}
