@@ -247,6 +247,7 @@ class Relay:
                     blocklist.put(Entry(*row[1:]))
                 self._blocklist_rev = max(self._blocklist_rev, int(row[0]))
             self._blocklist_version = version
+            self.metrics.blocklist_entries.set(len(blocklist))
 
     async def blocklist_changed(self) -> None:
         """The back end itself changed the blocklist (an unsubscribe, an automatic entry): the

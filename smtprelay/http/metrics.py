@@ -24,6 +24,9 @@ class Metrics:
                                                 "SMTP connections refused by a connection cap", ["reason"],
                                                 registry=r)
         self.smtp_sessions_active = Gauge("smtprelay_smtp_sessions_active", "Open SMTP sessions", registry=r)
+        self.blocklist_entries = Gauge("smtprelay_blocklist_entries",
+                                       "Blocklist entries RCPT is judged against (expired ones until pruned)",
+                                       registry=r)
         self.auth_attempts = Counter("smtprelay_auth_attempts_total", "SMTP AUTH attempts", ["result"],
                                      registry=r)
         self.messages_accepted = Counter("smtprelay_messages_accepted_total",
