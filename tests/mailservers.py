@@ -83,7 +83,9 @@ class Receiver(_Process):
         if not self.log.exists():
             return []
         out = []
-        for line in self.log.read_text().splitlines():
+        # Only whole lines: the receiver may be writing the last one as we read (a large message
+        # is more than one write), and a line is complete once its newline is there.
+        for line in self.log.read_text().split("\n")[:-1]:
             doc = json.loads(line)
             doc["data"] = base64.b64decode(doc["data"])
             out.append(doc)
