@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, ALLOWED_SQL, BLOCK_COLUMNS, BLOCKLIST_SQL, VERSIONS_SQL, \
-    account_rows, blocklist_view
-from smtprelay.policy.blocklist import BlocklistView
+from smtprelay.catalog.sqlite import ACCOUNT_ROWS_SQL, ALLOWED_SQL, BLOCK_COLUMNS, VERSIONS_SQL, account_rows
 from smtprelay.policy.reputation import AccountRow
 from smtprelay.queue.readers import StoreReader
 
@@ -22,9 +20,6 @@ class SqliteCatalogView:
 
     async def account_rows(self) -> dict[int, AccountRow]:
         return account_rows(await self.reader.rows(ACCOUNT_ROWS_SQL))
-
-    async def blocklist_view(self, now: float) -> BlocklistView:
-        return blocklist_view(await self.reader.rows(BLOCKLIST_SQL, (now,)), await self.reader.rows(ALLOWED_SQL))
 
     async def blocklist_changes(self, since: int, now: float) -> tuple[list[tuple[Any, ...]], set[tuple[int, str]]]:
         """The blocklist's changes after version `since` (every active entry when it is negative),
